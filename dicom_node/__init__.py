@@ -1,0 +1,3 @@
+"""dicom-node: an AI triage node for neuroradiology."""
+
+__version__ = "0.1.0"
