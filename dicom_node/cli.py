@@ -1,0 +1,66 @@
+"""The `dicom-node` command: parses the sub-command name and hands over to its module.
+
+Each sub-command lives in `dicom_node/commands/<name>.py` with `add_arguments(parser)` and
+`run(args) -> int`. Only the chosen module is imported, so `dicom-node config check` does not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("dicom_node.commands.serve", "run the node: receiver, assembler, sender and one local worker"),
+    "worker": ("dicom_node.commands.worker", "run one more inference worker against the shared database"),
+    "config": ("dicom_node.commands.config", "validate a configuration file (config check FILE)"),
+    "status": ("dicom_node.commands.status", "list studies with state, counts, findings and deliveries"),
+    "echo": ("dicom_node.commands.echo", "C-ECHO a configured destination"),
+    "retry": ("dicom_node.commands.retry", "re-queue failed deliveries or jobs"),
+    "synth": ("dicom_node.commands.synth", "generate synthetic head CT / brain MR studies with labels"),
+    "train": ("dicom_node.commands.train", "train a model from DICOM + a labels CSV"),
+    "evaluate": ("dicom_node.commands.evaluate", "evaluate a model: metrics.json and ROC/PR curves"),
+    "demo": ("dicom_node.commands.demo", "run the whole loop on a generated study against a local PACS"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-node",
+        description="AI triage node for neuroradiology: receives DICOM, classifies, returns SR and overlays.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    parser.add_argument("--version", action="version", version=f"dicom-node {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _version() -> str:
+    from dicom_node import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    pre, rest = top.parse_known_args(argv)
+    if pre.command is None:
+        top.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[pre.command][0])
+    parser = argparse.ArgumentParser(prog=f"dicom-node {pre.command}", description=COMMANDS[pre.command][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    args.log_level = pre.log_level
+
+    from dicom_node.logs import setup_logging
+
+    setup_logging(pre.log_level)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

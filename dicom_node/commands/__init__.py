@@ -1,0 +1,1 @@
+"""Command-line entry points: each module only parses arguments and wires the parts together."""

@@ -1,0 +1,30 @@
+"""`dicom-node config check FILE`: validate a configuration, one line per problem naming the key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dicom_node.config import load_config
+from dicom_node.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    check = sub.add_parser("check", help="validate a config file; exit 0 when valid")
+    check.add_argument("file", nargs="?", default="config.toml")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 1
+    print(
+        f"{cfg.source}: valid (AE {cfg.node.ae_title} on {cfg.node.host}:{cfg.node.port}, "
+        f"{len(cfg.callers)} caller(s), {len(cfg.destinations)} destination(s), "
+        f"{sum(1 for m in cfg.models.enabled if m.enabled)} model(s) enabled)"
+    )
+    return 0

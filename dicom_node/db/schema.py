@@ -1,0 +1,209 @@
+"""The database schema: every stage's state lives here, so any process can die and the next one resumes.
+
+Tables, in data-flow order: associations, studies, series, instances (receiver); jobs (assembler →
+worker); results (worker); outputs, deliveries (reporter → sender). Invariants the code relies on are
+enforced by the database (unique keys, a partial unique index for "one open job per study and model").
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyState(str, enum.Enum):
+    RECEIVING = "receiving"  # instances arriving; not yet quiet
+    COMPLETE = "complete"  # quiet or released; jobs queued
+    ANALYSED = "analysed"  # every job of this generation done or failed; outputs built
+    DELIVERED = "delivered"  # every delivery of this generation sent
+
+
+class Priority(int, enum.Enum):
+    ROUTINE = 0
+    STAT = 1
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class DeliveryState(str, enum.Enum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+def _enum(e: type[enum.Enum]) -> Enum:
+    return Enum(e, values_callable=lambda x: [m.value for m in x], native_enum=False, length=16)
+
+
+class Association(Base):
+    __tablename__ = "associations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # uuid4 hex
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    peer_address: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    released: Mapped[bool] = mapped_column(default=False)  # False and ended: aborted
+    n_stored: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    state: Mapped[StudyState] = mapped_column(_enum(StudyState), default=StudyState.RECEIVING, index=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)  # +1 each time the study completes
+    priority: Mapped[int] = mapped_column(Integer, default=Priority.ROUTINE.value)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    pixels_deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_association_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.series_number")
+
+
+class Series(Base):
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    body_part: Mapped[str] = mapped_column(String(16), default="")
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", order_by="Instance.instance_number")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # relative to storage.path
+    size: Mapped[int] = mapped_column(BigInteger)
+    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    image_type: Mapped[str] = mapped_column(String(128), default="")  # backslash-joined
+    image_orientation: Mapped[str] = mapped_column(String(128), default="")  # backslash-joined 6 values
+    image_position: Mapped[str] = mapped_column(String(128), default="")  # backslash-joined 3 values
+    slice_thickness: Mapped[float | None] = mapped_column(Float, nullable=True)
+    contrast_agent: Mapped[str] = mapped_column(String(64), default="")  # (0018,0010) Contrast/Bolus Agent
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    convolution_kernel: Mapped[str] = mapped_column(String(64), default="")
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    association_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime)
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """One model run over one study generation. `jobs.py` owns every change of `state`."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    model_name: Mapped[str] = mapped_column(String(64))
+    state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.QUEUED)
+    priority: Mapped[int] = mapped_column(Integer, default=Priority.ROUTINE.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    run_after: Mapped[datetime] = mapped_column(DateTime)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "generation", "model_name", name="uq_job_study_generation_model"),
+        # one waiting job per study and model, whatever the generation (a running one may coexist)
+        Index(
+            "uq_job_queued_per_study_model",
+            "study_id",
+            "model_name",
+            unique=True,
+            sqlite_where=text("state = 'queued'"),
+            postgresql_where=text("state = 'queued'"),
+        ),
+        Index("ix_job_claim", "state", "priority", "run_after"),
+    )
+
+
+class Result(Base):
+    """What a model said about a study generation (or why it could not say anything)."""
+
+    __tablename__ = "results"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # analysed | not_analysed | failed
+    critical: Mapped[bool] = mapped_column(default=False)
+    payload: Mapped[dict] = mapped_column(JSON)  # StudyAnalysis.to_json()
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Output(Base):
+    """A DICOM object we wrote (SR or overlay SC), kept in the outbox until delivered everywhere."""
+
+    __tablename__ = "outputs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # sr | overlay
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # relative to storage.outbox
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    output_id: Mapped[int] = mapped_column(ForeignKey("outputs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("output_id", "destination", name="uq_delivery_output_destination"),
+        Index("ix_delivery_due", "state", "next_attempt_at"),
+    )

@@ -1,0 +1,50 @@
+"""Every error class the node raises on purpose, in one place.
+
+Transient errors are retried (a job, a delivery); permanent ones end the attempt with the reason recorded.
+"""
+
+from __future__ import annotations
+
+
+class DicomNodeError(Exception):
+    """Base class for the node's own errors."""
+
+
+class ConfigError(DicomNodeError):
+    """The configuration is invalid. `problems` holds one line per problem, each naming its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class TransientError(DicomNodeError):
+    """Worth retrying later: a peer down, a lock, a full disk that may be cleaned."""
+
+
+class PermanentError(DicomNodeError):
+    """Retrying will not help: bad input, a refused object, a missing model."""
+
+
+class StoreError(TransientError):
+    """The durable store could not write or record an instance (answered 0xA700)."""
+
+
+class UnparseableDatasetError(PermanentError):
+    """Received bytes are not a DICOM dataset we can read (answered 0xC000-range, bytes quarantined)."""
+
+
+class ModelError(PermanentError):
+    """A model cannot be loaded: wrong checksum, unsupported input spec, missing file."""
+
+
+class SelectionError(PermanentError):
+    """No series/images in a study suit a model; the message says why (reported as 'not analysed')."""
+
+
+class DeliveryError(TransientError):
+    """A destination did not accept an object this time."""
+
+
+class DeliveryRefused(PermanentError):
+    """A destination refused an object with a failure status that retrying will not change."""
