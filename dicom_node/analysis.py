@@ -99,3 +99,119 @@ class StudyAnalysis:
             findings=findings,
             key_images=[KeyImage(k["sop_instance_uid"], list(k["labels"])) for k in data.get("key_images", [])],
         )
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """One stored instance as the pipelines see it: indexed header fields plus the file's absolute path.
+
+    Built from `instances`/`series`/`studies` rows (by the worker) or straight from files (by
+    `train`/`evaluate`, see `instance_ref_from_dataset`), so selection rules run on headers only.
+    """
+
+    path: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    series_description: str = ""
+    body_part: str = ""
+    series_number: int | None = None
+    instance_number: int | None = None
+    image_type: tuple[str, ...] = ()
+    image_orientation: tuple[float, ...] | None = None  # 6 direction cosines
+    image_position: tuple[float, ...] | None = None  # 3 values, mm
+    slice_thickness: float | None = None
+    contrast_agent: str = ""
+    rows: int | None = None
+    columns: int | None = None
+    convolution_kernel: str = ""
+
+
+def _floats(value: Any) -> tuple[float, ...] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = value.split("\\")
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+
+
+def header_fields(ds: Any) -> dict[str, Any]:
+    """The indexed header fields of a pydicom Dataset (read without pixel data), as stored in `instances`."""
+
+    def s(keyword: str) -> str:
+        v = ds.get(keyword, "")
+        if v is None:
+            return ""
+        if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+            return "\\".join(str(x) for x in v)
+        return str(v).strip()
+
+    def i(keyword: str) -> int | None:
+        v = ds.get(keyword)
+        try:
+            return int(v) if v not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    thickness = ds.get("SliceThickness")
+    try:
+        slice_thickness = float(thickness) if thickness not in (None, "") else None
+    except (TypeError, ValueError):
+        slice_thickness = None
+    return {
+        "study_uid": s("StudyInstanceUID"),
+        "series_uid": s("SeriesInstanceUID"),
+        "sop_instance_uid": s("SOPInstanceUID"),
+        "sop_class_uid": s("SOPClassUID"),
+        "modality": s("Modality"),
+        "series_description": s("SeriesDescription")[:64],
+        "body_part": s("BodyPartExamined")[:16],
+        "series_number": i("SeriesNumber"),
+        "instance_number": i("InstanceNumber"),
+        "image_type": s("ImageType")[:128],
+        "image_orientation": s("ImageOrientationPatient")[:128],
+        "image_position": s("ImagePositionPatient")[:128],
+        "slice_thickness": slice_thickness,
+        "contrast_agent": s("ContrastBolusAgent")[:64],
+        "rows": i("Rows"),
+        "columns": i("Columns"),
+        "convolution_kernel": s("ConvolutionKernel")[:64],
+    }
+
+
+def instance_ref(path: str, fields: dict[str, Any]) -> InstanceRef:
+    """An InstanceRef from `header_fields()` output (or a row with the same names)."""
+    image_type = fields.get("image_type") or ""
+    return InstanceRef(
+        path=path,
+        study_uid=fields["study_uid"],
+        series_uid=fields["series_uid"],
+        sop_instance_uid=fields["sop_instance_uid"],
+        sop_class_uid=fields["sop_class_uid"],
+        modality=fields.get("modality") or "",
+        series_description=fields.get("series_description") or "",
+        body_part=fields.get("body_part") or "",
+        series_number=fields.get("series_number"),
+        instance_number=fields.get("instance_number"),
+        image_type=tuple(p.strip().upper() for p in image_type.split("\\") if p.strip()),
+        image_orientation=_floats(fields.get("image_orientation")),
+        image_position=_floats(fields.get("image_position")),
+        slice_thickness=fields.get("slice_thickness"),
+        contrast_agent=fields.get("contrast_agent") or "",
+        rows=fields.get("rows"),
+        columns=fields.get("columns"),
+        convolution_kernel=fields.get("convolution_kernel") or "",
+    )
+
+
+def instance_ref_from_file(path: str) -> InstanceRef:
+    """Read a file's header (no pixel data) into an InstanceRef; for train/evaluate over a folder."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return instance_ref(str(path), header_fields(ds))
