@@ -1,0 +1,115 @@
+"""Shared test helpers: free ports, polling, DCMTK environment, throw-away node configs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DCMTK = Path("/usr/bin")  # call DCMTK by absolute path: pynetdicom installs same-named tools in the venv
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, msg: str = "") -> Any:
+    """Poll `condition` until it returns something truthy; fail the test with `msg` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for: {msg or condition}")
+        time.sleep(interval)
+
+
+def dcmtk_env() -> dict[str, str]:
+    """Environment for DCMTK peers: TCP_NODELAY=1, or they stall ~40 ms per message (Nagle)."""
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    return env
+
+
+def write_config(folder: Path, **sections: dict[str, Any] | list[dict[str, Any]]) -> Path:
+    """Write a config.toml for a test node in `folder`; `sections` override the defaults below.
+
+    Table values (dicts) are merged into the defaults; array-of-table values (lists) replace them.
+    """
+    base: dict[str, Any] = {
+        "node": {"ae_title": "DICOMNODE", "host": "127.0.0.1", "port": free_port()},
+        "callers": [{"ae_title": "STORESCU"}, {"ae_title": "ECHOSCU"}, {"ae_title": "PACS"}, {"ae_title": "ORTHANC"}],
+        "destinations": [],
+        "database": {"url": "sqlite:///var/node.db"},
+        "storage": {"path": "var/store", "quarantine": "var/quarantine", "outbox": "var/outbox", "min_free_mb": 1},
+        "assembly": {"quiet_seconds": 30, "complete_on_release": True, "check_interval_seconds": 0.2},
+        "models": {"path": str(REPO / "models"), "enabled": []},
+        "worker": {"device": "cpu", "lease_seconds": 30, "poll_seconds": 0.1},
+        "delivery": {"initial_backoff_seconds": 0.5, "max_backoff_seconds": 2, "poll_seconds": 0.1},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    path = folder / "config.toml"
+    path.write_text(_to_toml(base))
+    return path
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(type(v))
+
+
+def _to_toml(data: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append(f"[{key}]")
+            for k, v in value.items():
+                if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                    continue
+                lines.append(f"{k} = {_toml_value(v)}")
+            for k, v in value.items():
+                if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                    for item in v:
+                        lines.append(f"[[{key}.{k}]]")
+                        lines.extend(f"{ik} = {_toml_value(iv)}" for ik, iv in item.items())
+            lines.append("")
+        elif isinstance(value, list):
+            for item in value:
+                lines.append(f"[[{key}]]")
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
+                lines.append("")
+        else:
+            lines.insert(0, f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def node_config(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: `node_config(node={...}, destinations=[...])` → path of a valid config in tmp_path."""
+
+    def make(**sections: Any) -> Path:
+        return write_config(tmp_path, **sections)
+
+    return make
