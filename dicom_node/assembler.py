@@ -1,0 +1,132 @@
+"""Study assembly: decide when a study being received is complete.
+
+A RECEIVING study becomes COMPLETE when it has been quiet for `assembly.quiet_seconds`, or (with
+`assembly.complete_on_release`) when the association that brought its last instance is released and no
+other open association has contributed to it. Each completion increments the study's `generation` and
+calls `on_complete(session, study)` inside the same transaction, so whatever it queues is committed
+together with the state change or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from apscheduler.schedulers.base import BaseScheduler
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from dicom_node.config import Config
+from dicom_node.db.engine import Database, utcnow
+from dicom_node.db.schema import Association, Instance, Study, StudyState
+
+log = logging.getLogger(__name__)
+
+OnComplete = Callable[[Session, Study], None]
+JOB_ID = "assembler-check"
+
+
+class Assembler:
+    def __init__(self, config: Config, db: Database, on_complete: OnComplete | None = None) -> None:
+        self.config = config
+        self.db = db
+        self.on_complete = on_complete
+
+    def check(self, now: datetime | None = None) -> list[str]:
+        """Complete every RECEIVING study quiet for `quiet_seconds`. Returns their Study Instance UIDs."""
+        now = now or utcnow()
+        cutoff = now - timedelta(seconds=self.config.assembly.quiet_seconds)
+        try:
+            with self.db.read() as session:
+                candidates = session.scalars(
+                    select(Study.id).where(Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff)
+                ).all()
+        except SQLAlchemyError as exc:
+            log.error("assembler cannot read studies", extra={"error": str(exc)})
+            return []
+        done: list[str] = []
+        for study_id in candidates:
+            uid = self._complete_one(study_id, now, "quiet", lambda s: s.last_received_at <= cutoff)
+            if uid:
+                done.append(uid)
+        return done
+
+    def association_released(self, association_id: str, now: datetime | None = None) -> list[str]:
+        """Complete the studies whose last instance came with this (released) association."""
+        if not self.config.assembly.complete_on_release:
+            return []
+        now = now or utcnow()
+        try:
+            with self.db.read() as session:
+                candidates = session.scalars(
+                    select(Study.id).where(
+                        Study.state == StudyState.RECEIVING, Study.last_association_id == association_id
+                    )
+                ).all()
+        except SQLAlchemyError as exc:
+            log.error("assembler cannot read studies", extra={"error": str(exc), "association_id": association_id})
+            return []
+        done: list[str] = []
+        for study_id in candidates:
+            uid = self._complete_one(
+                study_id,
+                now,
+                "association released",
+                lambda s: s.last_association_id == association_id and not self._other_open_senders(s, association_id),
+            )
+            if uid:
+                done.append(uid)
+        return done
+
+    def start(self, scheduler: BaseScheduler) -> None:
+        """Run `check()` every `assembly.check_interval_seconds` on the given scheduler."""
+        scheduler.add_job(
+            self.check,
+            "interval",
+            seconds=self.config.assembly.check_interval_seconds,
+            id=JOB_ID,
+            max_instances=1,
+            coalesce=True,
+            replace_existing=True,
+        )
+
+    def _other_open_senders(self, study: Study, association_id: str) -> bool:
+        """True if another association that is still open has sent instances of this study."""
+        session = Session.object_session(study)
+        assert session is not None
+        hit = session.execute(
+            select(Instance.id)
+            .join(Association, Association.id == Instance.association_id)
+            .where(
+                Instance.study_id == study.id,
+                Association.ended_at.is_(None),
+                Association.id != association_id,
+            )
+            .limit(1)
+        ).first()
+        return hit is not None
+
+    def _complete_one(
+        self, study_id: int, now: datetime, why: str, still_due: Callable[[Study], bool]
+    ) -> str | None:
+        try:
+            with self.db.write() as session:
+                study = session.scalars(select(Study).where(Study.id == study_id).with_for_update()).one_or_none()
+                if study is None or study.state != StudyState.RECEIVING or not still_due(study):
+                    return None
+                study.state = StudyState.COMPLETE
+                study.generation += 1
+                study.completed_at = now
+                session.flush()
+                if self.on_complete is not None:
+                    self.on_complete(session, study)
+                uid, generation = study.study_uid, study.generation
+        except Exception as exc:  # noqa: BLE001 - one study's failure (DB or callback) must not stop the others
+            log.error(
+                "cannot complete study", extra={"study_id": study_id, "error": f"{type(exc).__name__}: {exc}"}
+            )
+            return None
+        log.info("study complete", extra={"study_uid": uid, "generation": generation, "trigger": why})
+        return uid

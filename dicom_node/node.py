@@ -1,0 +1,112 @@
+"""The node process: one Database, the receiver, a scheduler running the assembler, and extra services.
+
+Other parts (sender, reporter, local worker process, dashboard) join as objects with `start()`/`stop()`
+via `add_service`. `run_forever()` serves until SIGTERM/SIGINT, then stops in order: stop accepting and
+let in-flight stores finish, stop services (last added first), shut the scheduler, dispose the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Protocol
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import update
+
+from dicom_node.assembler import Assembler, OnComplete
+from dicom_node.config import Config
+from dicom_node.db.engine import Database, utcnow
+from dicom_node.db.schema import Association
+from dicom_node.receiver.scp import ReceiverHandle, start_receiver
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Node:
+    def __init__(self, config: Config, db: Database | None = None, on_complete: OnComplete | None = None) -> None:
+        self.config = config
+        self.db = db or Database(config.database_url)
+        self.assembler = Assembler(config, self.db, on_complete)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.services: list[Service] = []
+        self.receiver: ReceiverHandle | None = None
+        self._started: list[Service] = []
+        self._stop_requested = threading.Event()
+
+    def add_service(self, service: Service) -> None:
+        self.services.append(service)
+
+    def start(self) -> None:
+        self._close_stale_associations()
+        self.assembler.start(self.scheduler)
+        self.scheduler.start()
+        for service in self.services:
+            service.start()
+            self._started.append(service)
+        self.receiver = start_receiver(self.config, self.db, self._association_ended)
+        # Studies left RECEIVING by a previous run complete through the quiet timer on the first check.
+
+    def stop(self) -> None:
+        if self.receiver is not None:
+            self.receiver.shutdown()
+            self.receiver = None
+        while self._started:
+            service = self._started.pop()
+            try:
+                service.stop()
+            except Exception:
+                log.exception("service failed to stop", extra={"service": type(service).__name__})
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self.db.dispose()
+        log.info("node stopped")
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    def run_forever(self) -> int:
+        """Start, serve until SIGTERM/SIGINT (or `request_stop()`), stop cleanly. Returns an exit code."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+            self._stop_requested.set()
+
+        for sig in previous:
+            signal.signal(sig, on_signal)
+        try:
+            self.start()
+            log.info("node serving", extra={"ae_title": self.config.node.ae_title, "port": self.port})
+            while not self._stop_requested.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    @property
+    def port(self) -> int | None:
+        return self.receiver.port if self.receiver is not None else None
+
+    def _association_ended(self, association_id: str, released: bool) -> None:
+        if released:
+            self.assembler.association_released(association_id)
+
+    def _close_stale_associations(self) -> None:
+        """Associations a killed predecessor left open can never be released: mark them aborted."""
+        with self.db.write() as session:
+            result = session.execute(
+                update(Association).where(Association.ended_at.is_(None)).values(ended_at=utcnow(), released=False)
+            )
+        if result.rowcount:
+            log.info("closed associations left open by a previous run", extra={"count": result.rowcount})

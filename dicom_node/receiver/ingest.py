@@ -1,0 +1,198 @@
+"""Index a received instance: parse its header from the raw bytes and upsert study/series/instance rows.
+
+Parsing never touches pixel data (`stop_before_pixels`). The three rows are written in one transaction,
+so an instance is either fully indexed or not at all. A repeated SOP Instance UID updates its row
+(idempotent); a new instance for a study that was already complete re-opens it (state RECEIVING).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dicom_node.analysis import header_fields
+from dicom_node.db.engine import Database, utcnow
+from dicom_node.db.schema import Association, Instance, Series, Study, StudyState
+from dicom_node.errors import UnparseableDatasetError
+
+log = logging.getLogger(__name__)
+
+_REQUIRED = ("study_uid", "series_uid", "sop_instance_uid", "sop_class_uid")
+_REOPENED_FROM = (StudyState.COMPLETE, StudyState.ANALYSED, StudyState.DELIVERED)
+_UPSERT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class ParsedInstance:
+    """The header of one received instance: indexed fields plus the study-level identifiers."""
+
+    fields: dict[str, Any]  # `analysis.header_fields()` output
+    transfer_syntax_uid: str
+    patient_id: str
+    accession_number: str
+    study_date: str
+
+    @property
+    def study_uid(self) -> str:
+        return str(self.fields["study_uid"])
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.fields["series_uid"])
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.fields["sop_instance_uid"])
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What `record_instance` did."""
+
+    study_id: int
+    new_instance: bool
+    reopened: bool
+    replaced_path: str | None  # a duplicate's previous path when it moved (its file can go)
+
+
+def parse_instance(data: bytes) -> ParsedInstance:
+    """Parse the header of a DICOM file's bytes. Raises UnparseableDatasetError saying why."""
+    try:
+        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+        fields = header_fields(ds)
+        meta = getattr(ds, "file_meta", None)
+        tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+        patient_id = str(ds.get("PatientID", "") or "")[:64]
+        accession = str(ds.get("AccessionNumber", "") or "")[:16]
+        study_date = str(ds.get("StudyDate", "") or "")[:8]
+    except UnparseableDatasetError:
+        raise
+    except Exception as exc:  # pydicom raises many kinds on malformed input; all mean "cannot parse"
+        raise UnparseableDatasetError(f"cannot parse dataset: {type(exc).__name__}: {exc}") from exc
+    missing = [k for k in _REQUIRED if not fields.get(k)]
+    if missing:
+        raise UnparseableDatasetError(f"dataset lacks {', '.join(missing)}")
+    too_long = [k for k in _REQUIRED if len(str(fields[k])) > 64]
+    if too_long:
+        raise UnparseableDatasetError(f"UID longer than 64 characters: {', '.join(too_long)}")
+    if not tsyntax:
+        raise UnparseableDatasetError("no transfer syntax in file meta")
+    return ParsedInstance(fields, tsyntax, patient_id, accession, study_date)
+
+
+def record_instance(
+    db: Database,
+    parsed: ParsedInstance,
+    relpath: str,
+    size: int,
+    calling_ae: str,
+    association_id: str | None,
+    now: datetime | None = None,
+) -> Recorded:
+    """Upsert the study, series and instance rows for one stored file, in one transaction."""
+    now = now or utcnow()
+    for attempt in range(1, _UPSERT_ATTEMPTS + 1):
+        try:
+            with db.write() as session:
+                return _upsert(session, parsed, relpath, size, calling_ae, association_id, now)
+        except IntegrityError:
+            # Another process inserted the same study/series/instance between our select and insert
+            # (PostgreSQL; SQLite's BEGIN IMMEDIATE serialises writers): the next attempt sees its row.
+            if attempt == _UPSERT_ATTEMPTS:
+                raise
+            log.info("concurrent insert, retrying upsert", extra={"sop_instance_uid": parsed.sop_instance_uid})
+    raise AssertionError("unreachable")
+
+
+def _upsert(
+    session: Session,
+    parsed: ParsedInstance,
+    relpath: str,
+    size: int,
+    calling_ae: str,
+    association_id: str | None,
+    now: datetime,
+) -> Recorded:
+    f = parsed.fields
+    study = session.scalars(select(Study).where(Study.study_uid == parsed.study_uid)).one_or_none()
+    if study is None:
+        study = Study(
+            study_uid=parsed.study_uid,
+            patient_id=parsed.patient_id,
+            accession_number=parsed.accession_number,
+            study_date=parsed.study_date,
+            state=StudyState.RECEIVING,
+            generation=0,
+            first_received_at=now,
+            last_received_at=now,
+        )
+        session.add(study)
+        session.flush()
+
+    series = session.scalars(select(Series).where(Series.series_uid == parsed.series_uid)).one_or_none()
+    if series is None:
+        series = Series(
+            study_id=study.id,
+            series_uid=parsed.series_uid,
+            modality=f["modality"][:16],
+            series_number=f["series_number"],
+            series_description=f["series_description"],
+            body_part=f["body_part"],
+        )
+        session.add(series)
+        session.flush()
+
+    instance = session.scalars(
+        select(Instance).where(Instance.sop_instance_uid == parsed.sop_instance_uid)
+    ).one_or_none()
+    new_instance = instance is None
+    replaced_path: str | None = None
+    if instance is None:
+        instance = Instance(sop_instance_uid=parsed.sop_instance_uid)
+        session.add(instance)
+    elif instance.path != relpath:
+        replaced_path = instance.path
+    instance.study_id = study.id
+    instance.series_id = series.id
+    instance.sop_class_uid = f["sop_class_uid"]
+    instance.transfer_syntax_uid = parsed.transfer_syntax_uid
+    instance.path = relpath
+    instance.size = size
+    instance.instance_number = f["instance_number"]
+    instance.image_type = f["image_type"]
+    instance.image_orientation = f["image_orientation"]
+    instance.image_position = f["image_position"]
+    instance.slice_thickness = f["slice_thickness"]
+    instance.contrast_agent = f["contrast_agent"]
+    instance.rows = f["rows"]
+    instance.columns = f["columns"]
+    instance.convolution_kernel = f["convolution_kernel"]
+    instance.calling_ae = calling_ae[:16]
+    instance.association_id = association_id
+    instance.received_at = now
+
+    reopened = False
+    if new_instance and study.state in _REOPENED_FROM:
+        study.state = StudyState.RECEIVING
+        reopened = True
+        log.info(
+            "late instance re-opens study",
+            extra={"study_uid": study.study_uid, "generation": study.generation},
+        )
+    if new_instance or study.state == StudyState.RECEIVING:
+        study.last_received_at = now
+        study.last_association_id = association_id
+    if association_id is not None:
+        session.execute(
+            update(Association).where(Association.id == association_id).values(n_stored=Association.n_stored + 1)
+        )
+    session.flush()
+    return Recorded(study_id=study.id, new_instance=new_instance, reopened=reopened, replaced_path=replaced_path)
