@@ -42,9 +42,17 @@ class SelectionError(PermanentError):
     """No series/images in a study suit a model; the message says why (reported as 'not analysed')."""
 
 
+class PixelDataError(PermanentError):
+    """An image's pixel data cannot be decoded (unsupported transfer syntax, truncated data)."""
+
+
 class DeliveryError(TransientError):
     """A destination did not accept an object this time."""
 
 
 class DeliveryRefused(PermanentError):
     """A destination refused an object with a failure status that retrying will not change."""
+
+
+class LeaseLostError(TransientError):
+    """A worker no longer holds the lease on its job (it expired and the job went to another worker)."""
