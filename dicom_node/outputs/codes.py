@@ -1,0 +1,124 @@
+"""Every coded concept the node writes into its outputs, in one place.
+
+SNOMED CT and DCM codes were checked against DICOM part 16 (as generated into pydicom's concept
+dictionaries) and NLM value sets; see docs/conformance.md. Concepts with no verified standard code use
+the private coding scheme ``99DCMNODE`` (documented there and declared in each object's Coding Scheme
+Identification Sequence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+
+PRIVATE_SCHEME = "99DCMNODE"
+IHE_SCHEME = "99IHE"
+
+
+def _code(value: str, scheme: str, meaning: str) -> CodedConcept:
+    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+@dataclass(frozen=True)
+class FindingConcept:
+    """One model label: its code, and a short name for captions and tracking identifiers."""
+
+    label: str
+    code: CodedConcept
+    display: str
+
+
+# --- findings (one per model label) ---------------------------------------------------------------------
+INTRACRANIAL_HEMORRHAGE = _code("1386000", "SCT", "Intracranial hemorrhage")
+SUBDURAL_HEMORRHAGE = _code("35486000", "SCT", "Subdural intracranial hemorrhage")
+SUBARACHNOID_HEMORRHAGE = _code("21454007", "SCT", "Subarachnoid intracranial hemorrhage")
+VENTRICULAR_HEMORRHAGE = _code("23276006", "SCT", "Ventricular hemorrhage")
+INTRAPARENCHYMAL_HEMORRHAGE = _code("449020009", "SCT", "Intraparenchymal hemorrhage of brain")
+# No verified general SNOMED CT concept for epidural hemorrhage (traumatic and non-traumatic together)
+# nor for spontaneous intracranial hypotension: private codes, documented in docs/conformance.md.
+EPIDURAL_HEMORRHAGE = _code("DN-0001", PRIVATE_SCHEME, "Epidural intracranial hemorrhage")
+SPONTANEOUS_INTRACRANIAL_HYPOTENSION = _code("DN-0002", PRIVATE_SCHEME, "Spontaneous intracranial hypotension")
+
+FINDINGS: dict[str, FindingConcept] = {
+    c.label: c
+    for c in (
+        FindingConcept("any", INTRACRANIAL_HEMORRHAGE, "Intracranial hemorrhage"),
+        FindingConcept("epidural", EPIDURAL_HEMORRHAGE, "Epidural hemorrhage"),
+        FindingConcept("intraparenchymal", INTRAPARENCHYMAL_HEMORRHAGE, "Intraparenchymal hemorrhage"),
+        FindingConcept("intraventricular", VENTRICULAR_HEMORRHAGE, "Intraventricular hemorrhage"),
+        FindingConcept("subarachnoid", SUBARACHNOID_HEMORRHAGE, "Subarachnoid hemorrhage"),
+        FindingConcept("subdural", SUBDURAL_HEMORRHAGE, "Subdural hemorrhage"),
+        FindingConcept("sih", SPONTANEOUS_INTRACRANIAL_HYPOTENSION, "Spontaneous intracranial hypotension"),
+    )
+}
+
+ICH_LABELS: tuple[str, ...] = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
+SIH_LABELS: tuple[str, ...] = ("sih",)
+
+# --- CID 240 Present/Absent (plus Undetermined for "not analysed") ---------------------------------------
+PRESENT = _code("52101004", "SCT", "Present")
+ABSENT = _code("272519000", "SCT", "Absent")
+UNDETERMINED = _code("373068000", "SCT", "Undetermined")
+
+# --- report structure and items ----------------------------------------------------------------------------
+IMAGING_MEASUREMENT_REPORT = _code("126000", "DCM", "Imaging Measurement Report")
+PROBABILITY = _code("122157", "DCM", "Probability")
+UNIT_NO_UNITS = _code("1", "UCUM", "no units")
+COMMENT = _code("121106", "DCM", "Comment")
+IMPRESSION = _code("121073", "DCM", "Impression")
+# TID 1500 row "Qualitative Evaluations" container (UMLS concept, as in DICOM part 16).
+QUALITATIVE_EVALUATIONS = _code("C0034375", "UMLS", "Qualitative Evaluations")
+
+# --- procedures reported (LOINC, from DICOM part 16 CID 646) -------------------------------------------------
+PROCEDURE_HEAD_CT = _code("24725-4", "LN", "Head CT")
+PROCEDURE_BRAIN_MR = _code("24590-2", "LN", "Brain MRI")
+
+# --- contributing equipment purpose (IHE AIR trial-implementation placeholder) ------------------------------
+PROCESSING_ALGORITHM = _code("Newcode1", IHE_SCHEME, "Processing Algorithm")
+
+
+def finding_concept(label: str) -> FindingConcept:
+    """The concept for a model label; ValueError for a label we have no code for."""
+    try:
+        return FINDINGS[label]
+    except KeyError:
+        raise ValueError(f"no coded concept for model label {label!r}; known: {sorted(FINDINGS)}") from None
+
+
+def presence(present: bool | None) -> CodedConcept:
+    """CID 240 value for a finding: Present, Absent, or Undetermined when it was not analysed."""
+    if present is None:
+        return UNDETERMINED
+    return PRESENT if present else ABSENT
+
+
+def labels_for_task(task: str, model_name: str = "") -> tuple[str, ...]:
+    """The labels a task reports, used when an analysis has no findings (not analysed / failed)."""
+    key = f"{task} {model_name}".lower()
+    if "ich" in key:
+        return ICH_LABELS
+    if "sih" in key:
+        return SIH_LABELS
+    raise ValueError(f"unknown model task {task!r} (model {model_name!r}): cannot name its findings")
+
+
+def procedure_for_modality(modality: str) -> CodedConcept:
+    """Procedure Reported when the source carries no Procedure Code Sequence: the imaging procedure."""
+    return PROCEDURE_BRAIN_MR if modality.upper() == "MR" else PROCEDURE_HEAD_CT
+
+
+def coding_scheme_identification() -> list[Dataset]:
+    """Items of the Coding Scheme Identification Sequence (0008,0110) for the non-standard schemes we use."""
+    items = []
+    for designator, name, org in (
+        (PRIVATE_SCHEME, "dicom-node private codes (see docs/conformance.md)", "dicom-node project"),
+        (IHE_SCHEME, "IHE Radiology AI Results trial implementation codes", "IHE"),
+    ):
+        item = Dataset()
+        item.CodingSchemeDesignator = designator
+        item.CodingSchemeName = name
+        item.CodingSchemeResponsibleOrganization = org
+        items.append(item)
+    return items
