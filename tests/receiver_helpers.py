@@ -1,4 +1,4 @@
-"""Helpers for receiver tests: free ports, polling, a config in a temp folder, small generated CT files.
+"""Helpers for receiver tests: a receiver config in a temp folder, small generated CT files, DCMTK calls.
 
 Generated data only (no patient data): a tiny CT series with pydicom, uncompressed.
 """
@@ -6,18 +6,16 @@ Generated data only (no patient data): a tiny CT series with pydicom, uncompress
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from conftest import free_port, write_config
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from dicom_node.config import Config, parse_config
+from dicom_node.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -26,73 +24,21 @@ ECHOSCU = "/usr/bin/echoscu"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+CALLERS = [
+    {"ae_title": "STORESCU", "host": "127.0.0.0/8"},
+    {"ae_title": "ECHOSCU", "host": "127.0.0.0/8"},
+    {"ae_title": "TESTSCU"},
+    {"ae_title": "FARAWAY", "host": "10.0.0.0/8"},
+]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, msg: str = "condition", interval: float = 0.05) -> Any:
-    """Poll `condition` until it returns something truthy; fail the test with `msg` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {msg}")
-        time.sleep(interval)
-
-
-def config_dict(tmp: Path, port: int, **sections: dict[str, Any]) -> dict[str, Any]:
-    """A config (as TOML data) with everything under `tmp`; `sections` replace/extend whole tables."""
-    (tmp / "models").mkdir(exist_ok=True)
-    data: dict[str, Any] = {
-        "node": {"ae_title": "DICOMNODE", "host": "127.0.0.1", "port": port, "acse_timeout": 5, "dimse_timeout": 10,
-                 "network_timeout": 10},
-        "callers": [
-            {"ae_title": "STORESCU", "host": "127.0.0.0/8"},
-            {"ae_title": "ECHOSCU", "host": "127.0.0.0/8"},
-            {"ae_title": "TESTSCU"},
-            {"ae_title": "FARAWAY", "host": "10.0.0.0/8"},
-        ],
-        "database": {"url": "sqlite:///var/node.db"},
-        "storage": {"path": "var/store", "quarantine": "var/quarantine", "outbox": "var/outbox", "min_free_mb": 0},
-        "assembly": {"quiet_seconds": 30, "complete_on_release": True, "check_interval_seconds": 0.2},
-        "models": {"path": "models"},
-    }
-    for name, value in sections.items():
-        if isinstance(value, dict) and isinstance(data.get(name), dict):
-            data[name] = {**data[name], **value}
-        else:
-            data[name] = value
-    return data
-
-
-def make_config(tmp: Path, port: int | None = None, **sections: dict[str, Any]) -> Config:
-    return parse_config(config_dict(tmp, port if port is not None else free_port(), **sections), tmp)
-
-
-def toml_text(data: dict[str, Any]) -> str:
-    """Minimal TOML writer for the config dicts above (tables, arrays of tables, scalars)."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines: list[str] = []
-    for name, value in data.items():
-        if isinstance(value, list):
-            for item in value:
-                lines.append(f"[[{name}]]")
-                lines += [f"{k} = {scalar(v)}" for k, v in item.items()]
-        else:
-            lines.append(f"[{name}]")
-            lines += [f"{k} = {scalar(v)}" for k, v in value.items()]
-    return "\n".join(lines) + "\n"
+def make_config(tmp: Path, port: int | None = None, **sections: Any) -> Config:
+    """A validated Config (through the real loader) with everything under `tmp`."""
+    node = {"port": port or free_port(), "acse_timeout": 5, "dimse_timeout": 10, "network_timeout": 10}
+    node.update(sections.pop("node", {}))
+    storage = {"min_free_mb": 0, **sections.pop("storage", {})}
+    path = write_config(tmp, node=node, callers=sections.pop("callers", CALLERS), storage=storage, **sections)
+    return load_config(path)
 
 
 def ct_dataset(
@@ -157,7 +103,7 @@ def storescu(port: int, files: list[Path] | Path, *extra: str, calling: str = "S
     """Run DCMTK's storescu (absolute path, TCP_NODELAY=1) against 127.0.0.1:port."""
     paths = [files] if isinstance(files, Path) else files
     cmd = [STORESCU, "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, paths)]
-    return subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, check=False, env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def files_under(folder: Path) -> list[Path]:

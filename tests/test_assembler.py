@@ -1,0 +1,133 @@
+"""Study assembly: quiet timer, completion on association release, late instances re-open a study."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+from pydicom.uid import ExplicitVRLittleEndian
+from receiver_helpers import ct_dataset, ct_series, make_config, storescu, write_series
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node.analysis import header_fields
+from dicom_node.assembler import Assembler
+from dicom_node.config import Config
+from dicom_node.db.engine import Database
+from dicom_node.db.schema import Association, Study, StudyState
+from dicom_node.receiver import start_receiver
+from dicom_node.receiver.ingest import ParsedInstance, record_instance
+
+T0 = datetime(2024, 1, 1, 12, 0, 0)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path, assembly={"quiet_seconds": 30, "complete_on_release": True})
+
+
+@pytest.fixture
+def db(config: Config) -> Database:
+    database = Database(config.database_url)
+    yield database
+    database.dispose()
+
+
+def _receive(db: Database, study_uid: str, index: int, at: datetime, association_id: str | None = None) -> None:
+    ds = ct_dataset(study_uid, study_uid + ".1", index)
+    ds.SOPInstanceUID = f"{study_uid}.1.{index + 1}"  # the same index is the same instance
+    parsed = ParsedInstance(header_fields(ds), ExplicitVRLittleEndian, "P", "", "20240101")
+    record_instance(db, parsed, f"x/{index}.dcm", 10, "PACS", association_id, now=at)
+
+
+def _study(db: Database, uid: str) -> Study:
+    with db.read() as s:
+        return s.scalars(select(Study).where(Study.study_uid == uid)).one()
+
+
+def _open_association(db: Database, aid: str, ended: bool = False) -> None:
+    with db.write() as s:
+        s.add(Association(id=aid, calling_ae="PACS", peer_address="127.0.0.1", started_at=T0,
+                          ended_at=T0 if ended else None, released=ended))
+
+
+def test_quiet_timer_completes_once(config: Config, db: Database) -> None:
+    seen: list[tuple[str, int]] = []
+    assembler = Assembler(config, db, lambda session, study: seen.append((study.study_uid, study.generation)))
+    _receive(db, "1.2.3", 0, T0)
+    _receive(db, "1.2.3", 1, T0 + timedelta(seconds=10))
+    assert assembler.check(now=T0 + timedelta(seconds=39)) == []  # 29 s quiet: not yet
+    assert _study(db, "1.2.3").state == StudyState.RECEIVING
+    assert assembler.check(now=T0 + timedelta(seconds=40)) == ["1.2.3"]
+    study = _study(db, "1.2.3")
+    assert (study.state, study.generation, study.completed_at) == (StudyState.COMPLETE, 1, T0 + timedelta(seconds=40))
+    assert seen == [("1.2.3", 1)]
+    assert assembler.check(now=T0 + timedelta(seconds=400)) == []  # complete studies stay complete
+    assert seen == [("1.2.3", 1)]
+
+
+def test_late_instance_reopens_and_generation_increments(config: Config, db: Database) -> None:
+    assembler = Assembler(config, db)
+    _receive(db, "1.2.4", 0, T0)
+    assembler.check(now=T0 + timedelta(seconds=31))
+    with db.write() as s:  # as if analysed and delivered since
+        s.scalars(select(Study)).one().state = StudyState.DELIVERED
+    _receive(db, "1.2.4", 0, T0 + timedelta(seconds=60))  # a duplicate does not re-open
+    assert _study(db, "1.2.4").state == StudyState.DELIVERED
+    _receive(db, "1.2.4", 1, T0 + timedelta(seconds=61))  # a new instance does
+    assert _study(db, "1.2.4").state == StudyState.RECEIVING
+    assert assembler.check(now=T0 + timedelta(seconds=80)) == []
+    assert assembler.check(now=T0 + timedelta(seconds=91)) == ["1.2.4"]
+    study = _study(db, "1.2.4")
+    assert (study.state, study.generation) == (StudyState.COMPLETE, 2)
+
+
+def test_release_completes_unless_another_open_association_sent_to_it(config: Config, db: Database) -> None:
+    assembler = Assembler(config, db)
+    _open_association(db, "a1")
+    _open_association(db, "a2")
+    _receive(db, "5.5", 0, T0, "a1")
+    _receive(db, "5.5", 1, T0, "a2")  # a2 sent the last instance; a1 is still open
+    _receive(db, "6.6", 0, T0, "a2")
+    with db.write() as s:
+        s.get(Association, "a2").ended_at = T0  # type: ignore[union-attr]
+    assert assembler.association_released("a2") == ["6.6"]  # 5.5 still has a1 sending
+    assert _study(db, "5.5").state == StudyState.RECEIVING
+    assert assembler.association_released("a1") == []  # a1 did not send 5.5's last instance
+    assert assembler.check(now=T0 + timedelta(seconds=31)) == ["5.5"]  # the quiet timer catches it
+
+
+def test_release_does_nothing_when_disabled(tmp_path: Path) -> None:
+    config = make_config(tmp_path, assembly={"complete_on_release": False})
+    db = Database(config.database_url)
+    _open_association(db, "a1", ended=True)
+    _receive(db, "7.7", 0, T0, "a1")
+    assert Assembler(config, db).association_released("a1") == []
+    assert _study(db, "7.7").state == StudyState.RECEIVING
+    db.dispose()
+
+
+def test_failing_callback_rolls_back_the_completion(config: Config, db: Database) -> None:
+    def boom(session: Session, study: Study) -> None:
+        raise RuntimeError("queue unavailable")
+
+    _receive(db, "8.8", 0, T0)
+    assert Assembler(config, db, boom).check(now=T0 + timedelta(seconds=60)) == []
+    study = _study(db, "8.8")
+    assert (study.state, study.generation) == (StudyState.RECEIVING, 0)
+
+
+def test_association_release_completes_over_the_network(config: Config, db: Database, tmp_path: Path) -> None:
+    assembler = Assembler(config, db)
+    handle = start_receiver(config, db, lambda aid, released: released and assembler.association_released(aid))
+    try:
+        datasets = ct_series(4)
+        result = storescu(handle.port, write_series(tmp_path / "in", datasets))
+        assert result.returncode == 0, result.stderr
+        uid = datasets[0].StudyInstanceUID
+        wait_for(lambda: _study(db, uid).state == StudyState.COMPLETE, timeout=10, msg="study complete on release")
+        assert _study(db, uid).generation == 1
+    finally:
+        handle.shutdown(grace_seconds=2)
