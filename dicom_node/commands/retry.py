@@ -1,0 +1,43 @@
+"""`dicom-node retry --config FILE [--deliveries] [--jobs] [--study UID]`: re-queue what failed.
+
+Without --deliveries or --jobs, both are retried. Failed deliveries get a fresh max-age window; failed
+jobs of each study's current generation are queued again with their attempts reset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dicom_node.config import load_config
+from dicom_node.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config.toml", help="configuration file (default config.toml)")
+    parser.add_argument("--deliveries", action="store_true", help="retry failed deliveries")
+    parser.add_argument("--jobs", action="store_true", help="retry failed analysis jobs")
+    parser.add_argument("--study", default=None, metavar="UID", help="only this Study Instance UID")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return 1
+    from dicom_node import jobs
+    from dicom_node.db.engine import Database
+    from dicom_node.delivery import state
+
+    both = not (args.deliveries or args.jobs)
+    db = Database(config.database_url)
+    try:
+        with db.write() as session:
+            n_deliveries = state.retry_failed(session, args.study) if (both or args.deliveries) else 0
+            n_jobs = jobs.retry_failed(session, args.study) if (both or args.jobs) else 0
+    finally:
+        db.dispose()
+    print(f"re-queued {n_deliveries} deliveries and {n_jobs} jobs")
+    return 0

@@ -1,0 +1,51 @@
+"""`dicom-node worker --config FILE`: one inference worker against the shared database and store."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from dicom_node.config import load_config
+from dicom_node.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config.toml", help="configuration file (default config.toml)")
+    parser.add_argument("--id", default=None, help="worker id recorded on claimed jobs (default host:pid:random)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return 1
+
+    from dicom_node.db.engine import Database
+    from dicom_node.worker import Worker
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("stopping worker", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    db = Database(config.database_url)
+    try:
+        worker = Worker(config, db, worker_id=args.id)
+    except ModelError as exc:
+        print(f"cannot load models: {exc}", file=sys.stderr)
+        return 1
+    try:
+        worker.run_forever(stop)
+    finally:
+        db.dispose()
+    return 0

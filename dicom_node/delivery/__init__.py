@@ -1,0 +1,1 @@
+"""Delivery of our outputs (SR, overlays) to the configured destinations by C-STORE, with retries."""

@@ -1,0 +1,344 @@
+"""The inference worker: claim a job, analyse its study, store the result, write outputs, queue deliveries.
+
+Models load once, when the worker starts. While a model runs, a heartbeat thread renews the job's lease;
+a worker that dies stops renewing and the job goes back to the queue (`jobs.requeue_expired`).
+Everything a finished job changes in the database (job state, result, outputs, deliveries, study
+priority and state) is one transaction, keyed so that a re-run inserts nothing twice: results by job,
+outputs by SOP Instance UID (deterministic), deliveries by (output, destination). Output files are
+written durably into the outbox inside that transaction, after the lease is confirmed.
+
+When the final attempt fails (or a job comes back after its last attempt's worker died), the worker
+builds a FAILED analysis with the reason and still writes an SR saying that analysis failed.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
+
+import pydicom
+from sqlalchemy import select
+
+from dicom_node import jobs, triage
+from dicom_node.analysis import AnalysisStatus, InstanceRef, StudyAnalysis, instance_ref
+from dicom_node.config import Config
+from dicom_node.db.engine import Database, utcnow
+from dicom_node.db.schema import (
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    Output,
+    Result,
+    Series,
+    Study,
+    StudyState,
+)
+from dicom_node.delivery import state as delivery_state
+from dicom_node.errors import LeaseLostError, PermanentError
+from dicom_node.store import make_dirs_durable, sanitise_uid, write_durable
+
+if TYPE_CHECKING:
+    from dicom_node.ml.pipeline import Pipeline
+    from dicom_node.outputs.objects import OutputObject
+
+log = logging.getLogger(__name__)
+
+BuildOutputs = Callable[[StudyAnalysis, Mapping[str, pydicom.Dataset], int], "list[OutputObject]"]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class StudyInput:
+    study_id: int
+    study_uid: str
+    accession_number: str
+    refs: list[InstanceRef]
+
+
+class Heartbeat:
+    """Renews a job's lease every third of its length until stopped; `lost` is set when renewal fails."""
+
+    def __init__(self, db: Database, job_id: int, worker_id: str, lease_seconds: float) -> None:
+        self.db, self.job_id, self.worker_id, self.lease_seconds = db, job_id, worker_id, lease_seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                if not jobs.renew(self.db, self.job_id, self.worker_id, self.lease_seconds):
+                    self.lost.set()
+                    log.warning("lease lost while analysing", extra={"job_id": self.job_id})
+                    return
+            except Exception:  # a transient database error: try again next beat
+                log.warning("lease renewal failed", extra={"job_id": self.job_id}, exc_info=True)
+
+
+class Worker:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        pipelines: Sequence[Pipeline] | None = None,
+        build_outputs: BuildOutputs | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.worker_id = worker_id or default_worker_id()
+        if pipelines is None:
+            from dicom_node.ml.registry import load_pipelines
+
+            pipelines = load_pipelines(config)
+        self.pipelines: dict[str, Pipeline] = {p.info.name: p for p in pipelines}
+        if build_outputs is None:
+            from dicom_node.outputs import build_outputs as default_builder
+
+            build_outputs = default_builder
+        self.build_outputs: BuildOutputs = build_outputs
+        self.lease_seconds = config.worker.lease_seconds
+        self._last_requeue = 0.0
+        log.info("worker ready", extra={"worker_id": self.worker_id, "models": ",".join(sorted(self.pipelines))})
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Process jobs until `stop_event` is set; the job in hand is finished first."""
+        while not stop_event.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # a database outage must not end the worker
+                log.exception("worker pass failed", extra={"worker_id": self.worker_id})
+                busy = False
+            if not busy:
+                self._requeue_expired_now_and_then()
+                stop_event.wait(self.config.worker.poll_seconds)
+        log.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    def _requeue_expired_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self._last_requeue >= max(1.0, self.lease_seconds / 4):
+            self._last_requeue = now
+            jobs.requeue_expired(self.db)
+
+    def run_once(self) -> bool:
+        """Claim and process one job; False when none was due."""
+        if not self.pipelines:
+            return False
+        job = jobs.claim(self.db, self.worker_id, self.lease_seconds, model_names=self.pipelines.keys())
+        if job is None:
+            return False
+        self.process(job)
+        return True
+
+    # -- one job -------------------------------------------------------------------------------------
+    def process(self, job: Job) -> None:
+        pipeline = self.pipelines[job.model_name]
+        extra = {"job_id": job.id, "model": job.model_name, "attempt": job.attempts, "worker_id": self.worker_id}
+        study = self._study_input(job.study_id)
+        if jobs.is_exhausted(job):
+            reason = job.last_error or "no attempt finished"
+            self._finish_failed(job, pipeline, study, f"analysis failed after {job.max_attempts} attempts: {reason}")
+            return
+        try:
+            with Heartbeat(self.db, job.id, self.worker_id, self.lease_seconds) as beat:
+                analysis = pipeline.analyse(study.refs)
+            if beat.lost.is_set():
+                log.warning("result dropped: lease lost during analysis", extra=extra)
+                return
+            self._finish(job, study, analysis)
+        except LeaseLostError:
+            log.warning("result dropped: lease lost", extra=extra)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            permanent = isinstance(exc, PermanentError)
+            if permanent or jobs.is_final_attempt(job):
+                log.exception("analysis failed for good", extra=extra)
+                self._finish_failed(job, pipeline, study, reason)
+            else:
+                log.warning("analysis attempt failed", extra={**extra, "reason": reason})
+                self._fail_attempt(job, reason, permanent=False)
+
+    def _finish_failed(self, job: Job, pipeline: Pipeline, study: StudyInput, reason: str) -> None:
+        analysis = StudyAnalysis(
+            model=pipeline.info, status=AnalysisStatus.FAILED, reason=reason, study_uid=study.study_uid
+        )
+        try:
+            self._finish(job, study, analysis, error=reason)
+        except LeaseLostError:
+            log.warning("failure report dropped: lease lost", extra={"job_id": job.id})
+        except Exception as exc:
+            log.exception("could not write the failure report", extra={"job_id": job.id})
+            self._fail_attempt(job, f"{reason}; failure report not written: {type(exc).__name__}: {exc}", True)
+
+    def _fail_attempt(self, job: Job, reason: str, permanent: bool) -> None:
+        try:
+            jobs.fail_attempt(self.db, job.id, self.worker_id, reason, permanent=permanent)
+        except LeaseLostError:
+            log.warning("attempt failure not recorded: lease lost", extra={"job_id": job.id})
+
+    def _study_input(self, study_id: int) -> StudyInput:
+        with self.db.read() as session:
+            study = session.get(Study, study_id)
+            assert study is not None
+            rows = session.execute(
+                select(Instance, Series)
+                .join(Series, Series.id == Instance.series_id)
+                .where(Instance.study_id == study_id)
+                .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
+            ).all()
+            refs = [instance_ref(str(self.config.storage.path / i.path), _fields(study, s, i)) for i, s in rows]
+            return StudyInput(study.id, study.study_uid, study.accession_number, refs)
+
+    def _sources(self, study: StudyInput, analysis: StudyAnalysis) -> dict[str, pydicom.Dataset]:
+        """Datasets the output builders need: an evaluated instance (or any) and every key image."""
+        wanted: list[str] = []
+        if analysis.status == AnalysisStatus.ANALYSED:
+            wanted += analysis.evaluated_sop_instance_uids[:1]
+            wanted += [k.sop_instance_uid for k in analysis.key_images]
+            wanted += [f.key_sop_instance_uid for f in analysis.findings if f.key_sop_instance_uid]
+        by_uid = {r.sop_instance_uid: r for r in study.refs}
+        if not any(uid in by_uid for uid in wanted) and study.refs:
+            wanted.insert(0, study.refs[0].sop_instance_uid)
+        sources: dict[str, pydicom.Dataset] = {}
+        for uid in dict.fromkeys(wanted):
+            ref = by_uid.get(uid)
+            if ref is None:
+                raise PermanentError(f"key image {uid} is not an instance of study {study.study_uid}")
+            sources[uid] = pydicom.dcmread(ref.path)
+        return sources
+
+    def _finish(self, job: Job, study: StudyInput, analysis: StudyAnalysis, error: str = "") -> None:
+        """Store the result and outputs, queue deliveries and complete the job: one transaction."""
+        with self.db.read() as session:
+            current_generation = session.get(Study, study.study_id).generation  # type: ignore[union-attr]
+        stale = job.generation < current_generation
+        outputs: list[OutputObject] = []
+        if not stale:
+            outputs = self.build_outputs(analysis, self._sources(study, analysis), job.generation)
+        encoded = [(o, _encode(o.dataset)) for o in outputs]
+        now = utcnow()
+        with self.db.write() as session:
+            jobs.complete(session, job.id, self.worker_id, error=error)  # LeaseLostError: roll back
+            result, changed = _upsert_result(session, job, analysis, now)
+            for obj, data in encoded:
+                self._store_output(session, study, result, obj, data, changed, now)
+            db_study = session.get(Study, study.study_id)
+            assert db_study is not None
+            raised = triage.apply_priority(session, db_study, analysis)
+            if (
+                job.generation == db_study.generation
+                and db_study.state != StudyState.RECEIVING
+                and jobs.open_jobs(session, db_study.id, db_study.generation) == 0
+            ):
+                db_study.state = StudyState.ANALYSED
+                session.flush()
+                delivery_state.update_study_delivered(session, db_study.id)
+        log.info(
+            "result stored",
+            extra={
+                "job_id": job.id, "study_uid": study.study_uid, "status": analysis.status.value,
+                "critical": analysis.critical, "outputs": len(encoded), "stale": stale,
+            },
+        )
+        if raised:
+            triage.notify_critical(self.config.notifications, study.study_uid, study.accession_number, analysis)
+
+    def _store_output(
+        self, session: Any, study: StudyInput, result: Result, obj: OutputObject, data: bytes, changed: bool, now: Any
+    ) -> None:
+        relpath = f"{sanitise_uid(study.study_uid)}/{sanitise_uid(obj.sop_instance_uid)}.dcm"
+        existing = session.scalar(select(Output).where(Output.sop_instance_uid == obj.sop_instance_uid))
+        if existing is not None and not changed and (self.config.storage.outbox / existing.path).is_file():
+            row = existing
+        else:
+            target = self.config.storage.outbox / relpath
+            make_dirs_durable(target.parent)
+            write_durable(target, data)
+            if existing is None:
+                row = Output(
+                    study_id=study.study_id, result_id=result.id, kind=obj.kind, sop_class_uid=obj.sop_class_uid,
+                    sop_instance_uid=obj.sop_instance_uid, series_uid=obj.series_uid, path=relpath, created_at=now,
+                )
+                session.add(row)
+                session.flush()
+            else:
+                row = existing
+                row.result_id, row.path, row.kind = result.id, relpath, obj.kind
+                delivery_state.reset_for_new_content(session, row.id, now)
+        have = set(session.scalars(select(Delivery.destination).where(Delivery.output_id == row.id)))
+        for dest in self.config.destinations:
+            if dest.name not in have:
+                session.add(
+                    Delivery(
+                        output_id=row.id, destination=dest.name, state=DeliveryState.PENDING, attempts=0,
+                        next_attempt_at=now, last_error="", created_at=now,
+                    )
+                )
+        session.flush()
+
+
+def _upsert_result(session: Any, job: Job, analysis: StudyAnalysis, now: Any) -> tuple[Result, bool]:
+    payload = analysis.to_json()
+    existing = session.scalar(select(Result).where(Result.job_id == job.id))
+    if existing is not None:
+        changed = existing.payload != payload
+        existing.status, existing.critical, existing.payload = analysis.status.value, analysis.critical, payload
+        existing.model_version, existing.created_at = analysis.model.version, now
+        session.flush()
+        return existing, changed
+    result = Result(
+        job_id=job.id, study_id=job.study_id, model_name=analysis.model.name, model_version=analysis.model.version,
+        status=analysis.status.value, critical=analysis.critical, payload=payload, created_at=now,
+    )
+    session.add(result)
+    session.flush()
+    return result, True
+
+
+def _encode(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _fields(study: Study, series: Series, inst: Instance) -> dict[str, Any]:
+    return {
+        "study_uid": study.study_uid,
+        "series_uid": series.series_uid,
+        "sop_instance_uid": inst.sop_instance_uid,
+        "sop_class_uid": inst.sop_class_uid,
+        "modality": series.modality,
+        "series_description": series.series_description,
+        "body_part": series.body_part,
+        "series_number": series.series_number,
+        "instance_number": inst.instance_number,
+        "image_type": inst.image_type,
+        "image_orientation": inst.image_orientation,
+        "image_position": inst.image_position,
+        "slice_thickness": inst.slice_thickness,
+        "contrast_agent": inst.contrast_agent,
+        "rows": inst.rows,
+        "columns": inst.columns,
+        "convolution_kernel": inst.convolution_kernel,
+    }
