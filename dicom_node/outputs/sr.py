@@ -114,13 +114,14 @@ def _group(analysis: StudyAnalysis, finding: Finding, key: Dataset | None) -> _G
         measurements = [hd.sr.Measurement(
             name=codes.PROBABILITY, value=float(finding.probability), unit=codes.UNIT_NO_UNITS)]
     evaluations = [hd.sr.QualitativeEvaluation(name=concept.code, value=codes.presence(finding.present))]
-    common = dict(tracking_identifier=tracking, finding_type=concept.code, algorithm_id=algorithm,
-                  measurements=measurements, qualitative_evaluations=evaluations)
     if key is not None and finding.present and finding.region_center is not None:
         return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            referenced_region=_region(finding, key), **common)
+            tracking_identifier=tracking, referenced_region=_region(finding, key), finding_type=concept.code,
+            algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=evaluations)
     source_images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(key)] if key is not None else None
-    return hd.sr.MeasurementsAndQualitativeEvaluations(source_images=source_images, **common)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, finding_type=concept.code, algorithm_id=algorithm,
+        measurements=measurements, qualitative_evaluations=evaluations, source_images=source_images)
 
 
 def _procedure(primary: Dataset) -> list[CodedConcept]:
