@@ -1,0 +1,60 @@
+"""The one place that decides where models run: `auto | cuda | cuda:N | cpu`, and whether to use AMP."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from dicom_node.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Device:
+    torch_device: torch.device
+    amp: bool  # mixed precision (float16 autocast) for inference: on CUDA only
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.torch_device.type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """Autocast for inference on CUDA; a no-op context on CPU."""
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+
+def choose_device(spec: str = "auto", threads: int = 0) -> Device:
+    """Resolve a device setting. `auto` takes CUDA when available; `cuda` without a GPU is an error."""
+    spec = (spec or "auto").strip().lower()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        device = Device(torch.device("cpu"), amp=False)
+    elif spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ModelError(f"worker.device is {spec!r} but no CUDA device is available")
+        index = int(spec.split(":", 1)[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise ModelError(f"worker.device is {spec!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+        device = Device(torch.device("cuda", index), amp=True)
+        torch.backends.cudnn.benchmark = True
+    else:
+        raise ModelError(f"device {spec!r} is not one of auto, cuda, cuda:N, cpu")
+    log.info("model device chosen", extra={"device": str(device.torch_device), "amp": device.amp})
+    return device
+
+
+@contextlib.contextmanager
+def inference_mode(device: Device) -> Iterator[None]:
+    """No gradients plus AMP where the device supports it."""
+    with torch.inference_mode(), device.autocast():
+        yield

@@ -1,0 +1,139 @@
+"""Evaluation of a loaded pipeline on a labelled folder: metrics.json, ROC/PR PNGs, a printable table.
+
+ICH: per-slice metrics over the labelled slices of the selected series (as in the RSNA challenge,
+with its weighted log loss), plus study-level metrics (study label: any labelled slice positive; study
+probability: the pipeline's aggregation). SIH: per-study metrics of the ensemble probability.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from dicom_node.errors import PixelDataError, SelectionError
+from dicom_node.ml.datasets import by_study, read_rsna_labels, read_study_labels, scan_dicom
+from dicom_node.ml.ich import IchPipeline
+from dicom_node.ml.metrics import label_metrics, plot_curves, rsna_weighted_log_loss
+from dicom_node.ml.pipeline import Pipeline
+from dicom_node.ml.sih import SihPipeline, ensemble_probability
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(pipeline: Pipeline, data_dir: Path, out_dir: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Run the pipeline over every labelled study under `data_dir`; write metrics.json and curves to `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(pipeline, IchPipeline):
+        result = _evaluate_ich(pipeline, data_dir, out_dir, n_boot, seed)
+    elif isinstance(pipeline, SihPipeline):
+        result = _evaluate_sih(pipeline, data_dir, out_dir, n_boot, seed)
+    else:
+        raise TypeError(f"no evaluation for {type(pipeline).__name__}")
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def _header(pipeline: Pipeline, data_dir: Path) -> dict[str, Any]:
+    info = pipeline.info
+    return {"model": {"name": info.name, "version": info.version, "task": info.task,
+                      "synthetic_demo": info.synthetic_demo, "manifest_sha256": info.manifest_sha256},
+            "data": str(data_dir)}
+
+
+def _evaluate_ich(p: IchPipeline, data_dir: Path, out_dir: Path, n_boot: int, seed: int) -> dict[str, Any]:
+    labels = read_rsna_labels(data_dir / "labels.csv")
+    names = p.manifest.labels
+    ys, ps, study_y, study_p, skipped = [], [], [], [], []
+    for study_uid, refs in tqdm(sorted(by_study(scan_dicom(data_dir)).items()), desc="evaluating", unit="study"):
+        try:
+            slices = p.select(refs)
+            probs = p.predict(p.inputs(slices)[0])
+        except (SelectionError, PixelDataError) as exc:
+            skipped.append({"study_uid": study_uid, "reason": str(exc)})
+            continue
+        keep = [i for i, r in enumerate(slices) if r.sop_instance_uid in labels]
+        if not keep:
+            continue
+        y = np.array([[labels[slices[i].sop_instance_uid].get(n, 0) for n in names] for i in keep], dtype=np.float32)
+        ys.append(y)
+        ps.append(probs[keep])
+        study_y.append(y.max(axis=0))
+        study_p.append(p.aggregate(probs))
+    if not ys:
+        raise SelectionError(f"no labelled, analysable CT study under {data_dir}")
+    y, prob = np.concatenate(ys), np.concatenate(ps)
+    sy, sp = np.stack(study_y), np.stack(study_p)
+    result = _header(p, data_dir)
+    result.update({
+        "level": "slice",
+        "n_images": len(y),
+        "n_studies": len(sy),
+        "labels": {n: label_metrics(y[:, j], prob[:, j], p.thresholds[n], n_boot, seed) for j, n in enumerate(names)},
+        "rsna_weighted_log_loss": round(rsna_weighted_log_loss(y, prob, names), 6),
+        "study_level": {n: label_metrics(sy[:, j], sp[:, j], p.thresholds[n], n_boot, seed) for j, n in enumerate(names)},
+        "skipped_studies": skipped,
+    })
+    for j, n in enumerate(names):
+        plot_curves(y[:, j], prob[:, j], n, out_dir, f"{p.info.name} {p.info.version} (slices)")
+        plot_curves(sy[:, j], sp[:, j], f"study_{n}", out_dir, f"{p.info.name} {p.info.version} (studies)")
+    return result
+
+
+def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, seed: int) -> dict[str, Any]:
+    labels = read_study_labels(data_dir / "labels.csv")
+    ens = p.manifest.ensemble
+    assert ens is not None
+    ys, ps, skipped = [], [], []
+    for study_uid, refs in tqdm(sorted(by_study(scan_dicom(data_dir)).items()), desc="evaluating", unit="study"):
+        if study_uid not in labels:
+            continue
+        try:
+            logits = p.logits(p.inputs(p.select(refs)))
+        except (SelectionError, PixelDataError) as exc:
+            skipped.append({"study_uid": study_uid, "reason": str(exc)})
+            continue
+        ys.append(labels[study_uid])
+        ps.append(ensemble_probability(logits, ens.coefficients, ens.intercept))
+    if not ys:
+        raise SelectionError(f"no labelled, analysable MR study under {data_dir}")
+    y, prob = np.asarray(ys, dtype=np.float32), np.asarray(ps)
+    label = p.manifest.labels[0]
+    result = _header(p, data_dir)
+    result.update({"level": "study", "n_studies": len(y),
+                   "labels": {label: label_metrics(y, prob, p.thresholds[label], n_boot, seed)},
+                   "skipped_studies": skipped})
+    plot_curves(y, prob, label, out_dir, f"{p.info.name} {p.info.version}")
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A readable table of the per-label metrics (and the study-level AUROC for ICH)."""
+
+    def f(v: Any) -> str:
+        return "  n/a" if v is None else f"{v:.3f}"
+
+    study = result.get("study_level", {})
+    head = f"{'label':<18}{'AUROC':>7}  {'95% CI':<15}{'sens':>7}{'spec':>7}{'logloss':>9}{'thr':>7}{'pos/n':>11}"
+    if study:
+        head += f"{'study AUROC':>13}"
+    lines = [f"{result['model']['name']} {result['model']['version']} on {result['data']} ({result['level']} level)",
+             head]
+    for label, m in result["labels"].items():
+        ci = f"[{f(m['auroc_ci'][0])}, {f(m['auroc_ci'][1])}]"
+        line = (f"{label:<18}{f(m['auroc']):>7}  {ci:<15}{f(m['sensitivity']):>7}{f(m['specificity']):>7}"
+                f"{f(m['log_loss']):>9}{m['threshold']:>7.3f}{str(m['n_positive']) + '/' + str(m['n']):>11}")
+        if study:
+            line += f"{f(study[label]['auroc']):>13}"
+        lines.append(line)
+    if "rsna_weighted_log_loss" in result:
+        lines.append(f"RSNA weighted log loss: {result['rsna_weighted_log_loss']:.4f}")
+    if result.get("skipped_studies"):
+        lines.append(f"{len(result['skipped_studies'])} studies skipped (see metrics.json for reasons)")
+    if result["model"].get("synthetic_demo"):
+        lines.append("synthetic-demo model: figures describe generated phantoms, not patients")
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""What every model pipeline offers the worker, and how a pipeline's networks are loaded from a manifest."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dicom_node.analysis import AnalysisStatus, InstanceRef, ModelInfo, StudyAnalysis
+from dicom_node.errors import ModelError, PixelDataError, SelectionError
+from dicom_node.ml.device import Device
+from dicom_node.ml.manifest import Component, Manifest, verify_weights
+from dicom_node.ml.nets import build_model
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline(abc.ABC):
+    """A loaded model: `analyse(instances)` turns one study's instances into a `StudyAnalysis`."""
+
+    def __init__(self, manifest: Manifest, device: Device, batch_size: int, thresholds: dict[str, float]) -> None:
+        unknown = sorted(set(thresholds) - set(manifest.labels))
+        if unknown:
+            raise ModelError(
+                f"threshold override(s) for {unknown} but model {manifest.name} {manifest.version} "
+                f"has labels {list(manifest.labels)}"
+            )
+        self.manifest = manifest
+        self.device = device
+        self.batch_size = max(1, batch_size)
+        self.thresholds = {**manifest.thresholds, **thresholds}
+        self.info = ModelInfo(
+            name=manifest.name,
+            version=manifest.version,
+            task=manifest.task,
+            display_name=manifest.display_name,
+            manifest_sha256=manifest.sha256,
+            synthetic_demo=manifest.synthetic_demo,
+            intended_use=manifest.intended_use,
+        )
+        self.modalities: frozenset[str] = frozenset({manifest.input.modality})
+
+    def analyse(self, instances: Sequence[InstanceRef]) -> StudyAnalysis:
+        """Never raises for unsuitable input (no suitable series, undecodable pixels): returns NOT_ANALYSED."""
+        study_uid = instances[0].study_uid if instances else ""
+        try:
+            return self._analyse(instances)
+        except (SelectionError, PixelDataError) as exc:
+            log.info("study not analysed", extra={"model": self.info.name, "study_uid": study_uid, "reason": str(exc)})
+            return StudyAnalysis(model=self.info, status=AnalysisStatus.NOT_ANALYSED, reason=str(exc), study_uid=study_uid)
+
+    @abc.abstractmethod
+    def _analyse(self, instances: Sequence[InstanceRef]) -> StudyAnalysis:
+        """Select, preprocess, infer, explain; may raise SelectionError / PixelDataError."""
+
+
+def load_network(manifest: Manifest, component: Component, num_outputs: int, device: Device) -> nn.Module:
+    """Build the component's architecture, load its checked weights, eval mode, on the device."""
+    path = verify_weights(manifest, component)
+    net = build_model(component.architecture, manifest.input.in_channels, num_outputs)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except Exception as exc:  # torch raises RuntimeError/UnpicklingError/KeyError for a mismatched file
+        raise ModelError(
+            f"model {manifest.name} {manifest.version}: {path.name} does not fit {component.architecture} with "
+            f"{manifest.input.in_channels} input channel(s) and {num_outputs} output(s): {exc}"
+        ) from exc
+    net.eval().to(device.torch_device)
+    for p in net.parameters():
+        p.requires_grad_(True)  # Grad-CAM needs gradients to flow back to the last block
+    return net

@@ -1,0 +1,68 @@
+"""Model registry: `models/<name>/<version>/manifest.json` -> a loaded `Pipeline`, once per worker.
+
+    from dicom_node.ml.registry import load_pipelines, Pipeline
+    pipelines = load_pipelines(config)
+
+Loading refuses (ModelError) a missing manifest or weight file, a weight file whose sha256 differs from
+the manifest's, an input spec or label set the pipelines do not support, and threshold overrides for
+labels the model does not have.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dicom_node.config import Config
+from dicom_node.errors import ModelError
+from dicom_node.ml.device import Device, choose_device
+from dicom_node.ml.manifest import load_manifest
+from dicom_node.ml.pipeline import Pipeline
+
+__all__ = ["Pipeline", "load_pipeline", "load_pipelines", "model_folder"]
+
+log = logging.getLogger(__name__)
+
+
+def model_folder(models_dir: Path, name: str, version: str) -> Path:
+    if not name or "/" in name or "\\" in name or name.startswith(".") or not version or "/" in version \
+            or version.startswith("."):
+        raise ModelError(f"invalid model name/version {name!r} {version!r}")
+    return Path(models_dir) / name / version
+
+
+def load_pipeline(
+    models_dir: Path,
+    name: str,
+    version: str,
+    device: Device,
+    batch_size: int = 16,
+    thresholds: dict[str, float] | None = None,
+) -> Pipeline:
+    """Load one model folder into its pipeline on `device`."""
+    manifest = load_manifest(model_folder(models_dir, name, version))
+    if manifest.name != name or manifest.version != version:
+        raise ModelError(
+            f"{manifest.folder}: manifest names {manifest.name} {manifest.version}, folder says {name} {version}"
+        )
+    if manifest.task == "ich-ct":
+        from dicom_node.ml.ich import IchPipeline
+
+        pipeline: Pipeline = IchPipeline(manifest, device, batch_size, thresholds or {})
+    else:
+        from dicom_node.ml.sih import SihPipeline
+
+        pipeline = SihPipeline(manifest, device, batch_size, thresholds or {})
+    log.info("model loaded", extra={"model": name, "version": version, "task": manifest.task,
+                                    "synthetic_demo": manifest.synthetic_demo, "device": str(device.torch_device)})
+    return pipeline
+
+
+def load_pipelines(config: Config) -> list[Pipeline]:
+    """Every enabled model of `config.models`, each loaded once on the device of `config.worker.device`."""
+    device = choose_device(config.worker.device, config.worker.torch_threads)
+    return [
+        load_pipeline(config.models.path, s.name, s.version, device, config.worker.batch_size, dict(s.thresholds))
+        for s in config.models.enabled
+        if s.enabled
+    ]

@@ -1,0 +1,88 @@
+"""SIH pipeline: three post-contrast T1 images -> three binary networks -> logistic-regression ensemble.
+
+select_sih_images picks the axial (pons level), coronal 1 (pituitary/midbrain) and coronal 2 (posterior
+fossa) images; each goes through its own network (one logit each); the ensemble's probability is
+sigmoid(intercept + sum(coefficient[role] * logit[role])), coefficients from the manifest. The key image
+is the one whose weighted logit contributes most; Grad-CAM explains that image's network.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from dicom_node.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, StudyAnalysis
+from dicom_node.ml.device import Device, inference_mode
+from dicom_node.ml.gradcam import grad_cam, peak_region, to_source
+from dicom_node.ml.manifest import SIH_ROLES, Manifest
+from dicom_node.ml.pipeline import Pipeline, load_network
+from dicom_node.ml.preprocess import Placement, mr_input, read_image
+from dicom_node.ml.selection import SihImages, select_sih_images
+
+log = logging.getLogger(__name__)
+
+
+def ensemble_probability(logits: dict[str, float], coefficients: dict[str, float], intercept: float) -> float:
+    z = intercept + sum(coefficients[r] * logits[r] for r in SIH_ROLES)
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+
+
+class SihPipeline(Pipeline):
+    def __init__(self, manifest: Manifest, device: Device, batch_size: int, thresholds: dict[str, float]) -> None:
+        super().__init__(manifest, device, batch_size, thresholds)
+        self.nets = {role: load_network(manifest, manifest.component(role), 1, device) for role in SIH_ROLES}
+
+    def select(self, instances: Sequence[InstanceRef]) -> SihImages:
+        return select_sih_images(instances)
+
+    def inputs(self, images: SihImages) -> dict[str, tuple[np.ndarray, Placement]]:
+        spec = self.manifest.input
+        low, high = spec.percentiles
+        return {role: mr_input(read_image(ref.path), spec.size, low, high) for role, ref in images.by_role().items()}
+
+    def logits(self, inputs: dict[str, tuple[np.ndarray, Placement]]) -> dict[str, float]:
+        out = {}
+        with inference_mode(self.device):
+            for role, (x, _p) in inputs.items():
+                t = torch.from_numpy(x[None]).to(self.device.torch_device)
+                out[role] = float(self.nets[role](t).float()[0, 0].cpu())
+        return out
+
+    def _analyse(self, instances: Sequence[InstanceRef]) -> StudyAnalysis:
+        images = self.select(instances)
+        inputs = self.inputs(images)
+        logits = self.logits(inputs)
+        ens = self.manifest.ensemble
+        assert ens is not None  # validated by load_manifest for sih-mr
+        prob = ensemble_probability(logits, ens.coefficients, ens.intercept)
+        label = self.manifest.labels[0]
+        threshold = self.thresholds[label]
+        present = prob >= threshold
+        refs = images.by_role()
+        finding = Finding(label=label, probability=prob, threshold=threshold, present=present,
+                          critical=label in self.manifest.critical_labels)
+        key_images = []
+        if present:
+            role = max(SIH_ROLES, key=lambda r: ens.coefficients[r] * logits[r])
+            ref = refs[role]
+            x, p = inputs[role]
+            heat = to_source(grad_cam(self.nets[role], torch.from_numpy(x[None]).to(self.device.torch_device), 0), p)
+            center, radius = peak_region(heat)
+            finding = Finding(label=label, probability=prob, threshold=threshold, present=True, critical=finding.critical,
+                              key_sop_instance_uid=ref.sop_instance_uid, key_series_uid=ref.series_uid,
+                              region_center=center, region_radius=radius)
+            key_images.append(KeyImage(ref.sop_instance_uid, [label], heat))
+        series = list(dict.fromkeys(r.series_uid for r in refs.values()))
+        reason = (f"axial, coronal 1 and coronal 2 post-contrast T1 images analysed; "
+                  f"logits {', '.join(f'{r}={v:.2f}' for r, v in logits.items())}")
+        log.info("study analysed", extra={"model": self.info.name, "study_uid": images.axial.study_uid,
+                                          "probability": round(prob, 3)})
+        return StudyAnalysis(
+            model=self.info, status=AnalysisStatus.ANALYSED, reason=reason, study_uid=images.axial.study_uid,
+            evaluated_series_uids=series, evaluated_sop_instance_uids=[r.sop_instance_uid for r in refs.values()],
+            findings=[finding], key_images=key_images,
+        )
