@@ -36,7 +36,11 @@ def apply_priority(session: Session, study: Study, analysis: StudyAnalysis) -> b
     session.flush()
     log.warning(
         "study raised to STAT: critical finding",
-        extra={"study_uid": study.study_uid, "model": analysis.model.name, "findings": ",".join(critical_labels(analysis))},
+        extra={
+            "study_uid": study.study_uid,
+            "model": analysis.model.name,
+            "findings": ",".join(critical_labels(analysis)),
+        },
     )
     return True
 
@@ -67,7 +71,11 @@ def webhook_payload(study_uid: str, accession_number: str, analysis: StudyAnalys
 
 
 def notify_critical(
-    settings: NotificationsConfig, study_uid: str, accession_number: str, analysis: StudyAnalysis, timeout: float = 5.0
+    settings: NotificationsConfig,
+    study_uid: str,
+    accession_number: str,
+    analysis: StudyAnalysis,
+    timeout: float = 5.0,
 ) -> bool:
     """POST the critical-finding JSON to `notifications.webhook_url` when set. Best effort: True when sent.
 

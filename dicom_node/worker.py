@@ -119,7 +119,9 @@ class Worker:
         self.build_outputs: BuildOutputs = build_outputs
         self.lease_seconds = config.worker.lease_seconds
         self._last_requeue = 0.0
-        log.info("worker ready", extra={"worker_id": self.worker_id, "models": ",".join(sorted(self.pipelines))})
+        log.info(
+            "worker ready", extra={"worker_id": self.worker_id, "models": ",".join(sorted(self.pipelines))}
+        )
 
     # -- loop ----------------------------------------------------------------------------------------
     def run_forever(self, stop_event: threading.Event) -> None:
@@ -154,11 +156,18 @@ class Worker:
     # -- one job -------------------------------------------------------------------------------------
     def process(self, job: Job) -> None:
         pipeline = self.pipelines[job.model_name]
-        extra = {"job_id": job.id, "model": job.model_name, "attempt": job.attempts, "worker_id": self.worker_id}
+        extra = {
+            "job_id": job.id,
+            "model": job.model_name,
+            "attempt": job.attempts,
+            "worker_id": self.worker_id,
+        }
         study = self._study_input(job.study_id)
         if jobs.is_exhausted(job):
             reason = job.last_error or "no attempt finished"
-            self._finish_failed(job, pipeline, study, f"analysis failed after {job.max_attempts} attempts: {reason}")
+            self._finish_failed(
+                job, pipeline, study, f"analysis failed after {job.max_attempts} attempts: {reason}"
+            )
             return
         try:
             with Heartbeat(self.db, job.id, self.worker_id, self.lease_seconds) as beat:
@@ -189,7 +198,9 @@ class Worker:
             log.warning("failure report dropped: lease lost", extra={"job_id": job.id})
         except Exception as exc:
             log.exception("could not write the failure report", extra={"job_id": job.id})
-            self._fail_attempt(job, f"{reason}; failure report not written: {type(exc).__name__}: {exc}", True)
+            self._fail_attempt(
+                job, f"{reason}; failure report not written: {type(exc).__name__}: {exc}", True
+            )
 
     def _fail_attempt(self, job: Job, reason: str, permanent: bool) -> None:
         try:
@@ -207,7 +218,9 @@ class Worker:
                 .where(Instance.study_id == study_id)
                 .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
             ).all()
-            refs = [instance_ref(str(self.config.storage.path / i.path), _fields(study, s, i)) for i, s in rows]
+            refs = [
+                instance_ref(str(self.config.storage.path / i.path), _fields(study, s, i)) for i, s in rows
+            ]
             return StudyInput(study.id, study.study_uid, study.accession_number, refs)
 
     def _sources(self, study: StudyInput, analysis: StudyAnalysis) -> dict[str, pydicom.Dataset]:
@@ -257,15 +270,28 @@ class Worker:
         log.info(
             "result stored",
             extra={
-                "job_id": job.id, "study_uid": study.study_uid, "status": analysis.status.value,
-                "critical": analysis.critical, "outputs": len(encoded), "stale": stale,
+                "job_id": job.id,
+                "study_uid": study.study_uid,
+                "status": analysis.status.value,
+                "critical": analysis.critical,
+                "outputs": len(encoded),
+                "stale": stale,
             },
         )
         if raised:
-            triage.notify_critical(self.config.notifications, study.study_uid, study.accession_number, analysis)
+            triage.notify_critical(
+                self.config.notifications, study.study_uid, study.accession_number, analysis
+            )
 
     def _store_output(
-        self, session: Any, study: StudyInput, result: Result, obj: OutputObject, data: bytes, changed: bool, now: Any
+        self,
+        session: Any,
+        study: StudyInput,
+        result: Result,
+        obj: OutputObject,
+        data: bytes,
+        changed: bool,
+        now: Any,
     ) -> None:
         relpath = f"{sanitise_uid(study.study_uid)}/{sanitise_uid(obj.sop_instance_uid)}.dcm"
         existing = session.scalar(select(Output).where(Output.sop_instance_uid == obj.sop_instance_uid))
@@ -277,8 +303,14 @@ class Worker:
             write_durable(target, data)
             if existing is None:
                 row = Output(
-                    study_id=study.study_id, result_id=result.id, kind=obj.kind, sop_class_uid=obj.sop_class_uid,
-                    sop_instance_uid=obj.sop_instance_uid, series_uid=obj.series_uid, path=relpath, created_at=now,
+                    study_id=study.study_id,
+                    result_id=result.id,
+                    kind=obj.kind,
+                    sop_class_uid=obj.sop_class_uid,
+                    sop_instance_uid=obj.sop_instance_uid,
+                    series_uid=obj.series_uid,
+                    path=relpath,
+                    created_at=now,
                 )
                 session.add(row)
                 session.flush()
@@ -291,8 +323,13 @@ class Worker:
             if dest.name not in have:
                 session.add(
                     Delivery(
-                        output_id=row.id, destination=dest.name, state=DeliveryState.PENDING, attempts=0,
-                        next_attempt_at=now, last_error="", created_at=now,
+                        output_id=row.id,
+                        destination=dest.name,
+                        state=DeliveryState.PENDING,
+                        attempts=0,
+                        next_attempt_at=now,
+                        last_error="",
+                        created_at=now,
                     )
                 )
         session.flush()
@@ -303,13 +340,23 @@ def _upsert_result(session: Any, job: Job, analysis: StudyAnalysis, now: Any) ->
     existing = session.scalar(select(Result).where(Result.job_id == job.id))
     if existing is not None:
         changed = existing.payload != payload
-        existing.status, existing.critical, existing.payload = analysis.status.value, analysis.critical, payload
+        existing.status, existing.critical, existing.payload = (
+            analysis.status.value,
+            analysis.critical,
+            payload,
+        )
         existing.model_version, existing.created_at = analysis.model.version, now
         session.flush()
         return existing, changed
     result = Result(
-        job_id=job.id, study_id=job.study_id, model_name=analysis.model.name, model_version=analysis.model.version,
-        status=analysis.status.value, critical=analysis.critical, payload=payload, created_at=now,
+        job_id=job.id,
+        study_id=job.study_id,
+        model_name=analysis.model.name,
+        model_version=analysis.model.version,
+        status=analysis.status.value,
+        critical=analysis.critical,
+        payload=payload,
+        created_at=now,
     )
     session.add(result)
     session.flush()

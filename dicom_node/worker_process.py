@@ -18,7 +18,11 @@ log = logging.getLogger(__name__)
 
 class WorkerProcess:
     def __init__(
-        self, config_path: Path, log_level: str = "INFO", restart_delay: float = 5.0, grace_seconds: float = 30.0
+        self,
+        config_path: Path,
+        log_level: str = "INFO",
+        restart_delay: float = 5.0,
+        grace_seconds: float = 30.0,
     ) -> None:
         self.config_path = Path(config_path)
         self.log_level = log_level
@@ -31,8 +35,14 @@ class WorkerProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "dicom_node.cli", "--log-level", self.log_level,
-            "worker", "--config", str(self.config_path),
+            sys.executable,
+            "-m",
+            "dicom_node.cli",
+            "--log-level",
+            self.log_level,
+            "worker",
+            "--config",
+            str(self.config_path),
         ]
 
     def start(self) -> None:
@@ -52,7 +62,9 @@ class WorkerProcess:
         while not self._stop.is_set():
             proc = self.process
             if proc is not None and proc.poll() is not None:
-                log.error("local worker exited; restarting", extra={"pid": proc.pid, "returncode": proc.returncode})
+                log.error(
+                    "local worker exited; restarting", extra={"pid": proc.pid, "returncode": proc.returncode}
+                )
                 if self._stop.wait(self.restart_delay):
                     return
                 self._spawn()

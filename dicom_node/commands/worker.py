@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config.toml", help="configuration file (default config.toml)")
-    parser.add_argument("--id", default=None, help="worker id recorded on claimed jobs (default host:pid:random)")
+    parser.add_argument(
+        "--id", default=None, help="worker id recorded on claimed jobs (default host:pid:random)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,7 +38,9 @@ def make_ae(config: Config) -> AE:
     return ae
 
 
-def open_association(ae: AE, dest: Destination, contexts: Iterable[tuple[str, list[str]]] = ()) -> Association:
+def open_association(
+    ae: AE, dest: Destination, contexts: Iterable[tuple[str, list[str]]] = ()
+) -> Association:
     """Associate with `dest` proposing `contexts` (SOP class, transfer syntaxes) already added to `ae`.
 
     Raises DeliveryError when the peer is unreachable, rejects or aborts.
@@ -48,7 +50,7 @@ def open_association(ae: AE, dest: Destination, contexts: Iterable[tuple[str, li
     tls_args = (client_ssl_context(dest.tls), dest.host) if dest.tls.enabled else None
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, max_pdu=0, tls_args=tls_args)
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "could not connect"
+        why = "rejected" if assoc.is_rejected else "could not connect or was aborted"
         raise DeliveryError(f"association with {dest.name} ({dest.ae_title}@{dest.host}:{dest.port}) {why}")
     _no_delay(assoc)
     return assoc

@@ -107,7 +107,10 @@ class Sender:
                 outcomes[item.delivery_id] = "association ended before this object was sent"
         self._record(outcomes, items)
         n_sent = sum(1 for e in outcomes.values() if not e)
-        log.info("delivery batch", extra={"destination": dest_name, "sent": n_sent, "failed": len(outcomes) - n_sent})
+        log.info(
+            "delivery batch",
+            extra={"destination": dest_name, "sent": n_sent, "failed": len(outcomes) - n_sent},
+        )
         return n_sent
 
     def _store_one(self, assoc, item: DueDelivery) -> str:  # type: ignore[no-untyped-def]

@@ -47,7 +47,8 @@ def due(session: Session, now: datetime, limit: int = 500) -> list[DueDelivery]:
         .limit(limit)
     ).all()
     return [
-        DueDelivery(d.id, d.destination, o.id, o.path, o.sop_class_uid, o.sop_instance_uid, o.study_id) for d, o in rows
+        DueDelivery(d.id, d.destination, o.id, o.path, o.sop_class_uid, o.sop_instance_uid, o.study_id)
+        for d, o in rows
     ]
 
 
@@ -61,7 +62,9 @@ def mark_sent(session: Session, delivery_id: int, now: datetime) -> None:
     d.last_error = ""
 
 
-def mark_attempt_failed(session: Session, settings: DeliveryConfig, delivery_id: int, error: str, now: datetime) -> None:
+def mark_attempt_failed(
+    session: Session, settings: DeliveryConfig, delivery_id: int, error: str, now: datetime
+) -> None:
     """Count a failed try: back off, or FAILED with the reason once older than `max_age`."""
     d = session.get(Delivery, delivery_id)
     if d is None or d.state != DeliveryState.PENDING:
@@ -72,7 +75,12 @@ def mark_attempt_failed(session: Session, settings: DeliveryConfig, delivery_id:
         d.state = DeliveryState.FAILED
         log.error(
             "delivery failed for good",
-            extra={"delivery_id": d.id, "destination": d.destination, "attempts": d.attempts, "reason": error},
+            extra={
+                "delivery_id": d.id,
+                "destination": d.destination,
+                "attempts": d.attempts,
+                "reason": error,
+            },
         )
         return
     d.next_attempt_at = now + backoff(settings, d.attempts)
