@@ -1,0 +1,199 @@
+"""Key images with the finding marked: RGB secondary captures (highdicom `SCImage`) for positive findings.
+
+Each overlay is the key image, windowed to grey (CT: brain window 40/80 HU; MR: 1st-99th percentile),
+with the explanation map alpha-blended in colour, a circle at the finding's location and a burned-in
+caption (finding, probability, model, and "not for diagnostic use" for demo weights). Small images are
+enlarged by an integer factor so the caption stays readable.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_rescale
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_node.analysis import Finding, KeyImage, StudyAnalysis
+from dicom_node.outputs import codes, uids
+from dicom_node.outputs.equipment import EquipmentInfo, finish_common, series_description, series_number
+from dicom_node.outputs.objects import OutputObject
+
+log = logging.getLogger(__name__)
+
+BRAIN_WINDOW = (40.0, 80.0)  # center, width (HU)
+MIN_DISPLAY_SIZE = 512  # images smaller than this are enlarged by an integer factor
+MAX_ALPHA = 0.55  # opacity of the heat map at its peak
+HEAT_FLOOR = 0.15  # heat below this is not drawn (keeps the anatomy visible)
+CIRCLE_COLOUR = (255, 0, 255)  # magenta: not in the heat map's colour scale
+TEXT_COLOUR = (255, 255, 255)
+WARNING_COLOUR = (255, 230, 0)
+DEMO_WARNING = "AI RESULT - NOT FOR DIAGNOSTIC USE"
+AI_NOTICE = "AI RESULT - CONFIRM ON SOURCE IMAGES"
+
+
+def grey_image(ds: Dataset) -> np.ndarray:
+    """The source image as uint8 grey: CT in the brain window from HU, other modalities by percentiles."""
+    pixels = ds.pixel_array
+    if pixels.ndim == 3:  # colour source: use its luminance
+        pixels = pixels[..., :3].mean(axis=-1)
+    values = np.asarray(apply_rescale(pixels, ds), dtype=np.float32)
+    if str(ds.get("Modality", "")) == "CT":
+        center, width = BRAIN_WINDOW
+        low, high = center - width / 2, center + width / 2
+    else:
+        low, high = (float(v) for v in np.percentile(values, (1.0, 99.0)))
+        if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+            values = low + high - values
+    if high <= low:
+        high = low + 1.0
+    return (np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """A jet-like colour scale: 0 blue → cyan → green → yellow → 1 red, as uint8 RGB."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    anchors = np.array([0.0, 0.25, 0.5, 0.75, 1.0], dtype=np.float32)
+    colours = np.array([[0, 0, 200], [0, 200, 255], [40, 230, 40], [255, 230, 0], [230, 0, 0]], dtype=np.float32)
+    rgb = np.stack([np.interp(v[..., 0], anchors, colours[:, c]) for c in range(3)], axis=-1)
+    return rgb.astype(np.uint8)
+
+
+def _resize(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if heat.shape == shape:
+        return heat.astype(np.float32)
+    image = Image.fromarray(heat.astype(np.float32), mode="F").resize((shape[1], shape[0]), Image.BILINEAR)
+    return np.asarray(image, dtype=np.float32)
+
+
+def blend(grey: np.ndarray, heat: np.ndarray | None) -> np.ndarray:
+    """Grey image with the heat map in colour, opacity rising with heat above `HEAT_FLOOR`."""
+    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
+    if heat is None:
+        return rgb.astype(np.uint8)
+    heat = np.clip(np.nan_to_num(_resize(heat, grey.shape)), 0.0, 1.0)
+    alpha = np.where(heat >= HEAT_FLOOR, MAX_ALPHA * heat, 0.0)[..., None]
+    out = rgb * (1.0 - alpha) + jet(heat).astype(np.float32) * alpha
+    return (out + 0.5).astype(np.uint8)
+
+
+def _font(lines: list[str], width: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """PIL's default font at the largest size (up to width/32) at which every line fits."""
+    size = max(10, width // 32)
+    while True:
+        font = ImageFont.load_default(size=size)
+        widest = max(font.getbbox(line)[2] for line in lines)
+        if widest <= width - 8 or size <= 8:
+            return font
+        size -= 1
+
+
+def draw_annotations(rgb: np.ndarray, center: tuple[float, float] | None, radius: float | None,
+                     lines: list[str], warning_lines: int = 1) -> np.ndarray:
+    """Circle at `center` (row, col) and the caption on a dark band at the top; the last lines in yellow."""
+    image = Image.fromarray(rgb, mode="RGB")
+    draw = ImageDraw.Draw(image)
+    width = rgb.shape[1]
+    stroke = max(1, width // 256)
+    if center is not None:
+        r = radius or width / 32
+        row, col = center
+        draw.ellipse((col - r, row - r, col + r, row + r), outline=CIRCLE_COLOUR, width=stroke + 1)
+    if lines:
+        font = _font(lines, width)
+        line_height = font.getbbox("Ag")[3] + 4
+        band = np.asarray(image).copy()
+        band[: line_height * len(lines) + 6] = (band[: line_height * len(lines) + 6] * 0.25).astype(np.uint8)
+        image = Image.fromarray(band, mode="RGB")
+        draw = ImageDraw.Draw(image)
+        for i, line in enumerate(lines):
+            colour = WARNING_COLOUR if i >= len(lines) - warning_lines else TEXT_COLOUR
+            draw.text((4, 3 + i * line_height), line, fill=colour, font=font)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def caption(analysis: StudyAnalysis, finding: Finding) -> list[str]:
+    model = analysis.model
+    name = codes.finding_concept(finding.label).display
+    return [
+        f"{name}: PRESENT {finding.probability * 100:.0f}%",
+        f"{model.display_name} {model.version}",
+        DEMO_WARNING if model.synthetic_demo else AI_NOTICE,
+    ]
+
+
+def render(source: Dataset, finding: Finding, heat: np.ndarray | None, lines: list[str]) -> tuple[np.ndarray, int]:
+    """The overlay's RGB pixels and the enlargement factor applied to the source geometry."""
+    grey = grey_image(source)
+    rgb = blend(grey, heat)
+    factor = max(1, MIN_DISPLAY_SIZE // max(grey.shape))
+    if factor > 1:
+        rgb = np.asarray(Image.fromarray(rgb, mode="RGB").resize(
+            (rgb.shape[1] * factor, rgb.shape[0] * factor), Image.BILINEAR))
+    center = None
+    if finding.region_center is not None:
+        center = ((finding.region_center[0] + 0.5) * factor, (finding.region_center[1] + 0.5) * factor)
+    radius = finding.region_radius * factor if finding.region_radius else None
+    return draw_annotations(rgb, center, radius, lines), factor
+
+
+def _orientation(ds: Dataset) -> tuple[str, str]:
+    """Patient Orientation (row, column directions) from Image Orientation (Patient); axial by default."""
+    letters = (("L", "R"), ("P", "A"), ("H", "F"))
+    iop = ds.get("ImageOrientationPatient")
+    if not iop or len(iop) != 6:
+        return ("L", "P")
+
+    def letter(vector: list[float]) -> str:
+        axis = int(np.argmax(np.abs(vector)))
+        return letters[axis][0] if vector[axis] >= 0 else letters[axis][1]
+
+    values = [float(v) for v in iop]
+    return (letter(values[:3]), letter(values[3:]))
+
+
+def build_overlay(analysis: StudyAnalysis, finding: Finding, key_image: KeyImage | None, source: Dataset,
+                  index: int, generation: int, device: EquipmentInfo | None) -> OutputObject:
+    """One secondary capture for one present finding (index: 1-based position among the overlays)."""
+    model = analysis.model
+    study_uid = analysis.study_uid or str(source.StudyInstanceUID)
+    lines = caption(analysis, finding)
+    pixels, factor = render(source, finding, key_image.heatmap if key_image else None, lines)
+    series_uid = uids.series_uid(study_uid, model.name, model.version, uids.OVERLAY)
+    sop_uid = uids.instance_uid(study_uid, model.name, model.version, uids.OVERLAY, generation, finding.label)
+    spacing = source.get("PixelSpacing")
+    pixel_spacing = tuple(float(v) / factor for v in spacing) if spacing and len(spacing) == 2 else None
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=series_uid,
+        series_number=series_number(model, uids.OVERLAY),
+        sop_instance_uid=sop_uid,
+        instance_number=max(1, generation) * 100 + index,
+        manufacturer="dicom-node",
+        pixel_spacing=pixel_spacing,
+        patient_orientation=_orientation(source),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    sc.BurnedInAnnotation = "YES"
+    # Our models are head-only; a body part also settles General Series' Laterality condition.
+    sc.BodyPartExamined = str(source.get("BodyPartExamined") or "HEAD")[:16]
+    sc.ImageComments = " / ".join(lines)[:10240]
+    sc.DerivationDescription = (
+        f"Key image {'enlarged x' + str(factor) + ', ' if factor > 1 else ''}with AI explanation map and "
+        f"caption for {codes.finding_concept(finding.label).display}")[:1024]
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    sc.SourceImageSequence = [reference]
+    finish_common(sc, model, device, series_description(model, "overlay"))
+    log.debug("built overlay", extra={"study_uid": study_uid, "model": model.name, "label": finding.label,
+                                      "generation": generation, "sop_instance_uid": sop_uid})
+    return OutputObject(kind=uids.OVERLAY, dataset=sc, sop_instance_uid=str(sop_uid), series_uid=str(series_uid),
+                        sop_class_uid=str(sc.SOPClassUID), label=finding.label)

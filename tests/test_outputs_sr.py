@@ -1,0 +1,254 @@
+"""The TID 1500 SR: written, read back with pydicom, its content tree walked, and checked by the tools."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pydicom
+import pytest
+from outputs_helpers import (
+    ICH_LABELS,
+    ICH_MODEL,
+    ich_analysis,
+    make_series,
+    not_analysed,
+    roundtrip,
+    sih_analysis,
+    sources_of,
+)
+from pydicom.dataset import Dataset
+
+from dicom_node.analysis import AnalysisStatus, Finding, StudyAnalysis
+from dicom_node.outputs import EquipmentInfo, build_outputs, codes, uids
+from dicom_node.outputs.validate import dciodvfy_errors, dsr2html, dsrdump
+
+ICH_CODES = {
+    "any": ("1386000", "SCT"),
+    "subdural": ("35486000", "SCT"),
+    "subarachnoid": ("21454007", "SCT"),
+    "intraventricular": ("23276006", "SCT"),
+    "intraparenchymal": ("449020009", "SCT"),
+    "epidural": ("DN-0001", "99DCMNODE"),
+}
+PRESENT, ABSENT, UNDETERMINED = ("52101004", "SCT"), ("272519000", "SCT"), ("373068000", "SCT")
+
+
+def walk(items: Iterator[Dataset] | list[Dataset]) -> Iterator[Dataset]:
+    for item in items:
+        yield item
+        yield from walk(item.get("ContentSequence", []))
+
+
+def code(seq_item: Dataset) -> tuple[str, str]:
+    return (str(seq_item.CodeValue), str(seq_item.CodingSchemeDesignator))
+
+
+def evaluations(ds: Dataset) -> dict[tuple[str, str], tuple[str, str]]:
+    """Qualitative evaluations: finding concept code → Present/Absent/Undetermined code."""
+    out = {}
+    for item in walk(ds.ContentSequence):
+        if item.ValueType == "CODE" and code(item.ConceptCodeSequence[0]) in (PRESENT, ABSENT, UNDETERMINED):
+            out[code(item.ConceptNameCodeSequence[0])] = code(item.ConceptCodeSequence[0])
+    return out
+
+
+def items_named(ds: Dataset, value: str, scheme: str = "DCM") -> list[Dataset]:
+    return [i for i in walk(ds.ContentSequence) if code(i.ConceptNameCodeSequence[0]) == (value, scheme)]
+
+
+def texts(ds: Dataset) -> str:
+    return "\n".join(str(i.TextValue) for i in walk(ds.ContentSequence) if i.ValueType == "TEXT")
+
+
+def write_sr(analysis: StudyAnalysis, sources: dict[str, Dataset], tmp_path: Path, generation: int = 1,
+             device: EquipmentInfo | None = None) -> tuple[Path, Dataset]:
+    outputs = build_outputs(analysis, sources, generation, device)
+    assert outputs[0].kind == "sr"
+    path = tmp_path / "sr.dcm"
+    return path, roundtrip(outputs[0].dataset, path)
+
+
+def assert_valid(path: Path, *names: str) -> None:
+    assert dciodvfy_errors(path) == []
+    dump = dsrdump(path)
+    assert dump.returncode == 0, dump.stderr
+    html = dsr2html(path)
+    assert html.returncode == 0 and "<html" in html.stdout.lower()
+    for name in names:
+        assert name in html.stdout
+
+
+def test_ich_positive(tmp_path: Path) -> None:
+    series = make_series("CT", n=4, blob=(40, 80))
+    analysis = ich_analysis(series, positive=True, center=(40.0, 80.0))
+    path, sr = write_sr(analysis, sources_of(series), tmp_path, generation=3,
+                        device=EquipmentInfo(institution_name="Test Hospital"))
+    assert_valid(path, "Subdural intracranial hemorrhage", "Present", "Absent")
+
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.StudyInstanceUID == series[0].StudyInstanceUID and sr.PatientID == "SYN0001"
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.InstanceNumber == 3
+    assert sr.InstitutionName == "Test Hospital"
+    assert sr.SOPInstanceUID == uids.instance_uid(sr.StudyInstanceUID, "ich", ICH_MODEL.version, "sr", 3)
+    assert "synthetic-demo" in sr.SeriesDescription and "NOT FOR CLINICAL USE" in sr.SeriesDescription
+    found = evaluations(sr)
+    expected = {ICH_CODES[label]: PRESENT if label in ("any", "subdural") else ABSENT for label in ICH_LABELS}
+    assert found == expected
+    # the finding type of each group is its concept too
+    assert {code(i.ConceptCodeSequence[0]) for i in items_named(sr, "121071")} == set(ICH_CODES.values())
+    probabilities = sorted(float(i.MeasuredValueSequence[0].NumericValue) for i in items_named(sr, "122157"))
+    assert probabilities == [0.04] * 4 + [0.93] * 2
+    text = texts(sr)
+    assert "AI result" in text and "synthetic-demo" in text and "NOT FOR CLINICAL USE" in text
+    assert "Present: Intracranial hemorrhage" in text and "Subdural hemorrhage (probability 0.93)" in text
+    parameters = [i.TextValue for i in items_named(sr, "111002")]
+    assert "threshold=0.5" in parameters and f"manifest_sha256={'a' * 64}" in parameters
+    assert {i.TextValue for i in items_named(sr, "111001")} == {ICH_MODEL.display_name}
+    assert {i.TextValue for i in items_named(sr, "111003")} == {ICH_MODEL.version}
+
+
+def test_ich_positive_region_observer_procedure_equipment(tmp_path: Path) -> None:
+    series = make_series("CT", n=4)
+    analysis = ich_analysis(series, positive=True, center=(40.0, 80.0))
+    _, sr = write_sr(analysis, sources_of(series), tmp_path)
+    regions = [i for i in walk(sr.ContentSequence) if i.ValueType == "SCOORD"]
+    assert len(regions) == 2 and {r.GraphicType for r in regions} == {"CIRCLE"}
+    for region in regions:
+        cx, cy, px, py = (float(v) for v in region.GraphicData)
+        assert (cx, cy) == (80.5, 40.5) and abs(px - cx) == 10.0
+        ref = region.ContentSequence[0].ReferencedSOPSequence[0]
+        assert ref.ReferencedSOPInstanceUID == series[1].SOPInstanceUID
+    # observer is the device; procedure reported is the imaging procedure, not the algorithm
+    device_uid = uids.device_uid("ich", "a" * 64)
+    assert code(items_named(sr, "121005")[0].ConceptCodeSequence[0]) == ("121007", "DCM")
+    assert items_named(sr, "121012")[0].UID == device_uid
+    assert [code(i.ConceptCodeSequence[0]) for i in items_named(sr, "121058")] == [("24725-4", "LN")]
+    # IHE AIR contributing equipment
+    algorithm = [e for e in sr.ContributingEquipmentSequence
+                 if code(e.PurposeOfReferenceCodeSequence[0]) == ("Newcode1", "99IHE")]
+    assert len(algorithm) == 1
+    assert algorithm[0].PurposeOfReferenceCodeSequence[0].CodeMeaning == "Processing Algorithm"
+    assert algorithm[0].Manufacturer == "dicom-node"
+    assert algorithm[0].ManufacturerModelName == ICH_MODEL.display_name
+    assert algorithm[0].SoftwareVersions == ICH_MODEL.version
+    assert algorithm[0].DeviceUID == device_uid
+    assert {s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence} >= {"99DCMNODE", "99IHE"}
+    # every evaluated instance is referenced as evidence
+    evidence = {ref.ReferencedSOPInstanceUID
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for s in study.ReferencedSeriesSequence for ref in s.ReferencedSOPSequence}
+    assert evidence == {ds.SOPInstanceUID for ds in series}
+
+
+def test_evidence_covers_evaluated_instances_without_datasets(tmp_path: Path) -> None:
+    series = make_series("CT", n=4)
+    analysis = ich_analysis(series, positive=True)
+    path, sr = write_sr(analysis, {series[1].SOPInstanceUID: series[1]}, tmp_path)
+    assert dciodvfy_errors(path) == []
+    refs = [ref for study in sr.CurrentRequestedProcedureEvidenceSequence
+            for s in study.ReferencedSeriesSequence for ref in s.ReferencedSOPSequence]
+    assert {r.ReferencedSOPInstanceUID for r in refs} == {ds.SOPInstanceUID for ds in series}
+    assert {r.ReferencedSOPClassUID for r in refs} == {series[0].SOPClassUID}
+
+
+def test_ich_negative(tmp_path: Path) -> None:
+    series = make_series("CT", n=4)
+    analysis = ich_analysis(series, positive=False)
+    outputs = build_outputs(analysis, sources_of(series), 1)
+    assert [o.kind for o in outputs] == ["sr"]
+    path = tmp_path / "sr.dcm"
+    sr = roundtrip(outputs[0].dataset, path)
+    assert_valid(path, "Intracranial hemorrhage", "Absent")
+    assert evaluations(sr) == {c: ABSENT for c in ICH_CODES.values()}
+    assert not [i for i in walk(sr.ContentSequence) if i.ValueType == "SCOORD"]
+    assert "Absent: Intracranial hemorrhage" in texts(sr)
+
+
+def test_sih_positive(tmp_path: Path) -> None:
+    series = make_series("MR", n=4, blob=(64, 64))
+    analysis = sih_analysis(series)
+    path, sr = write_sr(analysis, sources_of(series), tmp_path)
+    assert_valid(path, "Spontaneous intracranial hypotension", "Present")
+    assert evaluations(sr) == {("DN-0002", "99DCMNODE"): PRESENT}
+    assert [code(i.ConceptCodeSequence[0]) for i in items_named(sr, "121058")] == [("24590-2", "LN")]
+    assert [float(i.MeasuredValueSequence[0].NumericValue) for i in items_named(sr, "122157")] == [0.81]
+    assert sr.SeriesDescription.startswith("AI SIH")
+
+
+@pytest.mark.parametrize("status, prefix", [(AnalysisStatus.NOT_ANALYSED, "Not analysed"),
+                                            (AnalysisStatus.FAILED, "Analysis failed")])
+def test_not_analysed_is_never_a_silent_negative(tmp_path: Path, status: AnalysisStatus, prefix: str) -> None:
+    series = make_series("CT", n=2)
+    analysis = replace(not_analysed(series), status=status)
+    outputs = build_outputs(analysis, {series[0].SOPInstanceUID: series[0]}, 1)
+    assert [o.kind for o in outputs] == ["sr"]
+    path = tmp_path / "sr.dcm"
+    sr = roundtrip(outputs[0].dataset, path)
+    assert_valid(path, "Undetermined", prefix)
+    assert evaluations(sr) == {c: UNDETERMINED for c in ICH_CODES.values()}
+    assert items_named(sr, "122157") == []  # no probability where nothing was measured
+    assert f"{prefix}: no non-contrast axial head CT series" in texts(sr)
+    assert "CurrentRequestedProcedureEvidenceSequence" not in sr
+
+
+def test_failed_with_findings_reports_them_undetermined(tmp_path: Path) -> None:
+    series = make_series("CT", n=2)
+    analysis = ich_analysis(series, positive=True)
+    analysis.status, analysis.reason = AnalysisStatus.FAILED, "pixel data could not be decoded"
+    outputs = build_outputs(analysis, sources_of(series), 1)
+    assert [o.kind for o in outputs] == ["sr"]
+    sr = roundtrip(outputs[0].dataset, tmp_path / "sr.dcm")
+    assert set(evaluations(sr).values()) == {UNDETERMINED}
+    assert "Analysis failed: pixel data could not be decoded" in texts(sr)
+
+
+def test_clinical_model_is_not_marked_demo_and_source_procedure_is_used(tmp_path: Path) -> None:
+    series = make_series("CT", n=2)
+    procedure = Dataset()
+    procedure.CodeValue, procedure.CodingSchemeDesignator, procedure.CodeMeaning = "CTHEADWO", "99HOSP", "CT head"
+    for ds in series:
+        ds.ProcedureCodeSequence = [procedure]
+    analysis = ich_analysis(series, positive=False)
+    analysis.model = replace(ICH_MODEL, version="2.0.0", synthetic_demo=False)
+    path, sr = write_sr(analysis, sources_of(series), tmp_path)
+    assert dciodvfy_errors(path) == []
+    assert "synthetic-demo" not in sr.SeriesDescription and "synthetic-demo" not in texts(sr)
+    assert "AI result" in texts(sr)
+    assert [code(i.ConceptCodeSequence[0]) for i in items_named(sr, "121058")] == [("CTHEADWO", "99HOSP")]
+
+
+def test_bad_input_is_refused() -> None:
+    series = make_series("CT", n=2)
+    other = make_series("CT", n=1)
+    analysis = ich_analysis(series, positive=False)
+    with pytest.raises(ValueError):
+        build_outputs(analysis, {}, 1)
+    with pytest.raises(ValueError):
+        build_outputs(analysis, sources_of(other), 1)
+    bad = replace(analysis, findings=[Finding(label="tumour", probability=0.9, threshold=0.5, present=True)])
+    with pytest.raises(ValueError, match="tumour"):
+        build_outputs(bad, sources_of(series), 1)
+
+
+def test_codes_match_the_design_table() -> None:
+    for label, expected in ICH_CODES.items():
+        concept = codes.finding_concept(label).code
+        assert (concept.value, concept.scheme_designator) == expected
+    assert codes.presence(True).value == "52101004" and codes.presence(False).value == "272519000"
+    assert codes.presence(None).value == "373068000"
+    assert (codes.PROBABILITY.value, codes.PROBABILITY.scheme_designator) == ("122157", "DCM")
+    assert codes.labels_for_task("sih-mr") == ("sih",)
+    with pytest.raises(ValueError):
+        codes.labels_for_task("cmb-swi", "cmb")
+
+
+def test_written_file_has_file_meta(tmp_path: Path) -> None:
+    series = make_series("CT", n=2)
+    out = build_outputs(ich_analysis(series, positive=False), sources_of(series), 1)[0]
+    path = tmp_path / "sr.dcm"
+    pydicom.dcmwrite(path, out.dataset, enforce_file_format=True)
+    back = pydicom.dcmread(path)
+    assert back.file_meta.MediaStorageSOPClassUID == out.sop_class_uid
+    assert back.file_meta.MediaStorageSOPInstanceUID == out.sop_instance_uid
