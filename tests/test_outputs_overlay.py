@@ -6,7 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from outputs_helpers import gaussian, ich_analysis, make_series, not_analysed, roundtrip, sih_analysis, sources_of
+from outputs_helpers import (
+    gaussian,
+    ich_analysis,
+    make_series,
+    not_analysed,
+    roundtrip,
+    sih_analysis,
+    sources_of,
+)
 
 from dicom_node.outputs import build_outputs
 from dicom_node.outputs.overlay import CIRCLE_COLOUR, blend, caption, grey_image, jet, render

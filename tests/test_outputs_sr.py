@@ -117,7 +117,7 @@ def test_ich_positive_region_observer_procedure_equipment(tmp_path: Path) -> Non
     assert len(regions) == 2 and {r.GraphicType for r in regions} == {"CIRCLE"}
     for region in regions:
         cx, cy, px, py = (float(v) for v in region.GraphicData)
-        assert (cx, cy) == (80.5, 40.5) and abs(px - cx) == 10.0
+        assert (cx, cy) == (80.5, 40.5) and abs(px - cx) == 10.0 and py == cy
         ref = region.ContentSequence[0].ReferencedSOPSequence[0]
         assert ref.ReferencedSOPInstanceUID == series[1].SOPInstanceUID
     # observer is the device; procedure reported is the imaging procedure, not the algorithm
