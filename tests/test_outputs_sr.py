@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from outputs_helpers import (
@@ -217,6 +218,17 @@ def test_clinical_model_is_not_marked_demo_and_source_procedure_is_used(tmp_path
     assert "synthetic-demo" not in sr.SeriesDescription and "synthetic-demo" not in texts(sr)
     assert "AI result" in texts(sr)
     assert [code(i.ConceptCodeSequence[0]) for i in items_named(sr, "121058")] == [("CTHEADWO", "99HOSP")]
+
+
+def test_numpy_values_from_pipelines_are_accepted(tmp_path: Path) -> None:
+    series = make_series("CT", n=2)
+    analysis = ich_analysis(series, positive=True)
+    analysis.findings = [replace(f, present=np.bool_(f.present), probability=np.float32(f.probability),
+                                 threshold=np.float64(f.threshold)) for f in analysis.findings]
+    path, sr = write_sr(analysis, sources_of(series), tmp_path)
+    assert dciodvfy_errors(path) == []
+    assert set(evaluations(sr).values()) == {PRESENT, ABSENT}
+    assert "Absent: Epidural hemorrhage" in texts(sr)
 
 
 def test_bad_input_is_refused() -> None:

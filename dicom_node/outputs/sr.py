@@ -57,7 +57,7 @@ def summary(analysis: StudyAnalysis) -> str:
     if analysis.status == AnalysisStatus.FAILED:
         return f"Analysis failed: {analysis.reason or 'no reason given'}"
     present = [f for f in analysis.findings if f.present]
-    absent = [f for f in analysis.findings if f.present is False]
+    absent = [f for f in analysis.findings if f.present is not None and not f.present]
     parts = []
     if present:
         parts.append("Present: " + ", ".join(
