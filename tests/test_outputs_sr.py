@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.analysis import AnalysisStatus, Finding, StudyAnalysis
 from dicom_node.outputs import EquipmentInfo, build_outputs, codes, uids
-from dicom_node.outputs.validate import dciodvfy_errors, dsr2html, dsrdump
+from dicom_node.outputs.validate import dataset_problems, dciodvfy_errors, dsr2html, dsrdump
 
 ICH_CODES = {
     "any": ("1386000", "SCT"),
@@ -264,3 +264,16 @@ def test_written_file_has_file_meta(tmp_path: Path) -> None:
     back = pydicom.dcmread(path)
     assert back.file_meta.MediaStorageSOPClassUID == out.sop_class_uid
     assert back.file_meta.MediaStorageSOPInstanceUID == out.sop_instance_uid
+
+
+def test_outputs_from_a_generated_head_ct_study_validate(tmp_path: Path) -> None:
+    ct_study = pytest.importorskip("dicom_node.synth.ct_study")
+    study = ct_study.write_ct_head_study(tmp_path / "in", seed=3, findings=("subdural",), n_slices=4, size=256,
+                                         distractors=False)
+    series = [pydicom.dcmread(f) for f in study.files]
+    analysis = ich_analysis(series, positive=True, center=(100.0, 60.0))
+    outputs = build_outputs(analysis, sources_of(series), 1)
+    assert [o.kind for o in outputs] == ["sr", "overlay", "overlay"]
+    for out in outputs:
+        assert dataset_problems(out.dataset) == []
+    assert outputs[0].dataset.PatientID == series[0].PatientID
