@@ -107,6 +107,8 @@ class Worker:
         self.config = config
         self.db = db
         self.worker_id = worker_id or default_worker_id()
+        if pipelines is None and not any(m.enabled for m in config.models.enabled):
+            pipelines = []  # nothing to load (and no reason to import torch)
         if pipelines is None:
             from dicom_node.ml.registry import load_pipelines
 

@@ -22,6 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("stopping worker", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    # first thing: a SIGTERM while models load must still end the worker cleanly
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -32,14 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from dicom_node.db.engine import Database
     from dicom_node.worker import Worker
 
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("stopping worker", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     db = Database(config.database_url)
     try:
         worker = Worker(config, db, worker_id=args.id)

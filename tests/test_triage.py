@@ -1,0 +1,70 @@
+"""Triage: priority rules (critical → STAT, never lowered) and the critical-finding webhook."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from conftest import free_port
+from outputs_helpers import ich_analysis, make_series
+from test_worker import Webhook
+
+from dicom_node import triage
+from dicom_node.config import NotificationsConfig
+from dicom_node.db.engine import Database, utcnow
+from dicom_node.db.schema import Priority, Study
+
+
+def test_priority_for_findings() -> None:
+    series = make_series("CT", n=3, size=32)
+    assert triage.priority_for(ich_analysis(series, positive=True)) == Priority.STAT
+    assert triage.priority_for(ich_analysis(series, positive=False)) == Priority.ROUTINE
+    present_not_critical = ich_analysis(series, positive=True)
+    present_not_critical.findings = [replace(f, critical=False) for f in present_not_critical.findings]
+    assert triage.priority_for(present_not_critical) == Priority.ROUTINE
+
+
+def test_apply_priority_raises_and_never_lowers(tmp_path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/t.db")
+    series = make_series("CT", n=3, size=32)
+    now = utcnow()
+    with db.write() as s:
+        study = Study(study_uid="1.2.3", first_received_at=now, last_received_at=now)
+        s.add(study)
+        s.flush()
+        assert not triage.apply_priority(s, study, ich_analysis(series, positive=False))
+        assert study.priority == Priority.ROUTINE.value
+        assert triage.apply_priority(s, study, ich_analysis(series, positive=True))
+        assert study.priority == Priority.STAT.value
+        assert not triage.apply_priority(s, study, ich_analysis(series, positive=False))
+        assert not triage.apply_priority(s, study, ich_analysis(series, positive=True))
+        assert study.priority == Priority.STAT.value
+    db.dispose()
+
+
+def test_webhook_payload_has_identifiers_but_no_demographics() -> None:
+    series = make_series("CT", n=3, size=32)
+    body = triage.webhook_payload("1.2.3", "ACC0001", ich_analysis(series, positive=True))
+    text = json.dumps(body)
+    assert body["study_instance_uid"] == "1.2.3" and body["accession_number"] == "ACC0001"
+    assert body["model"]["synthetic_demo"] is True
+    assert [f["label"] for f in body["findings"]] == ["any", "subdural"]
+    assert "Synthetic" not in text and "SYN0001" not in text and "19700101" not in text
+
+
+def test_notify_only_critical_and_only_when_configured() -> None:
+    series = make_series("CT", n=3, size=32)
+    hook = Webhook()
+    try:
+        settings = NotificationsConfig(webhook_url=hook.url)
+        assert not triage.notify_critical(settings, "1.2.3", "A1", ich_analysis(series, positive=False))
+        assert not triage.notify_critical(
+            NotificationsConfig(), "1.2.3", "A1", ich_analysis(series, positive=True)
+        )
+        assert hook.bodies == []
+        assert triage.notify_critical(settings, "1.2.3", "A1", ich_analysis(series, positive=True))
+        assert hook.bodies[0]["event"] == "critical_finding"
+    finally:
+        hook.close()
+    down = NotificationsConfig(webhook_url=f"http://127.0.0.1:{free_port()}/hook")
+    assert not triage.notify_critical(down, "1.2.3", "A1", ich_analysis(series, positive=True), timeout=2)

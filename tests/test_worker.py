@@ -1,0 +1,396 @@
+"""The worker: claim → analyse → result, outputs, deliveries in one transaction; retries, failures, dead workers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import wait_for, write_config
+from outputs_helpers import ICH_MODEL, ich_analysis, make_series
+from sqlalchemy import func, select
+
+from dicom_node import jobs
+from dicom_node.analysis import AnalysisStatus, InstanceRef, StudyAnalysis, header_fields
+from dicom_node.config import Config, load_config
+from dicom_node.db.engine import Database, utcnow
+from dicom_node.db.schema import (
+    Delivery,
+    Instance,
+    Job,
+    JobState,
+    Output,
+    Priority,
+    Result,
+    Series,
+    Study,
+    StudyState,
+)
+from dicom_node.errors import PermanentError
+from dicom_node.store import instance_relpath
+from dicom_node.worker import Worker
+from dicom_node.worker_process import WorkerProcess
+
+Analyse = Callable[[list[pydicom.Dataset]], StudyAnalysis]
+
+
+class FakePipeline:
+    """Stands in for a loaded model: reads the refs' files and answers with `answer(datasets)`."""
+
+    def __init__(self, answer: Analyse, fail_times: int = 0, error: type[Exception] = RuntimeError) -> None:
+        self.info = ICH_MODEL
+        self.modalities = frozenset({"CT"})
+        self.answer = answer
+        self.fail_times = fail_times
+        self.error = error
+        self.calls = 0
+        self.during: Callable[[], None] | None = None
+
+    def analyse(self, instances: Sequence[InstanceRef]) -> StudyAnalysis:
+        self.calls += 1
+        datasets = [pydicom.dcmread(r.path) for r in instances]
+        assert all(r.modality == "CT" and r.study_uid == datasets[0].StudyInstanceUID for r in instances)
+        if self.during is not None:
+            self.during()
+        if self.calls <= self.fail_times:
+            raise self.error(f"simulated failure {self.calls}")
+        return self.answer(datasets)
+
+
+def sr_text(path: Path) -> str:
+    """Every text value in an SR's content tree, joined."""
+    texts: list[str] = []
+
+    def walk(items: Sequence[pydicom.Dataset]) -> None:
+        for item in items:
+            if "TextValue" in item:
+                texts.append(str(item.TextValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(pydicom.dcmread(path).get("ContentSequence", []))
+    return "\n".join(texts)
+
+
+def positive(datasets: list[pydicom.Dataset]) -> StudyAnalysis:
+    return ich_analysis(datasets, positive=True)
+
+
+def store_study(config: Config, db: Database, generation: int = 1) -> tuple[int, list[pydicom.Dataset]]:
+    """Put a generated 4-slice head CT into the store and the index, as the receiver would; complete it."""
+    series = make_series("CT", n=4, size=64, blob=(20, 40))
+    now = utcnow()
+    with db.write() as s:
+        first = series[0]
+        study = Study(
+            study_uid=first.StudyInstanceUID,
+            accession_number=first.AccessionNumber,
+            generation=generation,
+            state=StudyState.COMPLETE,
+            first_received_at=now,
+            last_received_at=now,
+        )
+        s.add(study)
+        s.flush()
+        ser = Series(study_id=study.id, series_uid=first.SeriesInstanceUID, modality="CT", series_number=2)
+        s.add(ser)
+        s.flush()
+        for ds in series:
+            rel = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            path = config.storage.path / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(path, enforce_file_format=True)
+            f = header_fields(ds)
+            s.add(
+                Instance(
+                    study_id=study.id,
+                    series_id=ser.id,
+                    sop_instance_uid=f["sop_instance_uid"],
+                    sop_class_uid=f["sop_class_uid"],
+                    transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+                    path=rel,
+                    size=path.stat().st_size,
+                    instance_number=f["instance_number"],
+                    image_type=f["image_type"],
+                    image_orientation=f["image_orientation"],
+                    image_position=f["image_position"],
+                    slice_thickness=f["slice_thickness"],
+                    rows=f["rows"],
+                    columns=f["columns"],
+                    received_at=now,
+                )
+            )
+        jobs.enqueue_for_study(s, study, config, [("ich", {"CT"})])
+        return study.id, series
+
+
+class Webhook:
+    """A local HTTP server recording the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture
+def config(tmp_path: Path, webhook: Webhook) -> Config:
+    return load_config(
+        write_config(
+            tmp_path,
+            destinations=[
+                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 11113},
+                {"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": 11114},
+            ],
+            worker={"lease_seconds": 30, "max_attempts": 2, "poll_seconds": 0.05},
+            notifications={"webhook_url": webhook.url},
+        )
+    )
+
+
+@pytest.fixture
+def db(config: Config) -> Iterator[Database]:
+    database = Database(config.database_url)
+    yield database
+    database.dispose()
+
+
+def outputs(db: Database) -> list[Output]:
+    with db.read() as s:
+        return list(s.scalars(select(Output).order_by(Output.id)))
+
+
+def job_row(db: Database) -> Job:
+    with db.read() as s:
+        return s.scalars(select(Job)).one()
+
+
+def count(db: Database, model: type) -> int:
+    with db.read() as s:
+        return int(s.scalar(select(func.count()).select_from(model)))
+
+
+def make_due(db: Database) -> None:
+    with db.write() as s:
+        for j in s.scalars(select(Job).where(Job.state == JobState.QUEUED)):
+            j.run_after = utcnow()
+
+
+def test_positive_study_result_outputs_deliveries_priority_and_webhook(
+    config: Config, db: Database, webhook: Webhook
+) -> None:
+    study_id, series = store_study(config, db)
+    pipeline = FakePipeline(positive)
+    worker = Worker(config, db, pipelines=[pipeline])
+    assert worker.run_once() is True
+    assert worker.run_once() is False
+    assert job_row(db).state == JobState.DONE
+    with db.read() as s:
+        study = s.get(Study, study_id)
+        assert study.priority == Priority.STAT.value and study.state == StudyState.ANALYSED
+        result = s.scalars(select(Result)).one()
+        assert result.status == "analysed" and result.critical
+        assert StudyAnalysis.from_json(result.payload).findings[-1].label == "subdural"
+    objs = outputs(db)
+    assert [o.kind for o in objs] == ["sr", "overlay", "overlay"]  # SR + one overlay per present finding
+    for o in objs:
+        ds = pydicom.dcmread(config.storage.outbox / o.path)
+        assert ds.SOPInstanceUID == o.sop_instance_uid and ds.StudyInstanceUID == series[0].StudyInstanceUID
+    assert count(db, Delivery) == 2 * len(objs)
+    wait_for(lambda: webhook.bodies, timeout=5, msg="webhook POST")
+    (body,) = webhook.bodies
+    assert body["study_instance_uid"] == series[0].StudyInstanceUID and body["accession_number"] == "ACC0001"
+    assert {f["label"] for f in body["findings"]} == {"any", "subdural"}
+    assert "Synthetic" not in json.dumps(body) and "SYN0001" not in json.dumps(body)
+
+
+def test_negative_study_keeps_routine_priority_and_never_lowers_stat(
+    config: Config, db: Database, webhook: Webhook
+) -> None:
+    study_id, _ = store_study(config, db)
+    with db.write() as s:
+        s.get(Study, study_id).priority = Priority.STAT.value  # raised earlier (another model / generation)
+    Worker(config, db, pipelines=[FakePipeline(lambda d: ich_analysis(d, positive=False))]).run_once()
+    assert [o.kind for o in outputs(db)] == ["sr"]
+    with db.read() as s:
+        assert s.get(Study, study_id).priority == Priority.STAT.value
+    assert webhook.bodies == []
+
+
+def test_not_analysed_study_gets_sr(config: Config, db: Database) -> None:
+    store_study(config, db)
+
+    def unsuitable(datasets: list[pydicom.Dataset]) -> StudyAnalysis:
+        return StudyAnalysis(
+            model=ICH_MODEL,
+            status=AnalysisStatus.NOT_ANALYSED,
+            reason="no axial series",
+            study_uid=datasets[0].StudyInstanceUID,
+        )
+
+    Worker(config, db, pipelines=[FakePipeline(unsuitable)]).run_once()
+    (sr,) = outputs(db)
+    assert sr.kind == "sr" and job_row(db).state == JobState.DONE
+    assert "no axial series" in sr_text(config.storage.outbox / sr.path)
+
+
+def test_transient_failure_is_retried_then_succeeds(config: Config, db: Database) -> None:
+    store_study(config, db)
+    pipeline = FakePipeline(positive, fail_times=1)
+    worker = Worker(config, db, pipelines=[pipeline])
+    worker.run_once()
+    row = job_row(db)
+    assert row.state == JobState.QUEUED and row.attempts == 1 and "simulated failure 1" in row.last_error
+    assert row.run_after > utcnow() and outputs(db) == []
+    assert worker.run_once() is False  # backing off
+    make_due(db)
+    worker.run_once()
+    assert job_row(db).state == JobState.DONE and len(outputs(db)) == 3
+
+
+def test_final_failure_writes_failed_sr(config: Config, db: Database) -> None:
+    store_study(config, db)
+    worker = Worker(config, db, pipelines=[FakePipeline(positive, fail_times=99)])
+    worker.run_once()
+    make_due(db)
+    worker.run_once()  # attempt 2 of 2
+    row = job_row(db)
+    assert row.state == JobState.FAILED and "simulated failure 2" in row.last_error
+    with db.read() as s:
+        result = s.scalars(select(Result)).one()
+        assert result.status == "failed" and "simulated failure 2" in result.payload["reason"]
+    (sr,) = outputs(db)
+    assert "simulated failure 2" in sr_text(config.storage.outbox / sr.path)
+
+
+def test_permanent_error_fails_at_first_attempt_with_sr(config: Config, db: Database) -> None:
+    store_study(config, db)
+    Worker(config, db, pipelines=[FakePipeline(positive, fail_times=1, error=PermanentError)]).run_once()
+    assert job_row(db).state == JobState.FAILED and job_row(db).attempts == 1
+    assert [o.kind for o in outputs(db)] == ["sr"]
+
+
+def test_dead_worker_job_rerun_after_lease_expiry_gives_one_set_of_outputs(
+    config: Config, db: Database
+) -> None:
+    store_study(config, db)
+    dead = jobs.claim(db, "dead-worker", lease_seconds=0.2)  # claims, then never renews nor reports
+    assert dead is not None
+    pipeline = FakePipeline(positive)
+    worker = Worker(config, db, pipelines=[pipeline])
+    assert worker.run_once() is False  # nothing queued while the lease holds
+    time.sleep(0.25)
+    worker._last_requeue = 0.0
+    worker._requeue_expired_now_and_then()
+    assert worker.run_once() is True
+    assert job_row(db).state == JobState.DONE and job_row(db).attempts == 2
+    first = [o.sop_instance_uid for o in outputs(db)]
+    assert len(first) == 3 and len(set(first)) == 3
+    # the same job re-run (an admin retry): same deterministic UIDs, nothing inserted twice
+    with db.write() as s:
+        s.scalars(select(Job)).one().state = JobState.FAILED
+        assert jobs.retry_failed(s) == 1
+    worker.run_once()
+    assert [o.sop_instance_uid for o in outputs(db)] == first
+    assert count(db, Delivery) == 6 and count(db, Result) == 1
+
+
+def test_job_exhausted_by_dying_workers_reports_failure_without_running_model(
+    config: Config, db: Database
+) -> None:
+    store_study(config, db)
+    for _ in range(2):
+        assert jobs.claim(db, "dying", lease_seconds=0.0) is not None
+        assert jobs.requeue_expired(db, now=utcnow() + timedelta(seconds=1)) == 1
+    pipeline = FakePipeline(positive)
+    Worker(config, db, pipelines=[pipeline]).run_once()
+    assert pipeline.calls == 0
+    row = job_row(db)
+    assert row.state == JobState.FAILED and "lost its lease" in row.last_error
+    assert [o.kind for o in outputs(db)] == ["sr"]
+
+
+def test_lease_lost_during_analysis_stores_nothing(config: Config, db: Database) -> None:
+    store_study(config, db)
+    pipeline = FakePipeline(positive)
+    worker = Worker(config, db, pipelines=[pipeline])
+
+    def steal() -> None:  # the lease runs out and another worker takes the job
+        jobs.requeue_expired(db, now=utcnow() + timedelta(seconds=60))
+        assert jobs.claim(db, "thief", 30) is not None
+
+    pipeline.during = steal
+    worker.run_once()
+    assert outputs(db) == [] and count(db, Result) == 0
+    assert job_row(db).worker_id == "thief" and job_row(db).state == JobState.RUNNING
+
+
+def test_stale_generation_result_is_stored_without_outputs(config: Config, db: Database) -> None:
+    study_id, _ = store_study(config, db)
+    pipeline = FakePipeline(positive)
+
+    def reopen() -> None:  # late instances: the study completes again while this job runs
+        with db.write() as s:
+            s.get(Study, study_id).generation = 2
+
+    pipeline.during = reopen
+    Worker(config, db, pipelines=[pipeline]).run_once()
+    assert count(db, Result) == 1 and outputs(db) == []
+
+
+def test_run_forever_stops_on_event(config: Config, db: Database) -> None:
+    store_study(config, db)
+    stop = threading.Event()
+    worker = Worker(config, db, pipelines=[FakePipeline(positive)])
+    thread = threading.Thread(target=worker.run_forever, args=(stop,))
+    thread.start()
+    wait_for(lambda: job_row(db).state == JobState.DONE, timeout=10, msg="job done")
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_worker_process_starts_and_stops_gracefully(tmp_path: Path) -> None:
+    cfg_path = write_config(tmp_path)  # no models enabled: the worker idles
+    service = WorkerProcess(cfg_path, grace_seconds=20)
+    service.start()
+    try:
+        proc = service.process
+        assert proc is not None
+        db_file = Path(load_config(cfg_path).database_url.split(":///", 1)[1])
+        wait_for(
+            db_file.exists, timeout=30, msg="worker opened the database"
+        )  # signal handlers are set by then
+        assert proc.poll() is None
+    finally:
+        service.stop()
+    assert proc.returncode == 0  # SIGTERM handled: clean exit, not killed
