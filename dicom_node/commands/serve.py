@@ -11,6 +11,9 @@ from dicom_node.errors import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config.toml", help="configuration file (default config.toml)")
+    parser.add_argument(
+        "--no-worker", action="store_true", help="do not start the local worker (workers run elsewhere)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,6 +23,12 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{args.config}: {problem}", file=sys.stderr)
         return 1
-    from dicom_node.node import Node
+    from dicom_node.errors import ModelError
+    from dicom_node.services import build_node
 
-    return Node(config).run_forever()
+    try:
+        node = build_node(config, log_level=args.log_level, local_worker=not args.no_worker)
+    except ModelError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 1
+    return node.run_forever()
