@@ -1,0 +1,126 @@
+"""`dicom-node demo --config FILE`: the whole loop once, on this machine.
+
+Starts a receiving PACS on the first configured destination, the node (receiver, assembler, sender,
+local worker) on the config, sends generated studies in as that PACS would (a head CT with a subdural
+hemorrhage, a normal head CT, an SIH-positive brain MR), waits for the SR and overlays to come back,
+and prints what the PACS received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dicom_node.config import Config, load_config
+from dicom_node.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from dicom_node.demo_pacs import DemoPacs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config.toml", help="configuration file (default config.toml)")
+    parser.add_argument("--seed", type=int, default=2026, help="seed of the generated studies")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all results")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return 1
+    if not config.destinations:
+        print(f"{args.config}: destinations: the demo needs one destination to play the receiving PACS",
+              file=sys.stderr)
+        return 1
+    dest = config.destinations[0]
+    if not any(c.allows(dest.ae_title, "127.0.0.1") for c in config.callers):
+        print(f"{args.config}: callers: the demo sends as {dest.ae_title!r} from 127.0.0.1, which no caller allows",
+              file=sys.stderr)
+        return 1
+
+    from dicom_node.demo_pacs import DemoPacs
+    from dicom_node.services import build_node
+
+    work = config.storage.path.parent / "demo"
+    pacs = DemoPacs(dest.ae_title, dest.host, dest.port, work / "pacs")
+    try:
+        node = build_node(config, log_level=args.log_level)
+    except ModelError as exc:
+        print(f"cannot start the node: {exc}", file=sys.stderr)
+        return 1
+    pacs.start()
+    node.start()
+    try:
+        return _demo(config, node.port or config.node.port, pacs, work, args)
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def _demo(config: Config, port: int, pacs: DemoPacs, work: Path, args: argparse.Namespace) -> int:
+    import pydicom
+
+    from dicom_node.outputs.readback import sr_findings, sr_text
+    from dicom_node.scu import send_files
+    from dicom_node.synth import write_ct_head_study, write_mr_sih_study
+
+    studies_dir = work / "studies"
+    print(f"generating studies in {studies_dir} ...")
+    cases = [
+        ("head CT, subdural hemorrhage", write_ct_head_study(studies_dir, args.seed, findings=("subdural",))),
+        ("head CT, normal", write_ct_head_study(studies_dir, args.seed, findings=(), patient_index=1)),
+        ("brain MR, SIH signs", write_mr_sih_study(studies_dir, args.seed, sih=True, patient_index=2)),
+    ]
+    sent_at: dict[str, float] = {}
+    for title, study in cases:
+        statuses = send_files(study.files, "127.0.0.1", port, calling_ae=config.destinations[0].ae_title,
+                              called_ae=config.node.ae_title)
+        ok = sum(1 for s in statuses if s == 0)
+        sent_at[study.study_uid] = time.monotonic()
+        print(f"sent {title}: {ok}/{len(statuses)} instances stored (association released)")
+
+    sr_class = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.88.34")
+    deadline = time.monotonic() + args.timeout
+
+    def srs_back() -> dict[str, float]:
+        got: dict[str, float] = {}
+        for r in pacs.received():
+            if r.sop_class_uid == sr_class and r.received_at >= sent_at.get(r.study_uid, float("inf")):
+                got[r.study_uid] = r.received_at
+        return got
+
+    while len(srs_back()) < len(cases) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # overlays follow their SR in the same sender pass
+    back = srs_back()
+
+    print()
+    print(f"what the PACS ({config.destinations[0].ae_title}) received:")
+    failures = 0
+    for title, study in cases:
+        print(f"- {title} (study {study.study_uid})")
+        if study.study_uid not in back:
+            print(f"    no SR within {args.timeout:.0f} s")
+            failures += 1
+            continue
+        print(f"    SR received {back[study.study_uid] - sent_at[study.study_uid]:.1f} s after association release")
+        mine = [r for r in pacs.received() if r.study_uid == study.study_uid and r.received_at >= sent_at[study.study_uid]]
+        for r in mine:
+            if r.sop_class_uid != sr_class:
+                continue
+            ds = pydicom.dcmread(r.path)
+            for f in sr_findings(ds):
+                p = "" if f.probability is None else f" p={f.probability:.2f}"
+                print(f"    {f.presence:<12} {f.finding}{p}")
+            for text in sr_text(ds)[:1]:
+                print(f"    note: {text}")
+        overlays = [r for r in mine if r.sop_class_uid != sr_class]
+        print(f"    {len(overlays)} overlay image(s) with the finding marked")
+    print(f"\nfiles: {pacs.folder}")
+    return 1 if failures else 0
