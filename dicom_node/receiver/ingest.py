@@ -14,7 +14,7 @@ from io import BytesIO
 from typing import Any
 
 import pydicom
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -121,78 +121,90 @@ def _upsert(
     association_id: str | None,
     now: datetime,
 ) -> Recorded:
+    # Core statements, not ORM units of work: this runs once per received instance.
     f = parsed.fields
-    study = session.scalars(select(Study).where(Study.study_uid == parsed.study_uid)).one_or_none()
-    if study is None:
-        study = Study(
-            study_uid=parsed.study_uid,
-            patient_id=parsed.patient_id,
-            accession_number=parsed.accession_number,
-            study_date=parsed.study_date,
-            state=StudyState.RECEIVING,
-            generation=0,
-            first_received_at=now,
-            last_received_at=now,
-        )
-        session.add(study)
-        session.flush()
+    studies, series_t, instances = Study.__table__, Series.__table__, Instance.__table__
+    row = session.execute(
+        select(studies.c.id, studies.c.state, studies.c.generation).where(studies.c.study_uid == parsed.study_uid)
+    ).first()
+    if row is None:
+        study_id = session.execute(
+            insert(studies)
+            .values(
+                study_uid=parsed.study_uid,
+                patient_id=parsed.patient_id,
+                accession_number=parsed.accession_number,
+                study_date=parsed.study_date,
+                state=StudyState.RECEIVING,
+                generation=0,
+                priority=0,
+                first_received_at=now,
+                last_received_at=now,
+            )
+            .returning(studies.c.id)
+        ).scalar_one()
+        state, generation = StudyState.RECEIVING, 0
+    else:
+        study_id, state, generation = row.id, StudyState(row.state), row.generation
 
-    series = session.scalars(select(Series).where(Series.series_uid == parsed.series_uid)).one_or_none()
-    if series is None:
-        series = Series(
-            study_id=study.id,
-            series_uid=parsed.series_uid,
-            modality=f["modality"][:16],
-            series_number=f["series_number"],
-            series_description=f["series_description"],
-            body_part=f["body_part"],
-        )
-        session.add(series)
-        session.flush()
+    series_id = session.execute(select(series_t.c.id).where(series_t.c.series_uid == parsed.series_uid)).scalar()
+    if series_id is None:
+        series_id = session.execute(
+            insert(series_t)
+            .values(
+                study_id=study_id,
+                series_uid=parsed.series_uid,
+                modality=f["modality"][:16],
+                series_number=f["series_number"],
+                series_description=f["series_description"],
+                body_part=f["body_part"],
+            )
+            .returning(series_t.c.id)
+        ).scalar_one()
 
-    instance = session.scalars(
-        select(Instance).where(Instance.sop_instance_uid == parsed.sop_instance_uid)
-    ).one_or_none()
-    new_instance = instance is None
+    values = {
+        "study_id": study_id,
+        "series_id": series_id,
+        "sop_class_uid": f["sop_class_uid"],
+        "transfer_syntax_uid": parsed.transfer_syntax_uid,
+        "path": relpath,
+        "size": size,
+        "instance_number": f["instance_number"],
+        "image_type": f["image_type"],
+        "image_orientation": f["image_orientation"],
+        "image_position": f["image_position"],
+        "slice_thickness": f["slice_thickness"],
+        "contrast_agent": f["contrast_agent"],
+        "rows": f["rows"],
+        "columns": f["columns"],
+        "convolution_kernel": f["convolution_kernel"],
+        "calling_ae": calling_ae[:16],
+        "association_id": association_id,
+        "received_at": now,
+    }
+    existing = session.execute(
+        select(instances.c.id, instances.c.path).where(instances.c.sop_instance_uid == parsed.sop_instance_uid)
+    ).first()
+    new_instance = existing is None
     replaced_path: str | None = None
-    if instance is None:
-        instance = Instance(sop_instance_uid=parsed.sop_instance_uid)
-        session.add(instance)
-    elif instance.path != relpath:
-        replaced_path = instance.path
-    instance.study_id = study.id
-    instance.series_id = series.id
-    instance.sop_class_uid = f["sop_class_uid"]
-    instance.transfer_syntax_uid = parsed.transfer_syntax_uid
-    instance.path = relpath
-    instance.size = size
-    instance.instance_number = f["instance_number"]
-    instance.image_type = f["image_type"]
-    instance.image_orientation = f["image_orientation"]
-    instance.image_position = f["image_position"]
-    instance.slice_thickness = f["slice_thickness"]
-    instance.contrast_agent = f["contrast_agent"]
-    instance.rows = f["rows"]
-    instance.columns = f["columns"]
-    instance.convolution_kernel = f["convolution_kernel"]
-    instance.calling_ae = calling_ae[:16]
-    instance.association_id = association_id
-    instance.received_at = now
+    if existing is None:
+        session.execute(insert(instances).values(sop_instance_uid=parsed.sop_instance_uid, **values))
+    else:
+        if existing.path != relpath:
+            replaced_path = existing.path
+        session.execute(update(instances).where(instances.c.id == existing.id).values(**values))
 
-    reopened = False
-    if new_instance and study.state in _REOPENED_FROM:
-        study.state = StudyState.RECEIVING
-        reopened = True
-        log.info(
-            "late instance re-opens study",
-            extra={"study_uid": study.study_uid, "generation": study.generation},
-        )
-    if new_instance or study.state == StudyState.RECEIVING:
-        study.last_received_at = now
-        study.last_association_id = association_id
+    reopened = new_instance and state in _REOPENED_FROM
+    study_values: dict[str, Any] = {}
+    if reopened:
+        study_values["state"] = StudyState.RECEIVING
+        log.info("late instance re-opens study", extra={"study_uid": parsed.study_uid, "generation": generation})
+    if new_instance or state == StudyState.RECEIVING:
+        study_values.update(last_received_at=now, last_association_id=association_id)
+    if study_values:
+        session.execute(update(studies).where(studies.c.id == study_id).values(**study_values))
     if association_id is not None:
         session.execute(
             update(Association).where(Association.id == association_id).values(n_stored=Association.n_stored + 1)
         )
-    session.flush()
-    return Recorded(study_id=study.id, new_instance=new_instance, reopened=reopened, replaced_path=replaced_path)
+    return Recorded(study_id=study_id, new_instance=new_instance, reopened=reopened, replaced_path=replaced_path)
