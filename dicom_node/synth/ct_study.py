@@ -52,8 +52,9 @@ def write_ct_head_study(out_dir: Path, seed: int, findings: Iterable[str] = (), 
     study_labels = {label: max((row[label] for row in slice_labels.values()), default=0) for label in CT_LABELS}
     log.debug("wrote CT study", extra={"study_uid": info.study_uid, "files": len(files),
                                        "labels": ",".join(k for k, v in study_labels.items() if v)})
+    rendered = tuple(k for k in SUBTYPES if study_labels[k])
     return SynthStudy(info.study_uid, folder, files, axial.uid, slice_labels, study_labels, KIND, series_uids,
-                      seed, patient_index)
+                      seed, patient_index, rendered)
 
 
 def _position(vol: CTVolume, i: int) -> tuple[float, float, float]:

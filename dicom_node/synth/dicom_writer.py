@@ -171,9 +171,15 @@ def ct_image(study: StudyInfo, series: SeriesInfo, sop_uid: str, instance_number
     ds.FocalSpots = "1.2"
     ds.ConvolutionKernel = kernel
     ds.CTDIvol = round(float(exposure.get("ctdivol", 55.0)), 2)
+    phantom = Dataset()
+    phantom.CodeValue = "113690"
+    phantom.CodingSchemeDesignator = "DCM"
+    phantom.CodeMeaning = "IEC Head Dosimetry Phantom"
+    ds.CTDIPhantomTypeCodeSequence = [phantom]
     ds.RescaleIntercept = format(intercept, "g")
     ds.RescaleSlope = "1"
-    ds.RescaleType = "HU"
+    if "LOCALIZER" not in image_type:
+        ds.RescaleType = "HU"
     ds.WindowCenter = format(window[0], "g")
     ds.WindowWidth = format(window[1], "g")
     ds.WindowCenterWidthExplanation = "BRAIN" if window[1] < 200 else "BONE"

@@ -50,7 +50,7 @@ def random_lesion(kind: str, rng: np.random.Generator, head: HeadModel, z_lo: fl
     """A lesion of `kind` whose centre lies between model heights z_lo and z_hi."""
     side = int(rng.choice((-1, 1)))
     subtle = rng.random() < 0.25
-    hu = float(rng.uniform(48, 58) if subtle else rng.uniform(58, 88))
+    hu = float(rng.uniform(52, 60) if subtle else rng.uniform(60, 88))
     s = head.p.scale
 
     def z_in(lo: float, hi: float) -> float:
@@ -73,7 +73,7 @@ def random_lesion(kind: str, rng: np.random.Generator, head: HeadModel, z_lo: fl
         thick = float(rng.uniform(2, 5) if subtle else rng.uniform(4, 13))
         return Lesion(kind, "convexity", surface_point(head, az, z), float(rng.uniform(45, 80)), thick, hu, side)
     if kind == "subarachnoid":
-        hu = float(rng.uniform(45, 55) if subtle else rng.uniform(55, 80))
+        hu = float(rng.uniform(52, 60) if subtle else rng.uniform(60, 82))
         if z_lo < -20 * s < z_hi and rng.random() < 0.6:
             return Lesion(kind, "basal", (0.0, -8.0 * s, -20.0 * s), float(rng.uniform(22, 42)), 0.0, hu, 0)
         az = float(rng.uniform(-1.2, 1.2)) + (0.0 if side > 0 else np.pi)
@@ -161,8 +161,8 @@ def _paint_iph(lesion: Lesion, sample: Sample, hu: np.ndarray, inside: np.ndarra
     h = lesion.shape or (0.0,) * 6
     radius = lesion.size * (1.0 + h[0] * np.sin(2 * az + h[1] * 10) + h[2] * np.sin(3 * az + h[3] * 10)
                             + h[4] * np.cos(2 * el + h[5] * 10))
-    parenchyma = np.isin(sample.labels[win], np.array(PARENCHYMA + (Tissue.CSF,), np.uint8))
-    blood = (dist < radius) & inside[win]
+    parenchyma = np.isin(sample.labels[win], np.array(PARENCHYMA, np.uint8))
+    blood = (dist < radius) & parenchyma
     rim = (dist >= radius) & (dist < radius + lesion.thickness) & parenchyma
     sub = hu[win]
     sub[rim] = np.minimum(sub[rim], 12.0 + 8.0 * np.clip((dist[rim] - radius[rim]) / lesion.thickness, 0, 1))

@@ -53,4 +53,4 @@ def write_mr_sih_study(out_dir: Path, seed: int, sih: bool, size: int = 256, dis
     log.debug("wrote MR study", extra={"study_uid": info.study_uid, "files": len(files), "sih": int(sih),
                                        "signs": ",".join(vols.signs)})
     return SynthStudy(info.study_uid, folder, files, series_uids["t1_ax_post"], {}, {"sih": int(sih)}, KIND,
-                      series_uids, seed, patient_index)
+                      series_uids, seed, patient_index, vols.signs)

@@ -3,11 +3,13 @@
 `render_ct_head` samples a random subject (`anatomy.HeadParams.random`), places the requested
 hemorrhages (`hemorrhage.random_lesion`) inside the covered slab, and returns HU volumes for the soft
 (H30s-like: slight blur, ~5 HU noise) and bone (H70h-like: edge-enhanced, ~20 HU noise) kernels plus the
-per-slice subtype labels, which follow from where each lesion actually covers pixels.
+per-slice subtype labels, which follow from where each lesion is visible (see VISIBLE_DELTA_HU): a
+one-pixel sliver at the edge of a lesion does not make a slice positive.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,6 +22,13 @@ FOV_MM = 230.0
 SLICE_MM = 5.0
 SCOUT_PX = 256
 SCOUT_MM = 1.0
+MAX_ATTEMPTS = 8
+# a slice is positive for a lesion when, after the point-spread blur, at least MIN_AREA_MM2 of it is
+# VISIBLE_DELTA_HU denser than without the lesion, at least VISIBLE_MIN_HU (hyperdense to brain) and
+# not already bright from the partial volume of the skull (below VISIBLE_MAX_REF_HU without the lesion)
+VISIBLE_DELTA_HU = 8.0
+VISIBLE_MIN_HU = 42.0
+VISIBLE_MAX_REF_HU = 60.0
 
 # mean HU per tissue and the per-subject spread of that mean
 _HU: dict[Tissue, tuple[float, float]] = {
@@ -75,35 +84,56 @@ def render_ct_head(rng: np.random.Generator, findings: Iterable[str], n_slices: 
         raise ValueError(f"unknown findings {sorted(unknown)}; expected a subset of {SUBTYPES}")
     if n_slices < 4 or size < 64:
         raise ValueError("n_slices must be >= 4 and size >= 64")
-    head = HeadModel(HeadParams.random(rng), offset=(float(rng.uniform(-6, 6)), float(rng.uniform(-8, 8)), 0.0))
-    lut = _lut(rng)
+    # independent streams: the same seed gives the same subject and noise with or without lesions
+    anat_rng, lesion_rng, rng = rng.spawn(3)
+    head = HeadModel(HeadParams.random(anat_rng),
+                     offset=(float(anat_rng.uniform(-6, 6)), float(anat_rng.uniform(-8, 8)), 0.0))
+    lut = _lut(anat_rng)
     lo, hi = slab(n_slices)
     zs = lo + SLICE_MM * np.arange(n_slices, dtype=np.float64)
-    # lesions sit in the brain part of the slab, away from its first and last slices
-    lesions = tuple(random_lesion(kind, rng, head, max(lo + 10, -50.0), min(hi - 10, 80.0)) for kind in wanted)
     spacing = FOV_MM / size
     coords = (np.arange(size, dtype=np.float32) - (size - 1) / 2) * spacing
-    noise_sd = float(rng.uniform(3.5, 6.0))
-    soft = np.empty((n_slices, size, size), np.int16)
+    noise_sd = float(anat_rng.uniform(3.5, 6.0))
+    for _attempt in range(MAX_ATTEMPTS):
+        # lesions sit in the brain part of the slab, away from its first and last slices
+        lesions = tuple(random_lesion(kind, lesion_rng, head, max(lo + 10, -50.0), min(hi - 10, 80.0))
+                        for kind in wanted)
+        soft, bone, labels = _render_slices(head, lut, lesions, zs, coords, noise_sd, copy.deepcopy(rng))
+        if all(labels[:, SUBTYPES.index(kind)].any() for kind in wanted):
+            break
+    else:
+        raise RuntimeError(f"could not place visible {wanted} in {n_slices} slices; use more slices")
+    scout, scout_origin = _scout(head, lut, zs)
+    origin = (float(coords[0]), float(coords[0]))
+    return CTVolume(soft, bone, zs, origin, spacing, labels, lesions, scout, scout_origin, noise_sd)
+
+
+def _render_slices(head: HeadModel, lut: np.ndarray, lesions: tuple[Lesion, ...], zs: np.ndarray,
+                   coords: np.ndarray, noise_sd: float, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n, size = len(zs), len(coords)
+    soft = np.empty((n, size, size), np.int16)
     bone = np.empty_like(soft)
-    labels = np.zeros((n_slices, len(SUBTYPES)), np.uint8)
+    labels = np.zeros((n, len(SUBTYPES)), np.uint8)
+    spacing = float(coords[1] - coords[0])
     min_px = MIN_AREA_MM2 / (spacing * spacing)
     for i, z in enumerate(zs):
         sample = head.sample(Plane.axial(float(z), coords, coords))
         hu = lut[sample.labels]
         hu += rng.normal(0.0, 1.5, hu.shape).astype(np.float32) * (sample.labels > Tissue.AIR)
         for lesion in lesions:
-            mask = paint_lesion(lesion, sample, hu)
-            if mask.sum() >= min_px:
-                labels[i, SUBTYPES.index(lesion.kind)] = 1
+            before = hu.copy()
+            if paint_lesion(lesion, sample, hu).sum() >= min_px:
+                after, ref = blur(hu), blur(before)
+                visible = (after - ref >= VISIBLE_DELTA_HU) & (after >= VISIBLE_MIN_HU) & (ref < VISIBLE_MAX_REF_HU)
+                if visible.sum() >= min_px:
+                    labels[i, SUBTYPES.index(lesion.kind)] = 1
         smooth = blur(hu)
         s = smooth + rng.normal(0.0, noise_sd, hu.shape).astype(np.float32)
         b = hu + 0.6 * (hu - smooth) + rng.normal(0.0, noise_sd * 4, hu.shape).astype(np.float32)
         soft[i] = np.clip(np.rint(s), -1024, 3071)
         bone[i] = np.clip(np.rint(b), -1024, 3071)
-    scout, scout_origin = _scout(head, lut, zs)
-    origin = (float(coords[0]), float(coords[0]))
-    return CTVolume(soft, bone, zs, origin, spacing, labels, lesions, scout, scout_origin, noise_sd)
+    return soft, bone, labels
 
 
 def _scout(head: HeadModel, lut: np.ndarray, zs: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:

@@ -54,9 +54,10 @@ class MRVolumes:
     signs: tuple[str, ...]
 
 
-def sih_params(rng: np.random.Generator, sih: bool) -> tuple[HeadParams, tuple[str, ...]]:
-    """A random subject; when `sih`, two to four Bern-score signs at random strength."""
-    p = HeadParams.random(rng)
+def sih_params(anat_rng: np.random.Generator, rng: np.random.Generator, sih: bool
+               ) -> tuple[HeadParams, tuple[str, ...]]:
+    """A random subject (from `anat_rng`); when `sih`, two to four Bern-score signs at random strength."""
+    p = HeadParams.random(anat_rng)
     if not sih:
         return replace(p, dura_mm=float(rng.uniform(0.4, 0.9)), sag_mm=float(rng.uniform(0, 1.0))), ()
     while True:
@@ -87,13 +88,15 @@ def render_mr_sih(rng: np.random.Generator, sih: bool, size: int = 256, n_axial:
                   n_coronal: int = 20) -> MRVolumes:
     if size < 64 or n_axial < 4 or n_coronal < 4:
         raise ValueError("size must be >= 64 and each series needs >= 4 slices")
-    params, signs = sih_params(rng, sih)
-    head = HeadModel(params, offset=(float(rng.uniform(-5, 5)), float(rng.uniform(-6, 6)), 0.0))
-    dura_gain = float(rng.uniform(0.75, 0.95)) if "pachymeningeal" in signs else float(rng.uniform(0.3, 0.5))
-    luts = {"t1_pre": _lut(_T1, rng), "t2": _lut(_T2, rng)}
+    # independent streams: the same seed gives the same subject and noise with or without the signs
+    anat_rng, sign_rng, rng = rng.spawn(3)
+    params, signs = sih_params(anat_rng, sign_rng, sih)
+    head = HeadModel(params, offset=(float(anat_rng.uniform(-5, 5)), float(anat_rng.uniform(-6, 6)), 0.0))
+    dura_gain = float(sign_rng.uniform(0.75, 0.95) if "pachymeningeal" in signs else sign_rng.uniform(0.3, 0.5))
+    luts = {"t1_pre": _lut(_T1, anat_rng), "t2": _lut(_T2, anat_rng)}
     luts["t1_post"] = luts["t1_pre"].copy()
     for tissue, value in _ENHANCED.items():
-        luts["t1_post"][int(tissue)] = value + 0.04 * float(rng.uniform(-1, 1))
+        luts["t1_post"][int(tissue)] = value + 0.04 * float(anat_rng.uniform(-1, 1))
     luts["t1_post"][int(Tissue.DURA)] = dura_gain
     luts["t1_post"][int(Tissue.FALX)] = dura_gain * 0.9
     spacing = FOV_MM / size
@@ -102,8 +105,8 @@ def render_mr_sih(rng: np.random.Generator, sih: bool, size: int = 256, n_axial:
     z_axial = -52.0 + step * np.arange(n_axial)  # inferior to superior
     y_coronal = -50.0 + step * np.arange(n_coronal)  # anterior to posterior
     z_rows = (-5.0 - coords).astype(np.float32)  # coronal rows run from head to feet
-    noise = float(rng.uniform(0.015, 0.035))
-    gain = float(rng.uniform(1500, 2200))
+    noise = float(anat_rng.uniform(0.015, 0.035))
+    gain = float(anat_rng.uniform(1500, 2200))
     axial_planes = [Plane.axial(float(z), coords, coords) for z in z_axial]
     coronal_planes = [Plane.coronal(float(y), coords, z_rows) for y in y_coronal]
     ax_labels = [head.sample(pl).labels for pl in axial_planes]

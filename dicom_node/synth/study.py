@@ -28,6 +28,7 @@ class SynthStudy:
     series_uids: dict[str, str] = field(default_factory=dict)  # role ("axial", "bone", ...) -> UID
     seed: int = 0
     patient_index: int = 0
+    findings: tuple[str, ...] = ()  # CT: hemorrhage subtypes rendered; MR: the SIH signs shown
 
 
 def study_folder(out_dir: Path, kind: str, seed: int, patient_index: int) -> Path:
