@@ -184,9 +184,11 @@ class HeadModel:
     def floor(self, pl: Plane) -> np.ndarray:
         """Height of the skull base under each point: anterior, middle and posterior cranial fossae."""
         y = pl.y / self.p.scale
-        fl = np.interp(y, [-200, -36, -26, 4, 14, 200], [-14, -14, -42, -42, -60, -60]).astype(np.float32)
-        sella = (np.abs(pl.x) < 13) & (y > -26) & (y < 2)
-        fl = np.where(sella, np.float32(-27), fl)
+        fl = np.interp(y, [-200, -60, -40, -18, 2, 22, 200], [-8, -10, -22, -42, -44, -60, -62]).astype(np.float32)
+        # middle fossae are deepest laterally; the sella and clivus rise in the midline
+        lateral = np.clip(np.abs(pl.x / self.p.scale) / 30.0, 0.0, 1.0)
+        middle = (y > -40) & (y < 10)
+        fl = np.where(middle, fl + (1.0 - lateral) * 14.0, fl).astype(np.float32)
         return np.broadcast_to(fl * self.p.scale, pl.shape)
 
     def sample(self, plane: Plane) -> Sample:
