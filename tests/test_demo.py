@@ -1,0 +1,55 @@
+"""`dicom-node demo` (the README's main command) on a copy of the shipped config.toml: exit code 0 and a
+summary naming what came back for each generated study."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO, free_port
+from e2e_helpers import DICOM_NODE, MODELS, needs_demo_models
+
+pytestmark = [needs_demo_models, pytest.mark.timeout(240)]
+
+
+def _demo_config(tmp_path: Path) -> Path:
+    """config.toml with free ports and the models folder made absolute; var/ lands in tmp_path."""
+    text = (REPO / "config.toml").read_text()
+    replacements = [
+        (r"(?m)^port = 11112\b", f"port = {free_port()}"),  # [node]
+        (r"(?m)^port = 11113\b", f"port = {free_port()}"),  # [[destinations]] "pacs": the demo PACS
+        (r'(?m)^path = "models"', f"path = {str(MODELS)!r}".replace("'", '"')),
+    ]
+    for pattern, value in replacements:
+        text, n = re.subn(pattern, value, text)
+        assert n == 1, f"config.toml no longer has exactly one match for {pattern}"
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
+    config = _demo_config(tmp_path)
+    proc = subprocess.run(
+        [str(DICOM_NODE), "--log-level", "WARNING", "demo", "--config", str(config), "--timeout", "180"],
+        capture_output=True, text=True, check=False, timeout=230, cwd=tmp_path,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    sections = re.split(r"(?m)^- ", out.split("what the PACS")[1])[1:]
+    by_title = {s.splitlines()[0].split(" (study")[0]: s for s in sections}
+    assert set(by_title) == {"head CT, subdural hemorrhage", "head CT, normal", "brain MR, SIH signs"}, out
+
+    def present(section: str) -> set[str]:
+        return {m.group(1) for m in re.finditer(r"(?m)^\s+Present\s+(.+?)(?: p=[\d.]+)?$", section)}
+
+    assert {"Subdural intracranial hemorrhage", "Intracranial hemorrhage"} <= present(by_title["head CT, subdural hemorrhage"])
+    assert present(by_title["head CT, normal"]) == set()
+    assert re.search(r"(?m)^\s+Absent\s+Intracranial hemorrhage", by_title["head CT, normal"])
+    assert present(by_title["brain MR, SIH signs"]) == {"Spontaneous intracranial hypotension"}
+    assert "0 overlay image(s)" in by_title["head CT, normal"]
+    assert re.search(r"[1-9]\d* overlay image\(s\)", by_title["head CT, subdural hemorrhage"])
+    assert "synthetic" in out.lower(), "the summary says the weights are synthetic demos"
+    assert (tmp_path / "var").is_dir(), "relative paths resolve against the config's folder"
