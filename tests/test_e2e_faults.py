@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from dicom_node.config import Config, load_config
 from dicom_node.db.engine import Database
-from dicom_node.db.schema import Delivery, Job, JobState, Output, Study
+from dicom_node.db.schema import Delivery, Job, JobState, Output, Study, StudyState
 from dicom_node.outputs.codes import SPONTANEOUS_INTRACRANIAL_HYPOTENSION, SUBDURAL_HEMORRHAGE
 from dicom_node.outputs.readback import sr_text
 from dicom_node.synth import write_ct_head_study, write_mr_sih_study
@@ -48,9 +48,9 @@ def _received(pacs: CollectingSCP, study_uid: str) -> list[pydicom.Dataset]:
     return [ds for ds in pacs.received() if ds.StudyInstanceUID == study_uid]
 
 
-def _delivered(config: Config, study_uid: str) -> bool:
-    state = study_state(config.source, study_uid)  # type: ignore[arg-type]
-    return state is not None and state["state"] == "delivered"
+def _delivered(db: Database, study_uid: str) -> bool:
+    with db.read() as s:
+        return s.scalars(select(Study.state).where(Study.study_uid == study_uid)).first() == StudyState.DELIVERED
 
 
 def test_pacs_down_deliveries_wait_and_complete_when_it_is_back(tmp_path: Path) -> None:
@@ -73,8 +73,9 @@ def test_pacs_down_deliveries_wait_and_complete_when_it_is_back(tmp_path: Path) 
         assert set(state["deliveries"]) == {"pending"} and state["deliveries"]["pending"] == len(_outputs(db, study.study_uid))
 
         with pacs:  # the PACS comes back on the same port
-            wait_for(lambda: _delivered(config, study.study_uid), timeout=30, interval=0.2, msg="delivery after the PACS came back")
+            wait_for(lambda: _delivered(db, study.study_uid), timeout=30, interval=0.1, msg="delivery after the PACS came back")
             got = _received(pacs, study.study_uid)
+        assert study_state(config.source, study.study_uid)["state"] == "delivered"  # type: ignore[arg-type,index]
     outputs = _outputs(db, study.study_uid)
     db.dispose()
     assert sorted(str(ds.SOPInstanceUID) for ds in got) == sorted(outputs)
@@ -107,7 +108,7 @@ def test_worker_killed_mid_job_is_rerun_after_lease_and_delivers_once(tmp_path: 
                     "the kill must land while the job runs"
                 assert s.scalars(select(Output)).first() is None
 
-            wait_for(lambda: _delivered(config, study.study_uid), timeout=90, interval=0.2,
+            wait_for(lambda: _delivered(db, study.study_uid), timeout=90, interval=0.1,
                      msg="the job re-run and delivered")
             assert worker not in serve.children(), "serve restarts its worker"
         with db.read() as s:
@@ -133,6 +134,7 @@ def _dead(pid: int) -> bool:
 def test_study_with_no_usable_series_gets_not_analysed_sr(tmp_path: Path) -> None:
     with CollectingSCP(tmp_path / "pacs") as pacs:
         config = _node(tmp_path, pacs.port)
+        db = Database(config.database_url)
         ct = write_ct_head_study(tmp_path / "in", 5203, findings=("subdural",), n_slices=12, size=128)
         mr = write_mr_sih_study(tmp_path / "in", 5203, sih=True, size=128, patient_index=1, n_axial=8, n_coronal=8)
         # CT: scout, bone-kernel series and dose report only; MR: T2 only (no post-contrast T1)
@@ -142,9 +144,10 @@ def test_study_with_no_usable_series_gets_not_analysed_sr(tmp_path: Path) -> Non
         with ServeProcess(config.source, config.node.port, tmp_path / "serve.log"):  # type: ignore[arg-type]
             storescu(config.node.port, ct_files)
             storescu(config.node.port, mr_files)
-            wait_for(lambda: all(_delivered(config, s.study_uid) for s in (ct, mr)), timeout=90, interval=0.2,
+            wait_for(lambda: all(_delivered(db, s.study_uid) for s in (ct, mr)), timeout=90, interval=0.1,
                      msg="not-analysed SRs delivered")
             statuses = {s["study_uid"]: s for s in node_status(config.source)}  # type: ignore[arg-type]
+        db.dispose()
         for study, n_labels in ((ct, 6), (mr, 1)):
             got = _received(pacs, study.study_uid)
             assert [str(ds.SOPClassUID) for ds in got] == [SR_CLASS], "only an SR, no overlays"
