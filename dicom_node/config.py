@@ -101,7 +101,7 @@ class WorkerConfig:
     max_attempts: int = 3
     poll_seconds: float = 0.5
     batch_size: int = 16
-    torch_threads: int = 0  # 0: torch default
+    torch_threads: int = 0  # 0: every core but one (ml.device.default_cpu_threads)
 
 
 @dataclass(frozen=True)

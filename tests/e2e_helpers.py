@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Self
 
 import pydicom
-import pytest
 from conftest import REPO, dcmtk_env, free_port
 from orthanc_helpers import STORESCP, wait_listening
 
@@ -34,13 +33,10 @@ def demo_models_missing() -> list[str]:
     return [m["name"] for m in DEMO_MODELS if not (MODELS / m["name"] / DEMO_VERSION / "manifest.json").is_file()]
 
 
-needs_demo_models = pytest.mark.skipif(
-    bool(demo_models_missing()), reason=f"demo weights not in models/: {', '.join(demo_models_missing())}"
-)
-
-
 def e2e_sections(destination_port: int, **overrides: Any) -> dict[str, Any]:
     """Config sections (for conftest.write_config) of a node with the demo models and one destination."""
+    missing = demo_models_missing()
+    assert not missing, f"shipped demo weights missing from {MODELS}: {', '.join(missing)}"
     sections: dict[str, Any] = {
         "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": destination_port}],
         "assembly": {"quiet_seconds": 300, "complete_on_release": True, "check_interval_seconds": 0.2},

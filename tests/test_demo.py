@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, free_port
-from e2e_helpers import DICOM_NODE, MODELS, needs_demo_models
+from e2e_helpers import DICOM_NODE, MODELS
 
-pytestmark = [needs_demo_models, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.timeout(240)]
 
 
 def _demo_config(tmp_path: Path) -> Path:
@@ -33,7 +33,7 @@ def _demo_config(tmp_path: Path) -> Path:
 def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     config = _demo_config(tmp_path)
     proc = subprocess.run(
-        [str(DICOM_NODE), "--log-level", "WARNING", "demo", "--config", str(config), "--timeout", "180"],
+        [str(DICOM_NODE), "--log-level", "WARNING", "demo", "--config", str(config), "--timeout", "180", "--seed", "2026"],
         capture_output=True, text=True, check=False, timeout=230, cwd=tmp_path,
     )
     out = proc.stdout

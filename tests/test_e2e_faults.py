@@ -16,7 +16,6 @@ from e2e_helpers import (
     ServeProcess,
     e2e_sections,
     findings_by_code,
-    needs_demo_models,
     node_status,
     storescu,
     study_state,
@@ -30,7 +29,7 @@ from dicom_node.outputs.codes import SPONTANEOUS_INTRACRANIAL_HYPOTENSION, SUBDU
 from dicom_node.outputs.readback import sr_text
 from dicom_node.synth import write_ct_head_study, write_mr_sih_study
 
-pytestmark = [needs_demo_models, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.timeout(180)]
 
 
 def _node(tmp_path: Path, pacs_port: int, **overrides: object) -> Config:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import free_port, wait_for, write_config
-from e2e_helpers import SR_CLASS, assert_valid_outputs, e2e_sections, findings_by_code, needs_demo_models
+from e2e_helpers import SR_CLASS, assert_valid_outputs, e2e_sections, findings_by_code
 from orthanc_helpers import OrthancServer
 from sqlalchemy import select
 
@@ -30,8 +30,7 @@ from dicom_node.outputs.codes import (
 from dicom_node.services import build_node
 from dicom_node.synth import write_ct_head_study, write_mr_sih_study
 
-pytestmark = [needs_demo_models, pytest.mark.skipif(not OrthancServer.available(), reason="Orthanc not installed"),
-              pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.timeout(240)]
 
 SEED = 4101
 

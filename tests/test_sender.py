@@ -245,7 +245,6 @@ def test_echo_function_and_command(tmp_path: Path, config: Config, pacs_port: in
     assert unknown.returncode == 2 and "pacs" in unknown.stderr
 
 
-@pytest.mark.skipif(not OrthancServer.available(), reason="Orthanc not installed")
 def test_orthanc_receives_outputs_and_repeat_is_harmless(tmp_path: Path) -> None:
     with OrthancServer(tmp_path / "orthanc") as pacs:
         cfg = load_config(

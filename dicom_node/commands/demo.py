@@ -23,7 +23,11 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config.toml", help="configuration file (default config.toml)")
-    parser.add_argument("--seed", type=int, default=2026, help="seed of the generated studies")
+    parser.add_argument(
+        "--seed", type=int, default=None,
+        help="seed of the generated studies (default: new studies each run; the same seed re-sends the same "
+        "studies, which the node accepts as duplicates without re-analysing them)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all results")
 
 
@@ -70,8 +74,10 @@ def _demo(config: Config, port: int, pacs: DemoPacs, work: Path, args: argparse.
     from dicom_node.scu import send_files
     from dicom_node.synth import write_ct_head_study, write_mr_sih_study
 
+    if args.seed is None:
+        args.seed = int(time.time()) % 1_000_000
     studies_dir = work / "studies"
-    print(f"generating studies in {studies_dir} ...")
+    print(f"generating studies in {studies_dir} (seed {args.seed}) ...")
     cases = [
         ("head CT, subdural hemorrhage", write_ct_head_study(studies_dir, args.seed, findings=("subdural",))),
         ("head CT, normal", write_ct_head_study(studies_dir, args.seed, findings=(), patient_index=1)),
