@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     from dicom_node.logs import setup_logging
 
     setup_logging(pre.log_level)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

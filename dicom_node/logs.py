@@ -28,3 +28,4 @@ def setup_logging(level: str = "INFO") -> None:
     # pynetdicom logs every PDU at INFO; its own warnings and errors still come through.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # logs every module it copies at INFO

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from dicom_node.config import load_config
-from dicom_node.errors import ConfigError
+from dicom_node.commands import load_config_or_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,11 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.file)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
+    cfg = load_config_or_report(args.file)
+    if cfg is None:
         return 1
     print(
         f"{cfg.source}: valid (AE {cfg.node.ae_title} on {cfg.node.host}:{cfg.node.port}, "

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dicom_node.config import Config, load_config
-from dicom_node.errors import ConfigError, ModelError
+from dicom_node.commands import load_config_or_report
+from dicom_node.config import Config
+from dicom_node.errors import ModelError
 
 if TYPE_CHECKING:
     from dicom_node.demo_pacs import DemoPacs
@@ -32,11 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     if not config.destinations:
         print(f"{args.config}: destinations: the demo needs one destination to play the receiving PACS",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dicom_node.config import load_config
-from dicom_node.errors import ConfigError, DeliveryError
+from dicom_node.commands import load_config_or_report
+from dicom_node.errors import DeliveryError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,11 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     from dicom_node.delivery.echo import echo
 

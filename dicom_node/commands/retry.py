@@ -7,10 +7,8 @@ jobs of each study's current generation are queued again with their attempts res
 from __future__ import annotations
 
 import argparse
-import sys
 
-from dicom_node.config import load_config
-from dicom_node.errors import ConfigError
+from dicom_node.commands import load_config_or_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,11 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     from dicom_node import jobs
     from dicom_node.db.engine import Database

@@ -8,8 +8,8 @@ import signal
 import sys
 import threading
 
-from dicom_node.config import load_config
-from dicom_node.errors import ConfigError, ModelError
+from dicom_node.commands import load_config_or_report
+from dicom_node.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,8 @@ def run(args: argparse.Namespace) -> int:
     # first thing: a SIGTERM while models load must still end the worker cleanly
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
 
     from dicom_node.db.engine import Database
