@@ -86,8 +86,8 @@ class Node:
         try:
             self.start()
             log.info("node serving", extra={"ae_title": self.config.node.ae_title, "port": self.port})
-            while not self._stop_requested.wait(1.0):
-                pass
+            while not self._stop_requested.wait(1.0):  # a timeout keeps signal handlers running promptly
+                continue
         finally:
             self.stop()
             for sig, handler in previous.items():

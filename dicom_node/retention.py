@@ -48,11 +48,10 @@ class Retention:
                 paths = session.scalars(select(Instance.path).where(Instance.study_id == study_id)).all()
                 removed = 0
                 for rel in paths:
-                    try:
-                        (self.config.storage.path / rel).unlink()
+                    path = self.config.storage.path / rel
+                    if path.exists():
+                        path.unlink()
                         removed += 1
-                    except FileNotFoundError:
-                        pass
                 study.pixels_deleted_at = now
                 purged += 1
             log.info("retention: deleted received files", extra={"study_uid": study.study_uid, "files": removed})

@@ -8,6 +8,7 @@ name is always complete and survives a power cut. Paths come from sanitised UIDs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -72,9 +73,7 @@ def write_durable(target: Path, data: bytes) -> None:
 
 def _unlink_quietly(path: Path) -> None:
     try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+        path.unlink(missing_ok=True)
     except OSError as exc:
         log.warning("could not remove file", extra={"path": str(path), "error": str(exc)})
 
@@ -87,10 +86,7 @@ def make_dirs_durable(folder: Path) -> None:
         missing.append(probe)
         probe = probe.parent
     for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            pass
+        d.mkdir(exist_ok=True)
         fsync_dir(d.parent)
 
 
@@ -138,10 +134,8 @@ class InstanceStore:
         """Remove a stored instance (after a failed database commit, or a moved duplicate)."""
         target = self.path(relpath)
         _unlink_quietly(target)
-        try:
+        with contextlib.suppress(OSError):  # the folder may be gone too; nothing left to make durable
             fsync_dir(target.parent)
-        except OSError:
-            pass
 
     def quarantine(self, data: bytes, reason: str, calling_ae: str = "") -> Path:
         """Keep bytes we could not accept, with the reason beside them. Returns the data file's path."""

@@ -1,0 +1,69 @@
+"""Retention: received files of delivered studies go after the configured age; rows and other studies stay."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import BytesIO
+from pathlib import Path
+
+from receiver_helpers import ct_series, make_config
+from sqlalchemy import func, select
+
+from dicom_node.db.engine import Database, utcnow
+from dicom_node.db.schema import Instance, Study, StudyState
+from dicom_node.receiver.ingest import parse_instance, record_instance
+from dicom_node.retention import Retention
+from dicom_node.store import InstanceStore, instance_relpath
+
+
+def _receive(config, db: Database, n: int) -> tuple[str, list[Path]]:  # type: ignore[no-untyped-def]
+    store = InstanceStore(config.storage)
+    paths = []
+    study_uid = ""
+    for ds in ct_series(n):
+        buf = BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        data = buf.getvalue()
+        parsed = parse_instance(data)
+        rel = instance_relpath(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid)
+        paths.append(store.write(rel, data))
+        record_instance(db, parsed, rel, len(data), "STORESCU", None)
+        study_uid = parsed.study_uid
+    return study_uid, paths
+
+
+def _set(db: Database, study_uid: str, state: StudyState, age_days: float) -> None:
+    with db.write() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+        assert study is not None
+        study.state = state
+        study.last_received_at = utcnow() - timedelta(days=age_days)
+
+
+def test_deletes_files_of_old_delivered_studies_only(tmp_path: Path) -> None:
+    config = make_config(tmp_path, retention={"delete_after_days": 7})
+    db = Database(config.database_url)
+    old_delivered, old_files = _receive(config, db, 3)
+    young_delivered, young_files = _receive(config, db, 2)
+    old_analysed, analysed_files = _receive(config, db, 2)
+    _set(db, old_delivered, StudyState.DELIVERED, 8)
+    _set(db, young_delivered, StudyState.DELIVERED, 6)
+    _set(db, old_analysed, StudyState.ANALYSED, 30)  # not yet delivered: keeps its files
+
+    assert Retention(config, db).run_once() == 1
+    assert not any(p.exists() for p in old_files)
+    assert all(p.exists() for p in young_files + analysed_files)
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 7, "rows are the audit trail"
+        purged = session.scalar(select(Study).where(Study.study_uid == old_delivered))
+        assert purged is not None and purged.pixels_deleted_at is not None
+    assert Retention(config, db).run_once() == 0, "a purged study is not purged again"
+
+
+def test_zero_days_keeps_everything(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    db = Database(config.database_url)
+    study_uid, files = _receive(config, db, 2)
+    _set(db, study_uid, StudyState.DELIVERED, 365)
+    assert Retention(config, db).run_once() == 0
+    assert all(p.exists() for p in files)
