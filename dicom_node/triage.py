@@ -11,6 +11,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from dicom_node.analysis import StudyAnalysis
 from dicom_node.config import NotificationsConfig
 from dicom_node.db.schema import Priority, Study
+from dicom_node.hl7 import oru_message, send_mllp
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +78,20 @@ def notify_critical(
     accession_number: str,
     analysis: StudyAnalysis,
     timeout: float = 5.0,
+    patient_id: str = "",
 ) -> bool:
-    """POST the critical-finding JSON to `notifications.webhook_url` when set. Best effort: True when sent.
+    """Notify a critical finding: the JSON webhook and/or an HL7 ORU over MLLP, whichever is configured.
 
-    Call after the result is committed; a failure is logged and never undoes the result.
+    Best effort: True when at least one was delivered. Call after the result is committed; a failure is
+    logged and never undoes the result.
     """
-    if not settings.webhook_url or not analysis.critical:
+    if not analysis.critical:
         return False
+    sent = False
+    if settings.hl7_host and settings.hl7_port:
+        sent = _send_hl7(settings, study_uid, accession_number, patient_id, analysis, timeout)
+    if not settings.webhook_url:
+        return sent
     body = json.dumps(webhook_payload(study_uid, accession_number, analysis)).encode("utf-8")
     request = urllib.request.Request(
         settings.webhook_url, data=body, method="POST", headers={"Content-Type": "application/json"}
@@ -97,4 +106,25 @@ def notify_critical(
         log.info("critical-finding webhook sent", extra={"study_uid": study_uid})
     else:
         log.warning("critical-finding webhook answered an error", extra={"study_uid": study_uid})
-    return ok
+    return ok or sent
+
+
+def _send_hl7(
+    settings: NotificationsConfig,
+    study_uid: str,
+    accession_number: str,
+    patient_id: str,
+    analysis: StudyAnalysis,
+    timeout: float,
+) -> bool:
+    message = oru_message(study_uid, accession_number, patient_id, analysis, control_id=uuid.uuid4().hex[:20])
+    try:
+        ack = send_mllp(settings.hl7_host, settings.hl7_port, message, timeout)
+    except (OSError, ValueError) as exc:
+        log.warning("critical-finding HL7 message failed", extra={"study_uid": study_uid, "error": str(exc)})
+        return False
+    if ack != "AA":
+        log.warning("critical-finding HL7 message not accepted", extra={"study_uid": study_uid, "ack": ack})
+        return False
+    log.info("critical-finding HL7 message sent", extra={"study_uid": study_uid})
+    return True

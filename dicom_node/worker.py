@@ -65,6 +65,7 @@ class StudyInput:
     study_uid: str
     accession_number: str
     refs: list[InstanceRef]
+    patient_id: str = ""  # for the HL7 notification only; never logged
 
 
 class Heartbeat:
@@ -223,7 +224,7 @@ class Worker:
             refs = [
                 instance_ref(str(self.config.storage.path / i.path), _fields(study, s, i)) for i, s in rows
             ]
-            return StudyInput(study.id, study.study_uid, study.accession_number, refs)
+            return StudyInput(study.id, study.study_uid, study.accession_number, refs, study.patient_id)
 
     def _sources(self, study: StudyInput, analysis: StudyAnalysis) -> dict[str, pydicom.Dataset]:
         """Datasets the output builders need: an evaluated instance (or any) and every key image."""
@@ -282,7 +283,8 @@ class Worker:
         )
         if raised:
             triage.notify_critical(
-                self.config.notifications, study.study_uid, study.accession_number, analysis
+                self.config.notifications, study.study_uid, study.accession_number, analysis,
+                patient_id=study.patient_id,
             )
 
     def _store_output(
