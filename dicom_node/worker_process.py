@@ -8,6 +8,7 @@ child if it has not exited within the grace period; its lease then lets another 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -55,7 +56,8 @@ class WorkerProcess:
         with self._lock:
             if self._stop.is_set():
                 return
-            self.process = subprocess.Popen(self.command())
+            env = {**os.environ, PARENT_ENV: str(os.getpid())}
+            self.process = subprocess.Popen(self.command(), env=env)
             log.info("local worker started", extra={"pid": self.process.pid})
 
     def _watch(self) -> None:
@@ -86,3 +88,23 @@ class WorkerProcess:
             self._monitor.join(5)
             self._monitor = None
         log.info("local worker stopped")
+
+
+
+PARENT_ENV = "DICOM_NODE_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """Called by `dicom-node worker` at start: when `serve` started it (PARENT_ENV set), ask Linux for
+    SIGTERM once `serve` dies, even by SIGKILL, so no orphan worker outlives its node; its job's lease
+    then expires and another worker re-runs the job."""
+    expected = os.environ.get(PARENT_ENV)
+    if not expected or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(expected):  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)

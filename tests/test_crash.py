@@ -25,6 +25,12 @@ def _serve(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([str(DICOM_NODE), "serve", "--config", str(config_path)], stdout=fh, stderr=fh)
 
 
+def _children(pid: int) -> list[int]:
+    """PIDs of a process's live children (Linux /proc)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
 def _echo_ok(port: int) -> bool:
     cmd = [ECHOSCU, "-aet", "ECHOSCU", "-aec", "DICOMNODE", "127.0.0.1", str(port)]
     return subprocess.run(cmd, check=False, env=DCMTK_ENV, capture_output=True, timeout=10).returncode == 0
@@ -39,6 +45,7 @@ def test_sigkill_mid_association_loses_nothing_acknowledged(tmp_path: Path) -> N
     server = _serve(config.source, log)
     try:
         wait_for(lambda: _echo_ok(port), timeout=30, msg=f"node listening on {port}; log: {log}")
+        worker_pids = wait_for(lambda: _children(server.pid), timeout=30, msg="serve starts its local worker")
         cmd = [STORESCU, "-v", "-aet", "STORESCU", "-aec", "DICOMNODE", "127.0.0.1", str(port), *map(str, files)]
         scu = subprocess.Popen(cmd, env=DCMTK_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert scu.stdout is not None
@@ -57,6 +64,8 @@ def test_sigkill_mid_association_loses_nothing_acknowledged(tmp_path: Path) -> N
         assert server.returncode == -signal.SIGKILL
         assert scu.returncode != 0, "storescu should see the association break"
         assert KILL_AFTER <= len(acked) < len(files), "the kill must land mid-association"
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in worker_pids), timeout=20,
+                 msg="the local worker does not outlive a SIGKILLed serve")
 
         db = Database(config.database_url)
         with db.read() as s:

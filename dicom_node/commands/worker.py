@@ -10,6 +10,7 @@ import threading
 
 from dicom_node.commands import load_config_or_report
 from dicom_node.errors import ModelError
+from dicom_node.worker_process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     # first thing: a SIGTERM while models load must still end the worker cleanly
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    die_with_parent()
     config = load_config_or_report(args.config)
     if config is None:
         return 1
