@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.store import sanitise_uid
 
@@ -37,7 +38,7 @@ class DemoPacs:
         self.folder = Path(folder)
         self._received: dict[str, Received] = {}
         self._lock = threading.Lock()
-        self._server = None
+        self._server: ThreadedAssociationServer | None = None
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

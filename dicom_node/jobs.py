@@ -27,8 +27,9 @@ import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.config import Config
@@ -197,12 +198,13 @@ def renew(db: Database, job_id: int, worker_id: str, lease_seconds: float) -> bo
     """Extend the lease; False when this worker no longer holds the job (it must stop and not report)."""
     now = utcnow()
     with db.write() as session:
-        result = session.execute(
+        # An UPDATE without RETURNING gives a CursorResult; Session.execute is typed as plain Result.
+        result = cast(CursorResult[Any], session.execute(
             update(Job)
             .where(Job.id == job_id, Job.worker_id == worker_id, Job.state == JobState.RUNNING)
             .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
             .execution_options(synchronize_session=False)
-        )
+        ))
         return bool(result.rowcount)
 
 

@@ -11,10 +11,10 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 
 from dicom_node.assembler import Assembler, OnComplete
 from dicom_node.config import Config
@@ -105,8 +105,9 @@ class Node:
     def _close_stale_associations(self) -> None:
         """Associations a killed predecessor left open can never be released: mark them aborted."""
         with self.db.write() as session:
-            result = session.execute(
+            # An UPDATE without RETURNING gives a CursorResult; Session.execute is typed as plain Result.
+            result = cast(CursorResult[Any], session.execute(
                 update(Association).where(Association.ended_at.is_(None)).values(ended_at=utcnow(), released=False)
-            )
+            ))
         if result.rowcount:
             log.info("closed associations left open by a previous run", extra={"count": result.rowcount})

@@ -247,7 +247,10 @@ class Worker:
     def _finish(self, job: Job, study: StudyInput, analysis: StudyAnalysis, error: str = "") -> None:
         """Store the result and outputs, queue deliveries and complete the job: one transaction."""
         with self.db.read() as session:
-            current_generation = session.get(Study, study.study_id).generation  # type: ignore[union-attr]
+            row = session.get(Study, study.study_id)
+            if row is None:  # study rows are never deleted (retention removes files only)
+                raise RuntimeError(f"study {study.study_uid} (id {study.study_id}) is not in the database")
+            current_generation = row.generation
         stale = job.generation < current_generation
         outputs: list[OutputObject] = []
         if not stale:

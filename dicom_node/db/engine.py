@@ -6,14 +6,16 @@ so read-modify-write sequences (job claims, upserts) never interleave between pr
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from dicom_node.db.schema import Base
 
@@ -57,7 +59,7 @@ class Database:
         self.engine.dispose()
 
 
-def _sqlite_on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
     # Let SQLAlchemy emit BEGIN itself (see _sqlite_on_begin), as the pysqlite docs recommend.
     dbapi_connection.isolation_level = None
     cur = dbapi_connection.cursor()
@@ -68,7 +70,7 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-un
     cur.close()
 
 
-def _sqlite_on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_on_begin(conn: Connection) -> None:
     # Every transaction takes the write lock up front: readers in WAL mode are never blocked by it,
     # and a read-then-write transaction cannot fail half-way with "database is locked".
     conn.exec_driver_sql("BEGIN IMMEDIATE")

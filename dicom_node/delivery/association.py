@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -39,7 +39,7 @@ def make_ae(config: Config) -> AE:
 
 
 def open_association(
-    ae: AE, dest: Destination, contexts: Iterable[tuple[str, list[str]]] = ()
+    ae: AE, dest: Destination, contexts: Iterable[tuple[str, Sequence[str]]] = ()
 ) -> Association:
     """Associate with `dest` proposing `contexts` (SOP class, transfer syntaxes) already added to `ae`.
 

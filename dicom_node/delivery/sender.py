@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
 from dicom_node.config import Config
@@ -113,7 +114,7 @@ class Sender:
         )
         return n_sent
 
-    def _store_one(self, assoc, item: DueDelivery) -> str:  # type: ignore[no-untyped-def]
+    def _store_one(self, assoc: Association, item: DueDelivery) -> str:
         path = Path(self.outbox) / item.path
         try:
             ds = pydicom.dcmread(path)

@@ -86,7 +86,8 @@ class SihData:
 def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None) -> IchData:
     labels = read_rsna_labels(labels_csv or Path(data_dir) / "labels.csv")
     studies = by_study(scan_dicom(data_dir))
-    inputs, ys, study_idx, study_uids, sops = [], [], [], [], []
+    inputs, ys, study_idx, sops = [], [], [], []
+    study_uids: list[str] = []
     skipped = 0
     for study_uid, refs in tqdm(sorted(studies.items()), desc="preprocessing CT studies", unit="study"):
         try:

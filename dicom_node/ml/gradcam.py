@@ -38,15 +38,17 @@ def grad_cam(model: nn.Module, x: torch.Tensor, output_index: int) -> np.ndarray
             model.zero_grad(set_to_none=True)
             logits[0, output_index].backward()
             act = store["act"]
-            weights = act.grad.mean(dim=(2, 3), keepdim=True)  # type: ignore[union-attr]
+            if act.grad is None:
+                raise RuntimeError("Grad-CAM: no gradient reached the last convolutional block")
+            weights = act.grad.mean(dim=(2, 3), keepdim=True)
             cam = F.relu((weights * act).sum(dim=1, keepdim=True))
             cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-            cam = cam.detach().cpu().numpy().astype(np.float32)
+            heat: np.ndarray = cam.detach().cpu().numpy().astype(np.float32)
     finally:
         handle.remove()
         model.zero_grad(set_to_none=True)
-    peak = float(cam.max())
-    return cam / peak if peak > 0 else cam
+    peak = float(heat.max())
+    return heat / peak if peak > 0 else heat
 
 
 def to_source(cam: np.ndarray, p: Placement) -> np.ndarray:

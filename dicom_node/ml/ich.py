@@ -94,11 +94,12 @@ class IchPipeline(Pipeline):
                 maps.append(heat)
             key_images.append(KeyImage(ref.sop_instance_uid, slice_labels, np.maximum.reduce(maps).astype(np.float32)))
 
-        present = [label for label in labels if findings[label].present]
+        present_labels = [label for label in labels if findings[label].present]
         first = slices[0]
         reason = (f"{len(slices)} slices of series {first.series_number} {first.series_description!r} analysed; "
-                  f"present: {', '.join(present) if present else 'none'}")
-        log.info("study analysed", extra={"model": self.info.name, "study_uid": first.study_uid, "present": present})
+                  f"present: {', '.join(present_labels) if present_labels else 'none'}")
+        log.info("study analysed",
+                 extra={"model": self.info.name, "study_uid": first.study_uid, "present": present_labels})
         return StudyAnalysis(
             model=self.info, status=AnalysisStatus.ANALYSED, reason=reason, study_uid=first.study_uid,
             evaluated_series_uids=[first.series_uid],

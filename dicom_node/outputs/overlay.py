@@ -65,7 +65,7 @@ def jet(values: np.ndarray) -> np.ndarray:
 def _resize(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if heat.shape == shape:
         return heat.astype(np.float32)
-    image = Image.fromarray(heat.astype(np.float32), mode="F").resize((shape[1], shape[0]), Image.BILINEAR)
+    image = Image.fromarray(heat.astype(np.float32), mode="F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.float32)
 
 
@@ -132,7 +132,7 @@ def render(source: Dataset, finding: Finding, heat: np.ndarray | None, lines: li
     factor = max(1, MIN_DISPLAY_SIZE // max(grey.shape))
     if factor > 1:
         rgb = np.asarray(Image.fromarray(rgb, mode="RGB").resize(
-            (rgb.shape[1] * factor, rgb.shape[0] * factor), Image.BILINEAR))
+            (rgb.shape[1] * factor, rgb.shape[0] * factor), Image.Resampling.BILINEAR))
     center = None
     if finding.region_center is not None:
         center = ((finding.region_center[0] + 0.5) * factor, (finding.region_center[1] + 0.5) * factor)
@@ -165,7 +165,9 @@ def build_overlay(analysis: StudyAnalysis, finding: Finding, key_image: KeyImage
     series_uid = uids.series_uid(study_uid, model.name, model.version, uids.OVERLAY)
     sop_uid = uids.instance_uid(study_uid, model.name, model.version, uids.OVERLAY, generation, finding.label)
     spacing = source.get("PixelSpacing")
-    pixel_spacing = tuple(float(v) / factor for v in spacing) if spacing and len(spacing) == 2 else None
+    pixel_spacing: tuple[float, float] | None = None
+    if spacing and len(spacing) == 2:
+        pixel_spacing = (float(spacing[0]) / factor, float(spacing[1]) / factor)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
@@ -177,7 +179,9 @@ def build_overlay(analysis: StudyAnalysis, finding: Finding, key_image: KeyImage
         sop_instance_uid=sop_uid,
         instance_number=max(1, generation) * 100 + index,
         manufacturer="dicom-node",
-        pixel_spacing=pixel_spacing,
+        # highdicom 0.28 annotates from_ref_dataset's pixel_spacing as tuple[int, int] (stub gap: it is mm,
+        # and SCImage.__init__, which receives it, takes tuple[float, float]).
+        pixel_spacing=pixel_spacing,  # type: ignore[arg-type]
         patient_orientation=_orientation(source),
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )

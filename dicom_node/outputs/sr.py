@@ -183,8 +183,9 @@ def _evidence(analysis: StudyAnalysis, sources: Mapping[str, Dataset], primary: 
 def _primary(analysis: StudyAnalysis, sources: Mapping[str, Dataset]) -> Dataset:
     """The source that gives patient and study attributes: a key image, else an evaluated one, else any."""
     for finding in analysis.findings:
-        if finding.key_sop_instance_uid in sources:
-            return sources[finding.key_sop_instance_uid]
+        key = finding.key_sop_instance_uid
+        if key is not None and key in sources:
+            return sources[key]
     for uid in analysis.evaluated_sop_instance_uids:
         if uid in sources:
             return sources[uid]
@@ -204,8 +205,8 @@ def build_sr(
         raise ValueError(f"source study {primary.StudyInstanceUID} is not the analysed study {study_uid}")
     findings = _findings(analysis)
     groups = [_group(analysis, f, sources.get(f.key_sop_instance_uid or "")) for f in findings]
-    key_images = list({f.key_sop_instance_uid: sources[f.key_sop_instance_uid]
-                       for f in findings if f.key_sop_instance_uid in sources}.values())
+    key_uids = (f.key_sop_instance_uid for f in findings)
+    key_images = list({uid: sources[uid] for uid in key_uids if uid is not None and uid in sources}.values())
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(analysis),
         procedure_reported=_procedure(primary),

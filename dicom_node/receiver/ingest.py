@@ -14,13 +14,13 @@ from io import BytesIO
 from typing import Any
 
 import pydicom
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicom_node.analysis import header_fields
 from dicom_node.db.engine import Database, utcnow
-from dicom_node.db.schema import Association, Instance, Series, Study, StudyState
+from dicom_node.db.schema import Association, Base, Instance, Series, Study, StudyState
 from dicom_node.errors import UnparseableDatasetError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 _REQUIRED = ("study_uid", "series_uid", "sop_instance_uid", "sop_class_uid")
 _REOPENED_FROM = (StudyState.COMPLETE, StudyState.ANALYSED, StudyState.DELIVERED)
 _UPSERT_ATTEMPTS = 3
+
+
+def _table(model: type[Base]) -> Table:
+    """The Table a model maps (SQLAlchemy types `__table__` as the broader FromClause)."""
+    table = model.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to a single Table")
+    return table
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,7 @@ def _upsert(
 ) -> Recorded:
     # Core statements, not ORM units of work: this runs once per received instance.
     f = parsed.fields
-    studies, series_t, instances = Study.__table__, Series.__table__, Instance.__table__
+    studies, series_t, instances = _table(Study), _table(Series), _table(Instance)
     row = session.execute(
         select(studies.c.id, studies.c.state, studies.c.generation).where(studies.c.study_uid == parsed.study_uid)
     ).first()

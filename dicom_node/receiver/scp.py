@@ -34,7 +34,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import update
@@ -105,6 +105,8 @@ class _Receiver:
     def on_requested(self, event: Event) -> None:
         assoc = event.assoc
         rq = assoc.requestor.primitive
+        if rq is None:  # pynetdicom stores the A-ASSOCIATE-RQ before it triggers EVT_REQUESTED
+            raise RuntimeError("EVT_REQUESTED without the requestor's A-ASSOCIATE primitive")
         calling, called = str(rq.calling_ae_title), str(rq.called_ae_title)
         address = str(assoc.requestor.address)
         rejection = check_association(self.config, calling, called, address, self.store.has_room)
@@ -240,6 +242,8 @@ def build_ae(config: Config) -> AE:
     ae.require_calling_aet = []
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
     for cx in AllStoragePresentationContexts:
+        if cx.abstract_syntax is None:
+            raise RuntimeError("pynetdicom storage presentation context without an abstract syntax")
         ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
     return ae
 
@@ -253,7 +257,7 @@ def start_receiver(
     """Start listening on `config.node.host:port` in background threads and return at once."""
     receiver = _Receiver(config, db, store or InstanceStore(config.storage), on_association_end)
     ae = build_ae(config)
-    handlers = [
+    handlers: list[EventHandlerType] = [
         (evt.EVT_CONN_OPEN, receiver.on_conn_open),
         (evt.EVT_REQUESTED, receiver.on_requested),
         (evt.EVT_ACCEPTED, receiver.on_accepted),
@@ -266,7 +270,7 @@ def start_receiver(
     server = ae.start_server(
         (config.node.host, config.node.port),
         block=False,
-        evt_handlers=handlers,  # type: ignore[arg-type]
+        evt_handlers=handlers,
         ssl_context=server_ssl_context(config.node.tls),
     )
     assert server is not None  # block=False always returns the server

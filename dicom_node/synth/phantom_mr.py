@@ -64,17 +64,15 @@ def sih_params(anat_rng: np.random.Generator, rng: np.random.Generator, sih: boo
         present = tuple(s for s in SIH_SIGNS if rng.random() < 0.7)
         if len(present) >= 2:
             break
-    changes: dict[str, float] = {}
     if "pachymeningeal" in present:
-        changes["dura_mm"] = float(rng.uniform(1.4, 3.0))
+        p = replace(p, dura_mm=float(rng.uniform(1.4, 3.0)))
     if "sinus" in present:
-        changes["sinus_scale"] = float(rng.uniform(1.45, 2.0))
+        p = replace(p, sinus_scale=float(rng.uniform(1.45, 2.0)))
     if "sag" in present:
-        changes["sag_mm"] = float(rng.uniform(3.0, 8.0))
-        changes["prepontine_mm"] = float(rng.uniform(0.8, 3.0))
+        p = replace(p, sag_mm=float(rng.uniform(3.0, 8.0)), prepontine_mm=float(rng.uniform(0.8, 3.0)))
     if "subdural" in present:
-        changes["subdural_mm"] = float(rng.uniform(1.5, 5.0))
-    return replace(p, **changes), present
+        p = replace(p, subdural_mm=float(rng.uniform(1.5, 5.0)))
+    return p, present
 
 
 def _lut(table: dict[Tissue, float], rng: np.random.Generator, jitter: float = 0.04) -> np.ndarray:
