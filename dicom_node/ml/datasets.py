@@ -86,7 +86,12 @@ class SihData:
 def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None) -> IchData:
     labels = read_rsna_labels(labels_csv or Path(data_dir) / "labels.csv")
     studies = by_study(scan_dicom(data_dir))
-    inputs, ys, study_idx, sops = [], [], [], []
+    # One float16 buffer for every labelled file (its pages are committed only as they are filled):
+    # per-slice arrays stacked at the end need twice the memory, and fragment the heap on top.
+    bound = sum(ref.sop_instance_uid in labels for refs in studies.values() for ref in refs)
+    inputs = np.empty((bound, spec.in_channels, spec.size, spec.size), dtype=np.float16)
+    ys, study_idx, sops = [], [], []
+    n = 0
     study_uids: list[str] = []
     skipped = 0
     for study_uid, refs in tqdm(sorted(studies.items()), desc="preprocessing CT studies", unit="study"):
@@ -101,15 +106,16 @@ def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None) ->
             if ref.sop_instance_uid not in labels:
                 continue
             x, _ = ct_input(hu, i, spec.size, spec.windows, spec.context_slices)
-            inputs.append(x.astype(np.float16))
+            inputs[n] = x
+            n += 1
             ys.append([labels[ref.sop_instance_uid].get(label, 0) for label in ICH_LABELS])
             study_idx.append(len(study_uids))
             sops.append(ref.sop_instance_uid)
         study_uids.append(study_uid)
-    if not inputs:
+    if n == 0:
         raise SelectionError(f"no labelled slices of a usable head CT series under {data_dir} ({skipped} studies skipped)")
-    log.info("ICH data loaded", extra={"slices": len(inputs), "studies": len(study_uids), "skipped": skipped})
-    return IchData(np.stack(inputs), np.asarray(ys, dtype=np.float32), np.asarray(study_idx), study_uids, sops)
+    log.info("ICH data loaded", extra={"slices": n, "studies": len(study_uids), "skipped": skipped})
+    return IchData(inputs[:n], np.asarray(ys, dtype=np.float32), np.asarray(study_idx), study_uids, sops)
 
 
 def load_sih(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None) -> SihData:
