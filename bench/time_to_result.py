@@ -87,7 +87,7 @@ def node_config(work: Path, node_port: int, pacs_port: int, fast_poll: bool, mod
         (r'(?m)^device = "auto"', 'device = "cpu"'),
     ]
     if torch_threads:
-        edits.append((r"(?m)^\[worker\]\n", f"[worker]\ntorch_threads = {torch_threads}\n"))
+        edits.append((r"(?m)^torch_threads = \d+", f"torch_threads = {torch_threads}"))
     if fast_poll:
         edits += [
             (r"(?m)^poll_seconds = 0\.5\b", "poll_seconds = 0.05"),
@@ -244,7 +244,7 @@ def machine() -> dict[str, str]:
     import torch
 
     return {"nproc": str(os.cpu_count()), "cpu": model, "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": str(torch.get_num_threads())}
+            "torch": torch.__version__}
 
 
 def main() -> int:
@@ -255,7 +255,7 @@ def main() -> int:
     parser.add_argument("--fast-poll", action="store_true", help="poll intervals 0.05 s instead of the shipped ones")
     parser.add_argument("--profile", action="store_true", help="also split the analysis into stages in-process")
     parser.add_argument("--torch-threads", type=int, default=0,
-                        help="set [worker] torch_threads (default: the shipped config's, i.e. torch's default)")
+                        help="set [worker] torch_threads (default: the shipped config's 0 = every core but one)")
     parser.add_argument("--models", type=Path, default=REPO / "models", help="models folder (default: the shipped demos)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
