@@ -1,7 +1,8 @@
 """One SQLAlchemy engine per process; SQLite in WAL mode by default, PostgreSQL for scale-out.
 
 `Database.write()` opens a transaction that takes the write lock at once on SQLite (`BEGIN IMMEDIATE`),
-so read-modify-write sequences (job claims, upserts) never interleave between processes.
+so read-modify-write sequences (job claims, upserts) never interleave between processes; `read()` opens a
+deferred one, so status queries and pollers never hold the lock the receiver needs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from dicom_node.db.schema import Base
+
+_WRITE_OPTION = "dicom_node_write"
 
 
 def utcnow() -> datetime:
@@ -45,13 +48,14 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that holds the write lock from its start; commits on success, rolls back on error."""
-        with self._sessions() as session:
-            session.info["immediate"] = True
-            with session.begin():
-                yield session
+        with self._sessions() as session, session.begin():
+            # the first connection use begins the transaction: tell _sqlite_on_begin it is a writer
+            session.connection(execution_options={_WRITE_OPTION: True})
+            yield session
 
     @contextmanager
     def read(self) -> Iterator[Session]:
+        """A read-only session: on SQLite a deferred transaction, a WAL snapshot that never blocks writers."""
         with self._sessions() as session:
             yield session
 
@@ -71,6 +75,9 @@ def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: Connection
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
-    # Every transaction takes the write lock up front: readers in WAL mode are never blocked by it,
-    # and a read-then-write transaction cannot fail half-way with "database is locked".
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers take the write lock up front, so a read-then-write transaction cannot fail half-way with
+    # "database is locked"; readers begin deferred and, in WAL mode, neither block nor wait for writers.
+    if conn.get_execution_options().get(_WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
