@@ -31,9 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from dicom_node.synth import write_ct_head_study
 
 REPO = Path(__file__).resolve().parents[1]
 STORESCU = "/usr/bin/storescu"
@@ -63,40 +61,17 @@ def echo_ok(port: int, called: str) -> bool:
     return subprocess.run(cmd, env=ENV, capture_output=True, check=False, timeout=10).returncode == 0
 
 
-def generate(folder: Path, n: int, seed: int = 7) -> list[Path]:
-    """n generated 512x512 int16 CT slices (one study, one series), explicit VR little endian."""
-    rng = np.random.default_rng(seed)
-    study, series = generate_uid(), generate_uid()
-    yy, xx = np.mgrid[-256:256, -256:256]
-    head = ((xx / 200.0) ** 2 + (yy / 240.0) ** 2) <= 1.0
-    paths = []
-    for i in range(n):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.SOPClassUID = CTImageStorage
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.PatientID, ds.PatientName = "BENCH", "Bench^Phantom"
-        ds.Modality, ds.BodyPartExamined, ds.SeriesDescription = "CT", "HEAD", "bench"
-        ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20240101", 1, i + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-128, -128, 1.0 * i]
-        ds.SliceThickness, ds.PixelSpacing = 1.0, [0.5, 0.5]
-        ds.Rows = ds.Columns = 512
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        pixels = np.where(head, 1064, 24) + rng.integers(-20, 20, size=(512, 512))
-        ds.PixelData = pixels.astype(np.int16).tobytes()
-        p = folder / f"{i:05d}.dcm"
-        ds.save_as(p, enforce_file_format=True)
-        paths.append(p)
-    return paths
+def generate(folder: Path, n: int, seed: int = 7, per_study: int = 50) -> list[Path]:
+    """n 512x512 head CT slices from the project's phantom generator (explicit VR little endian, no
+    distractor series), as studies of `per_study` slices."""
+    files: list[Path] = []
+    index = 0
+    while len(files) < n:
+        slices = min(per_study, n - len(files))
+        study = write_ct_head_study(folder, seed, n_slices=slices, size=512, distractors=False, patient_index=index)
+        files += study.files
+        index += 1
+    return files
 
 
 @dataclass
