@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,20 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: floa
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for: {msg or condition}")
         time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 15.0) -> int | None:
+    """SIGTERM a child process, SIGKILL it if it is still there after `grace` s; its return code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def dcmtk_env() -> dict[str, str]:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Self
 
 import pydicom
-from conftest import REPO, dcmtk_env, free_port
+from conftest import REPO, dcmtk_env, free_port, stop_process
 from orthanc_helpers import STORESCP, wait_listening
 
 from dicom_node.outputs.readback import ReportedFinding, sr_findings
@@ -82,16 +81,7 @@ class ServeProcess:
 
     def stop(self) -> int | None:
         proc, self.process = self.process, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return stop_process(proc, grace=60)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -142,10 +132,8 @@ class CollectingSCP:
         return self
 
     def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
+        stop_process(self.process, grace=10)
+        self.process = None
 
     def __enter__(self) -> Self:
         return self.start()

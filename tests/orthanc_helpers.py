@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from conftest import free_port
+from conftest import free_port, stop_process
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 STORESCP = Path("/usr/bin/storescp")
@@ -104,13 +104,7 @@ class OrthancServer:
         return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=15)
         self.process = None
 
     def __enter__(self) -> Self:
@@ -184,13 +178,7 @@ class StoreSCP:
         return sorted(p for p in self.folder.iterdir() if p.is_file())
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=10)
         self.process = None
 
     def __enter__(self) -> Self:
