@@ -14,6 +14,8 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from dicom_node.delivery.association import association_failure
+
 _MAX_CONTEXTS = 128
 
 
@@ -32,8 +34,8 @@ def send_files(
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, sorted(syntaxes))
     assoc = ae.associate(host, port, ae_title=called_ae, max_pdu=0)
-    if not assoc.is_established:
-        raise ConnectionError(f"association with {called_ae}@{host}:{port} was rejected or failed")
+    if not assoc.is_established:  # the peer's own reason (rejected for good or for now, no context...)
+        raise ConnectionError(str(association_failure(assoc, f"{called_ae}@{host}:{port}")))
     sock = getattr(assoc.dul.socket, "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -257,12 +257,17 @@ def test_orthanc_receives_outputs_and_repeat_is_harmless(tmp_path: Path) -> None
         )
         db = Database(cfg.database_url)
         uids = add_outputs(db, cfg, 2)
+        files = {p: p.read_bytes() for p in cfg.storage.outbox.rglob("*.dcm")}
         assert Sender(cfg, db).run_once() == 2
         assert pacs.sop_instance_uids() == set(uids)
+        assert not any(p.exists() for p in files), "every destination has them: gone from the outbox"
         studies = pacs.get("/studies")
         assert len(studies) == 1
         assert pacs.get(f"/studies/{studies[0]}")["MainDicomTags"]["StudyInstanceUID"] == STUDY_UID
-        with db.write() as s:  # deliver again, as after a crash between C-STORE response and commit
+        for p, data in files.items():  # deliver again, as after a crash between C-STORE response and commit
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        with db.write() as s:
             for d in s.scalars(select(Delivery)):
                 d.state, d.next_attempt_at = DeliveryState.PENDING, utcnow()
         assert Sender(cfg, db).run_once() == 2

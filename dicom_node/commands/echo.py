@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from dicom_node.commands import load_config_or_report
-from dicom_node.errors import DeliveryError
+from dicom_node.errors import DeliveryError, DeliveryRefused
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     target = f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port})"
     try:
         status = echo(config, args.destination)
-    except DeliveryError as exc:
+    except (DeliveryError, DeliveryRefused) as exc:
         print(f"C-ECHO {target}: failed: {exc}", file=sys.stderr)
         return 1
     if status != 0:

@@ -7,11 +7,12 @@ import socket
 import ssl
 from collections.abc import Iterable, Sequence
 
+from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.association import Association
 
 from dicom_node.config import Config, Destination, TLSConfig
-from dicom_node.errors import DeliveryError
+from dicom_node.errors import DeliveryError, DeliveryRefused
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,37 @@ def open_association(
 ) -> Association:
     """Associate with `dest` proposing `contexts` (SOP class, transfer syntaxes) already added to `ae`.
 
-    Raises DeliveryError when the peer is unreachable, rejects or aborts.
+    Raises DeliveryRefused when the peer refuses for good (A-ASSOCIATE-RJ "rejected-permanent", or no
+    proposed presentation context accepted), DeliveryError when it is unreachable, rejects for now or aborts.
     """
     for abstract, syntaxes in contexts:
         ae.add_requested_context(abstract, syntaxes)
     tls_args = (client_ssl_context(dest.tls), dest.host) if dest.tls.enabled else None
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, max_pdu=0, tls_args=tls_args)
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "could not connect or was aborted"
-        raise DeliveryError(f"association with {dest.name} ({dest.ae_title}@{dest.host}:{dest.port}) {why}")
+        raise association_failure(assoc, f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port})")
     _no_delay(assoc)
     return assoc
+
+
+def association_failure(assoc: Association, peer: str) -> DeliveryError | DeliveryRefused:
+    """Why `assoc` was not established: permanent (DeliveryRefused) or worth another try (DeliveryError)."""
+    answer = getattr(assoc.acceptor, "primitive", None)  # the peer's A-ASSOCIATE-AC/RJ, when one came
+    result = getattr(answer, "result", None)
+    if assoc.is_rejected and answer is not None:
+        why = f"{answer.result_str}, {answer.source_str}: {answer.reason_str}"
+        if result == 0x01:  # rejected-permanent
+            return DeliveryRefused(f"{peer} rejected the association for good ({why})")
+        return DeliveryError(f"{peer} rejected the association for now ({why})")
+    if result == 0x00 and not assoc.accepted_contexts and assoc.rejected_contexts:
+        classes = sorted({_uid_name(cx.abstract_syntax) for cx in assoc.rejected_contexts})
+        return DeliveryRefused(f"{peer} accepts none of the proposed SOP classes: {', '.join(classes)}")
+    return DeliveryError(f"association with {peer} could not connect or was aborted")
+
+
+def _uid_name(uid: str | None) -> str:
+    name = UID(uid or "").name
+    return f"{name} ({uid})" if name and name != uid else str(uid)
 
 
 def _no_delay(assoc: Association) -> None:

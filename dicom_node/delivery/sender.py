@@ -1,19 +1,25 @@
 """The sender: C-STORE SCU of pending deliveries, one association per destination per batch.
 
-A service object (`start()`/`stop()`) for `serve`; `run_once()` does one pass and is what tests call.
-Outputs have deterministic SOP Instance UIDs, so sending one twice (a crash between the C-STORE
-response and the commit) is a no-op at the PACS.
+A service object (`start()`/`stop()`) for `serve`, with one thread per destination so that a destination
+that is down or stalls (a peer that accepts the TCP connection and then says nothing holds a thread for
+the ACSE/DIMSE timeouts) never holds back the others. `run_once()` does one pass over every destination,
+each in its own thread, and is what tests call.
+
+A permanent refusal (see `state.is_refusal`, a permanent A-ASSOCIATE-RJ, a refused presentation context)
+fails the delivery at once with the reason; anything else is retried with backoff. Once every destination
+has an output, its file leaves the outbox. Outputs have deterministic SOP Instance UIDs, so sending one
+twice (a crash between the C-STORE response and the commit) is a no-op at the PACS.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
@@ -22,7 +28,8 @@ from dicom_node.db.engine import Database, utcnow
 from dicom_node.delivery import state
 from dicom_node.delivery.association import make_ae, open_association
 from dicom_node.delivery.state import DueDelivery
-from dicom_node.errors import DeliveryError
+from dicom_node.errors import DeliveryError, DeliveryRefused
+from dicom_node.loops import ServiceLoops
 
 log = logging.getLogger(__name__)
 
@@ -30,117 +37,157 @@ _OK = {"Success", "Warning"}
 _MAX_CONTEXTS = 120  # of the 128 presentation contexts an association may propose
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How one delivery attempt ended: sent (`error` empty), or why not, and whether retrying can help."""
+
+    error: str = ""
+    permanent: bool = False
+
+
+SENT = Outcome()
+
+
+_UNCONFIGURED = ""  # the loop key for deliveries to destinations no longer in the configuration
+
+
 class Sender:
     def __init__(self, config: Config, db: Database) -> None:
         self.config = config
         self.db = db
-        self.outbox = config.storage.outbox
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.outbox = Path(config.storage.outbox)
+        self._loops = ServiceLoops("sender", config.delivery.poll_seconds)
 
     # -- service -------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="sender", daemon=True)
-        self._thread.start()
+        try:
+            with self.db.write() as session:  # files a crash left behind after their last delivery
+                state.remove_delivered_files(session, self.outbox)
+        except Exception:
+            log.exception("outbox sweep failed")
+        names = [d.name for d in self.config.destinations]
+        self._loops.start([*names, _UNCONFIGURED], self.run_destination)
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loops.stop(timeout)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sent = self.run_once()
-            except Exception:  # a database hiccup must not end the sender
-                log.exception("sender pass failed")
-                sent = 0
-            if not sent:
-                self._stop.wait(self.config.delivery.poll_seconds)
-
-    # -- one pass ------------------------------------------------------------------------------------
+    # -- passes --------------------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Send every due pending delivery; returns how many were sent successfully."""
+        """One pass over every destination with due deliveries, all at once; returns how many were sent."""
         with self.db.read() as session:
-            batch = state.due(session, utcnow())
-        if not batch:
+            names = sorted({item.destination for item in state.due(session, utcnow())})
+        if not names:
             return 0
-        by_dest: dict[str, list[DueDelivery]] = defaultdict(list)
-        for item in batch:
-            by_dest[item.destination].append(item)
-        sent = 0
-        for dest_name, items in by_dest.items():
-            if self._stop.is_set():
-                break
-            sent += self._send_to(dest_name, items)
-        return sent
+        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="sender") as pool:
+            return sum(pool.map(self._send_to, names))
 
-    def _send_to(self, dest_name: str, items: list[DueDelivery]) -> int:
-        outcomes: dict[int, str] = {}  # delivery id → "" (sent) or the error
-        try:
-            dest = self.config.destination(dest_name)
-        except KeyError:
-            outcomes = {i.delivery_id: f"destination {dest_name!r} is not configured" for i in items}
-            self._record(outcomes, items)
+    def run_destination(self, name: str) -> int:
+        """One pass for one destination (`""`: every destination that is not configured)."""
+        return self._send_to(name or None)
+
+    def _send_to(self, dest_name: str | None) -> int:
+        configured = [d.name for d in self.config.destinations]
+        if dest_name is not None and dest_name not in configured:
+            dest_name = None
+        with self.db.read() as session:
+            if dest_name is None:
+                items = state.due(session, utcnow(), exclude=configured)
+            else:
+                items = state.due(session, utcnow(), destination=dest_name)
+        if not items:
             return 0
+        if dest_name is None:
+            self._record({i.delivery_id: Outcome(f"destination {i.destination!r} is not configured") for i in items}, items)
+            return 0
+        return self._send_batch(dest_name, items)
+
+    def _send_batch(self, dest_name: str, items: list[DueDelivery]) -> int:
+        dest = self.config.destination(dest_name)
         items = items[: _MAX_CONTEXTS * 4]
         classes = sorted({i.sop_class_uid for i in items})[:_MAX_CONTEXTS]
+        items = [i for i in items if i.sop_class_uid in classes]  # the rest: next batch
         contexts = [(c, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for c in classes]
         try:
             assoc = open_association(make_ae(self.config), dest, contexts)
-        except (DeliveryError, OSError) as exc:
-            self._record({i.delivery_id: str(exc) for i in items}, items)
+        except DeliveryRefused as exc:
+            self._record({i.delivery_id: Outcome(str(exc), permanent=True) for i in items}, items)
             return 0
+        except (DeliveryError, OSError) as exc:
+            self._record({i.delivery_id: Outcome(str(exc)) for i in items}, items)
+            return 0
+        outcomes: dict[int, Outcome] = {}
         try:
+            accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
             for item in items:
-                if item.sop_class_uid not in classes:
-                    continue  # next batch
-                outcomes[item.delivery_id] = self._store_one(assoc, item)
+                if self._loops.stopping:
+                    break
+                outcomes[item.delivery_id] = self._store_one(assoc, item, accepted)
                 if not assoc.is_established:
                     break
         finally:
             if assoc.is_established:
                 assoc.release()
         for item in items:
-            if item.delivery_id not in outcomes and item.sop_class_uid in classes:
-                outcomes[item.delivery_id] = "association ended before this object was sent"
+            outcomes.setdefault(item.delivery_id, Outcome("association ended before this object was sent"))
         self._record(outcomes, items)
-        n_sent = sum(1 for e in outcomes.values() if not e)
+        n_sent = sum(1 for o in outcomes.values() if o == SENT)
+        n_refused = sum(1 for o in outcomes.values() if o.permanent)
         log.info(
             "delivery batch",
-            extra={"destination": dest_name, "sent": n_sent, "failed": len(outcomes) - n_sent},
+            extra={
+                "destination": dest_name,
+                "sent": n_sent,
+                "refused": n_refused,
+                "failed": len(outcomes) - n_sent - n_refused,
+            },
         )
         return n_sent
 
-    def _store_one(self, assoc: Association, item: DueDelivery) -> str:
-        path = Path(self.outbox) / item.path
+    def _store_one(self, assoc: Association, item: DueDelivery, accepted: set[str]) -> Outcome:
+        if item.sop_class_uid not in accepted:
+            name = UID(item.sop_class_uid).name
+            return Outcome(f"destination refused the presentation context for {name} ({item.sop_class_uid})", True)
         try:
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(self.outbox / item.path)
         except (OSError, pydicom.errors.InvalidDicomError) as exc:
-            return f"cannot read output file {item.path}: {exc}"
+            return Outcome(f"cannot read output file {item.path}: {exc}")
         try:
             status = assoc.send_c_store(ds)
-        except (ValueError, RuntimeError) as exc:  # no accepted context for this object
-            return f"not sent: {exc}"
+        except (ValueError, RuntimeError) as exc:
+            return Outcome(f"not sent: {exc}")
         if not status or "Status" not in status:
-            return "no C-STORE response (timeout or abort)"
+            return Outcome("no C-STORE response (timeout or abort)")
         code = int(status.Status)
         category = code_to_category(code)
         if category in _OK:
-            return ""
-        return f"C-STORE status 0x{code:04X} ({category})"
+            return SENT
+        if state.is_refusal(code):
+            return Outcome(f"C-STORE refused: status 0x{code:04X} ({_status_text(code)})", permanent=True)
+        return Outcome(f"C-STORE status 0x{code:04X} ({category})")
 
-    def _record(self, outcomes: dict[int, str], items: list[DueDelivery]) -> None:
+    def _record(self, outcomes: dict[int, Outcome], items: list[DueDelivery]) -> None:
         now = utcnow()
-        studies = {i.study_id for i in items if outcomes.get(i.delivery_id) == ""}
+        sent = [i for i in items if outcomes.get(i.delivery_id) == SENT]
+        output_ids = {i.output_id for i in sent}
         with self.db.write() as session:
-            for delivery_id, error in outcomes.items():
-                if error:
-                    state.mark_attempt_failed(session, self.config.delivery, delivery_id, error, now)
-                else:
+            for delivery_id, outcome in outcomes.items():
+                if outcome == SENT:
                     state.mark_sent(session, delivery_id, now)
+                else:
+                    state.mark_attempt_failed(
+                        session, self.config.delivery, delivery_id, outcome.error, now, permanent=outcome.permanent
+                    )
             session.flush()
-            for study_id in studies:
+            for study_id in {i.study_id for i in sent}:
                 state.update_study_delivered(session, study_id)
+        if output_ids:
+            with self.db.write() as session:
+                state.remove_delivered_files(session, self.outbox, output_ids)
+
+
+def _status_text(code: int) -> str:
+    if code == 0x0122:
+        return "SOP class not supported"
+    if code == 0x0124:
+        return "not authorised"
+    return "dataset does not match SOP class"

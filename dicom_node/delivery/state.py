@@ -1,17 +1,23 @@
 """Delivery rows: every change of `Delivery.state`, and the study's DELIVERED state that follows from them.
 
-`pending → sent` on a success or warning status; a failed attempt keeps the row pending with
-`next_attempt_at = now + min(initial * 2**attempts, max_backoff)` and becomes `failed` with the reason
-once the row is older than `max_age`.
+`pending → sent` on a success or warning status. A permanent refusal (C-STORE status `0x0122` SOP class
+not supported, `0x0124` not authorised, `0xA9xx` dataset does not match the SOP class, an association
+rejected for good, the object's presentation context refused) makes it `failed` at once with the reason.
+Any other failed attempt keeps the row pending with `next_attempt_at = now + min(initial * 2**attempts,
+max_backoff)` and makes it `failed` with the reason once the row is older than `max_age`.
+
+An output's file leaves the outbox once every destination has it (`remove_delivered_files`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.config import DeliveryConfig
@@ -38,14 +44,29 @@ def backoff(settings: DeliveryConfig, attempts: int) -> timedelta:
     return timedelta(seconds=min(seconds, settings.max_backoff_seconds))
 
 
-def due(session: Session, now: datetime, limit: int = 500) -> list[DueDelivery]:
-    rows = session.execute(
+def is_refusal(status: int) -> bool:
+    """A C-STORE failure status that sending the same object again will not change."""
+    return status in (0x0122, 0x0124) or 0xA900 <= status <= 0xA9FF
+
+
+def due(
+    session: Session,
+    now: datetime,
+    limit: int = 500,
+    destination: str | None = None,
+    exclude: Collection[str] = (),
+) -> list[DueDelivery]:
+    """Pending deliveries whose time has come: all, one destination's, or all but `exclude`'s."""
+    query = (
         select(Delivery, Output)
         .join(Output, Output.id == Delivery.output_id)
         .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
-        .order_by(Delivery.next_attempt_at, Delivery.id)
-        .limit(limit)
-    ).all()
+    )
+    if destination is not None:
+        query = query.where(Delivery.destination == destination)
+    if exclude:
+        query = query.where(Delivery.destination.not_in(list(exclude)))
+    rows = session.execute(query.order_by(Delivery.next_attempt_at, Delivery.id).limit(limit)).all()
     return [
         DueDelivery(d.id, d.destination, o.id, o.path, o.sop_class_uid, o.sop_instance_uid, o.study_id)
         for d, o in rows
@@ -63,18 +84,23 @@ def mark_sent(session: Session, delivery_id: int, now: datetime) -> None:
 
 
 def mark_attempt_failed(
-    session: Session, settings: DeliveryConfig, delivery_id: int, error: str, now: datetime
+    session: Session,
+    settings: DeliveryConfig,
+    delivery_id: int,
+    error: str,
+    now: datetime,
+    permanent: bool = False,
 ) -> None:
-    """Count a failed try: back off, or FAILED with the reason once older than `max_age`."""
+    """Count a failed try: FAILED with the reason when `permanent` or older than `max_age`, else back off."""
     d = session.get(Delivery, delivery_id)
     if d is None or d.state != DeliveryState.PENDING:
         return
     d.attempts += 1
     d.last_error = error
-    if now - d.created_at >= timedelta(seconds=settings.max_age_seconds):
+    if permanent or now - d.created_at >= timedelta(seconds=settings.max_age_seconds):
         d.state = DeliveryState.FAILED
         log.error(
-            "delivery failed for good",
+            "delivery refused" if permanent else "delivery failed for good",
             extra={
                 "delivery_id": d.id,
                 "destination": d.destination,
@@ -141,3 +167,40 @@ def reset_for_new_content(session: Session, output_id: int, now: datetime) -> No
         d.created_at = now
         d.sent_at = None
         d.last_error = ""
+
+
+def remove_delivered_files(session: Session, outbox: Path, output_ids: Collection[int] | None = None) -> int:
+    """Delete the outbox file of each output (of `output_ids`, or of all) that every destination has.
+
+    An output is done when it has deliveries and all of them are sent; one with a pending or failed
+    delivery, or with none (no destination configured), keeps its file. Run in a write transaction: the
+    worker rewrites a file only inside one, together with setting its deliveries back to pending.
+    Returns how many files were deleted.
+    """
+    unsent = exists().where(Delivery.output_id == Output.id, Delivery.state != DeliveryState.SENT)
+    query = select(Output).where(exists().where(Delivery.output_id == Output.id), ~unsent)
+    if output_ids is not None:
+        if not output_ids:
+            return 0
+        query = query.where(Output.id.in_(list(output_ids)))
+    removed = 0
+    for out in session.scalars(query.with_for_update()):
+        path = outbox / out.path
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed += 1
+        _remove_empty_parent(path.parent, outbox)
+    if removed:
+        log.info("outbox files removed: every destination has them", extra={"files": removed})
+    return removed
+
+
+def _remove_empty_parent(folder: Path, outbox: Path) -> None:
+    if folder == outbox or outbox not in folder.parents:
+        return
+    try:
+        folder.rmdir()  # only when empty; another output of the study may still be waiting
+    except OSError:
+        pass
