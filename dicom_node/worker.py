@@ -20,9 +20,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import pydicom
 from sqlalchemy import select
@@ -44,15 +44,20 @@ from dicom_node.db.schema import (
 )
 from dicom_node.delivery import state as delivery_state
 from dicom_node.errors import LeaseLostError, PermanentError
+from dicom_node.outputs import lineage, uids
+from dicom_node.outputs.lineage import PriorReport
+from dicom_node.outputs.objects import OutputObject
 from dicom_node.store import make_dirs_durable, sanitise_uid, write_durable
+from dicom_node.verdicts import reconcile
 
 if TYPE_CHECKING:
     from dicom_node.ml.pipeline import Pipeline
-    from dicom_node.outputs.objects import OutputObject
 
 log = logging.getLogger(__name__)
 
-BuildOutputs = Callable[[StudyAnalysis, Mapping[str, pydicom.Dataset], int], "list[OutputObject]"]
+class BuildOutputs(Protocol):
+    def __call__(self, analysis: StudyAnalysis, sources: Mapping[str, pydicom.Dataset], generation: int, *,
+                 history: Sequence[PriorReport]) -> list[OutputObject]: ...
 
 
 def default_worker_id() -> str:
@@ -227,22 +232,41 @@ class Worker:
             return StudyInput(study.id, study.study_uid, study.accession_number, refs, study.patient_id)
 
     def _sources(self, study: StudyInput, analysis: StudyAnalysis) -> dict[str, pydicom.Dataset]:
-        """Datasets the output builders need: an evaluated instance (or any) and every key image."""
-        wanted: list[str] = []
+        """Datasets the output builders need: every key image (with pixels) and, as the report's evidence,
+        every evaluated instance (headers only); any instance when nothing was evaluated."""
+        keys: list[str] = []
+        evaluated: list[str] = []
         if analysis.status == AnalysisStatus.ANALYSED:
-            wanted += analysis.evaluated_sop_instance_uids[:1]
-            wanted += [k.sop_instance_uid for k in analysis.key_images]
-            wanted += [f.key_sop_instance_uid for f in analysis.findings if f.key_sop_instance_uid]
+            keys += [k.sop_instance_uid for k in analysis.key_images]
+            keys += [f.key_sop_instance_uid for f in analysis.findings if f.key_sop_instance_uid]
+        evaluated += analysis.evaluated_sop_instance_uids
         by_uid = {r.sop_instance_uid: r for r in study.refs}
-        if not any(uid in by_uid for uid in wanted) and study.refs:
-            wanted.insert(0, study.refs[0].sop_instance_uid)
+        if not any(uid in by_uid for uid in keys + evaluated) and study.refs:
+            evaluated.insert(0, study.refs[0].sop_instance_uid)
         sources: dict[str, pydicom.Dataset] = {}
-        for uid in dict.fromkeys(wanted):
+        for uid in dict.fromkeys(keys + evaluated):
             ref = by_uid.get(uid)
             if ref is None:
                 raise PermanentError(f"key image {uid} is not an instance of study {study.study_uid}")
-            sources[uid] = pydicom.dcmread(ref.path)
+            sources[uid] = pydicom.dcmread(ref.path, stop_before_pixels=uid not in keys)
         return sources
+
+    def _history(self, study: StudyInput, analysis: StudyAnalysis) -> list[PriorReport]:
+        """The SRs already issued for this study and model, oldest first (see outputs.lineage)."""
+        model = analysis.model
+        series_uid = str(uids.series_uid(study.study_uid, model.name, model.version, uids.SR))
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Output, Result)
+                .join(Result, Result.id == Output.result_id)
+                .where(Output.study_id == study.study_id, Output.series_uid == series_uid)
+                .order_by(Output.id)
+            ).all()
+            return [
+                PriorReport(o.sop_instance_uid, o.sop_class_uid, o.series_uid,
+                            lineage.content_digest(reconcile(StudyAnalysis.from_json(r.payload))))
+                for o, r in rows
+            ]
 
     def _finish(self, job: Job, study: StudyInput, analysis: StudyAnalysis, error: str = "") -> None:
         """Store the result and outputs, queue deliveries and complete the job: one transaction."""
@@ -254,7 +278,8 @@ class Worker:
         stale = job.generation < current_generation
         outputs: list[OutputObject] = []
         if not stale:
-            outputs = self.build_outputs(analysis, self._sources(study, analysis), job.generation)
+            outputs = self.build_outputs(analysis, self._sources(study, analysis), job.generation,
+                                         history=self._history(study, analysis))
         encoded = [(o, _encode(o.dataset)) for o in outputs]
         now = utcnow()
         with self.db.write() as session:

@@ -92,18 +92,26 @@ def test_ich_positive(tmp_path: Path) -> None:
     assert sr.StudyInstanceUID == series[0].StudyInstanceUID and sr.PatientID == "SYN0001"
     assert sr.VerificationFlag == "UNVERIFIED" and sr.InstanceNumber == 3
     assert sr.InstitutionName == "Test Hospital"
-    assert sr.SOPInstanceUID == uids.instance_uid(sr.StudyInstanceUID, "ich", ICH_MODEL.version, "sr", 3)
-    assert "synthetic-demo" in sr.SeriesDescription and "NOT FOR CLINICAL USE" in sr.SeriesDescription
+    assert sr.SOPInstanceUID == build_outputs(analysis, sources_of(series), 1)[0].sop_instance_uid  # content, not job
+    assert sr.SeriesDescription == "AI ICH: PRESENT subdural (unverified, synthetic-demo)"
     found = evaluations(sr)
     expected = {ICH_CODES[label]: PRESENT if label in ("any", "subdural") else ABSENT for label in ICH_LABELS}
     assert found == expected
-    # the finding type of each group is its concept too
-    assert {code(i.ConceptCodeSequence[0]) for i in items_named(sr, "121071")} == set(ICH_CODES.values())
+    # the finding type of the group is its concept too
+    assert [code(i.ConceptCodeSequence[0]) for i in items_named(sr, "121071")] == [ICH_CODES["subdural"]]
     probabilities = sorted(float(i.MeasuredValueSequence[0].NumericValue) for i in items_named(sr, "122157"))
-    assert probabilities == [0.04] * 4 + [0.93] * 2
+    assert probabilities == [4.0] * 4 + [93.0] * 2  # percent, one decimal
+    assert {code(i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0])
+            for i in items_named(sr, "122157")} == {("%", "UCUM")}
     text = texts(sr)
     assert "AI result" in text and "synthetic-demo" in text and "NOT FOR CLINICAL USE" in text
-    assert "Present: Intracranial hemorrhage" in text and "Subdural hemorrhage (probability 0.93)" in text
+    assert "Present: Intracranial hemorrhage" in text and "Subdural hemorrhage (probability 93 %)" in text
+    # the one located finding is the one displayable group; the others are qualitative evaluations
+    groups = items_named(sr, "125007")
+    assert len(groups) == 1 and groups[0].ContinuityOfContent == "SEPARATE"
+    assert [i.TextValue for i in groups[0].ContentSequence if i.ValueType == "TEXT" and
+            code(i.ConceptNameCodeSequence[0]) == ("121106", "DCM")] == [
+        "Subdural hemorrhage PRESENT", "unverified AI result (synthetic-demo)"]
     parameters = [i.TextValue for i in items_named(sr, "111002")]
     assert "threshold=0.5" in parameters and f"manifest_sha256={'a' * 64}" in parameters
     assert {i.TextValue for i in items_named(sr, "111001")} == {ICH_MODEL.display_name}
@@ -115,8 +123,9 @@ def test_ich_positive_region_observer_procedure_equipment(tmp_path: Path) -> Non
     analysis = ich_analysis(series, positive=True, center=(40.0, 80.0))
     _, sr = write_sr(analysis, sources_of(series), tmp_path)
     regions = [i for i in walk(sr.ContentSequence) if i.ValueType == "SCOORD"]
-    assert len(regions) == 2 and {r.GraphicType for r in regions} == {"CIRCLE"}
+    assert len(regions) == 1 and {r.GraphicType for r in regions} == {"CIRCLE"}
     for region in regions:
+        assert region.RelationshipType == "INFERRED FROM"  # the probability is inferred from the region
         cx, cy, px, py = (float(v) for v in region.GraphicData)
         assert (cx, cy) == (80.5, 40.5) and abs(px - cx) == 10.0 and py == cy
         ref = region.ContentSequence[0].ReferencedSOPSequence[0]
@@ -163,8 +172,15 @@ def test_ich_negative(tmp_path: Path) -> None:
     sr = roundtrip(outputs[0].dataset, path)
     assert_valid(path, "Intracranial hemorrhage", "Absent")
     assert evaluations(sr) == {c: ABSENT for c in ICH_CODES.values()}
-    assert not [i for i in walk(sr.ContentSequence) if i.ValueType == "SCOORD"]
     assert "Absent: Intracranial hemorrhage" in texts(sr)
+    # one displayable group: the study-level finding anchored left of centre on the middle evaluated image
+    regions = [i for i in walk(sr.ContentSequence) if i.ValueType == "SCOORD"]
+    assert len(regions) == 1
+    cx, cy, _, _ = (float(v) for v in regions[0].GraphicData)
+    assert cx < 0.25 * 128 and cy == 64.0
+    assert regions[0].ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == series[2].SOPInstanceUID
+    assert "Intracranial hemorrhage ABSENT" in texts(sr) and "marker is not a location" in texts(sr)
+    assert sr.SeriesDescription == "AI ICH: ABSENT (unverified, synthetic-demo)"
 
 
 def test_sih_positive(tmp_path: Path) -> None:
@@ -174,7 +190,7 @@ def test_sih_positive(tmp_path: Path) -> None:
     assert_valid(path, "Spontaneous intracranial hypotension", "Present")
     assert evaluations(sr) == {("DN-0002", "99DCMNODE"): PRESENT}
     assert [code(i.ConceptCodeSequence[0]) for i in items_named(sr, "121058")] == [("24590-2", "LN")]
-    assert [float(i.MeasuredValueSequence[0].NumericValue) for i in items_named(sr, "122157")] == [0.81]
+    assert [float(i.MeasuredValueSequence[0].NumericValue) for i in items_named(sr, "122157")] == [81.0]
     assert sr.SeriesDescription.startswith("AI SIH")
 
 
@@ -191,7 +207,11 @@ def test_not_analysed_is_never_a_silent_negative(tmp_path: Path, status: Analysi
     assert evaluations(sr) == {c: UNDETERMINED for c in ICH_CODES.values()}
     assert items_named(sr, "122157") == []  # no probability where nothing was measured
     assert f"{prefix}: no non-contrast axial head CT series" in texts(sr)
-    assert "CurrentRequestedProcedureEvidenceSequence" not in sr
+    # the anchor image is the only evidence (nothing was evaluated)
+    evidence = [ref.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for s in study.ReferencedSeriesSequence for ref in s.ReferencedSOPSequence]
+    assert evidence == [series[0].SOPInstanceUID]
+    assert len([i for i in walk(sr.ContentSequence) if i.ValueType == "SCOORD"]) == 1
 
 
 def test_failed_with_findings_reports_them_undetermined(tmp_path: Path) -> None:
@@ -273,7 +293,7 @@ def test_outputs_from_a_generated_head_ct_study_validate(tmp_path: Path) -> None
     series = [pydicom.dcmread(f) for f in study.files]
     analysis = ich_analysis(series, positive=True, center=(100.0, 60.0))
     outputs = build_outputs(analysis, sources_of(series), 1)
-    assert [o.kind for o in outputs] == ["sr", "overlay", "overlay"]
+    assert [o.kind for o in outputs] == ["sr", "overlay"]
     for out in outputs:
         assert dataset_problems(out.dataset) == []
     assert outputs[0].dataset.PatientID == series[0].PatientID

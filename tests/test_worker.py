@@ -221,7 +221,7 @@ def test_positive_study_result_outputs_deliveries_priority_and_webhook(
         assert result.status == "analysed" and result.critical
         assert StudyAnalysis.from_json(result.payload).findings[-1].label == "subdural"
     objs = outputs(db)
-    assert [o.kind for o in objs] == ["sr", "overlay", "overlay"]  # SR + one overlay per present finding
+    assert [o.kind for o in objs] == ["sr", "overlay"]  # SR + one overlay per located finding ("any" is not repeated)
     for o in objs:
         ds = pydicom.dcmread(config.storage.outbox / o.path)
         assert ds.SOPInstanceUID == o.sop_instance_uid and ds.StudyInstanceUID == series[0].StudyInstanceUID
@@ -274,7 +274,7 @@ def test_transient_failure_is_retried_then_succeeds(config: Config, db: Database
     assert worker.run_once() is False  # backing off
     make_due(db)
     worker.run_once()
-    assert job_row(db).state == JobState.DONE and len(outputs(db)) == 3
+    assert job_row(db).state == JobState.DONE and len(outputs(db)) == 2
 
 
 def test_final_failure_writes_failed_sr(config: Config, db: Database) -> None:
@@ -314,14 +314,14 @@ def test_dead_worker_job_rerun_after_lease_expiry_gives_one_set_of_outputs(
     assert worker.run_once() is True
     assert job_row(db).state == JobState.DONE and job_row(db).attempts == 2
     first = [o.sop_instance_uid for o in outputs(db)]
-    assert len(first) == 3 and len(set(first)) == 3
+    assert len(first) == 2 and len(set(first)) == 2
     # the same job re-run (an admin retry): same deterministic UIDs, nothing inserted twice
     with db.write() as s:
         s.scalars(select(Job)).one().state = JobState.FAILED
         assert jobs.retry_failed(s) == 1
     worker.run_once()
     assert [o.sop_instance_uid for o in outputs(db)] == first
-    assert count(db, Delivery) == 6 and count(db, Result) == 1
+    assert count(db, Delivery) == 4 and count(db, Result) == 1
 
 
 def test_job_exhausted_by_dying_workers_reports_failure_without_running_model(
@@ -394,3 +394,32 @@ def test_worker_process_starts_and_stops_gracefully(tmp_path: Path) -> None:
     finally:
         service.stop()
     assert proc.returncode == 0  # SIGTERM handled: clean exit, not killed
+
+
+def test_a_changed_reanalysis_supersedes_the_delivered_report(config: Config, db: Database) -> None:
+    """`retry --jobs` after a fix: the new report gets a new UID in the same series and names the old one."""
+    store_study(config, db)
+    pipeline = FakePipeline(positive)
+    worker = Worker(config, db, pipelines=[pipeline])
+    worker.run_once()
+    (first_sr,) = [o for o in outputs(db) if o.kind == "sr"]
+    pipeline.answer = lambda datasets: ich_analysis(datasets, positive=False)  # the corrected model says absent
+    with db.write() as s:
+        s.scalars(select(Job)).one().state = JobState.FAILED
+        assert jobs.retry_failed(s) == 1
+    worker.run_once()
+    srs = [o for o in outputs(db) if o.kind == "sr"]
+    assert len(srs) == 2 and srs[1].sop_instance_uid != first_sr.sop_instance_uid
+    assert srs[1].series_uid == first_sr.series_uid
+    new = pydicom.dcmread(config.storage.outbox / srs[1].path)
+    ref = new.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == first_sr.sop_instance_uid
+    assert "ABSENT" in new.SeriesDescription
+    with db.read() as s:  # the new report goes to every destination
+        assert s.scalar(select(func.count()).select_from(Delivery).where(Delivery.output_id == srs[1].id)) == 2
+    # the same corrected result once more: no third report
+    with db.write() as s:
+        s.scalars(select(Job)).one().state = JobState.FAILED
+        assert jobs.retry_failed(s) == 1
+    worker.run_once()
+    assert len([o for o in outputs(db) if o.kind == "sr"]) == 2

@@ -14,6 +14,7 @@ from dicom_node.errors import ModelError, PixelDataError, SelectionError
 from dicom_node.ml.device import Device
 from dicom_node.ml.manifest import Component, Manifest, verify_weights
 from dicom_node.ml.nets import build_model
+from dicom_node.verdicts import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,11 @@ class Pipeline(abc.ABC):
         self.modalities: frozenset[str] = frozenset({manifest.input.modality})
 
     def analyse(self, instances: Sequence[InstanceRef]) -> StudyAnalysis:
-        """Never raises for unsuitable input (no suitable series, undecodable pixels): returns NOT_ANALYSED."""
+        """Final verdicts (`verdicts.reconcile`); never raises for unsuitable input (no suitable series,
+        undecodable pixels): returns NOT_ANALYSED."""
         study_uid = instances[0].study_uid if instances else ""
         try:
-            return self._analyse(instances)
+            return reconcile(self._analyse(instances))
         except (SelectionError, PixelDataError) as exc:
             log.info("study not analysed", extra={"model": self.info.name, "study_uid": study_uid, "reason": str(exc)})
             return StudyAnalysis(model=self.info, status=AnalysisStatus.NOT_ANALYSED, reason=str(exc), study_uid=study_uid)

@@ -28,6 +28,7 @@ class FindingConcept:
     label: str
     code: CodedConcept
     display: str
+    short: str = ""  # abbreviation for series descriptions (64 characters), e.g. "SDH"
 
 
 # --- findings (one per model label) ---------------------------------------------------------------------
@@ -44,13 +45,13 @@ SPONTANEOUS_INTRACRANIAL_HYPOTENSION = _code("DN-0002", PRIVATE_SCHEME, "Spontan
 FINDINGS: dict[str, FindingConcept] = {
     c.label: c
     for c in (
-        FindingConcept("any", INTRACRANIAL_HEMORRHAGE, "Intracranial hemorrhage"),
-        FindingConcept("epidural", EPIDURAL_HEMORRHAGE, "Epidural hemorrhage"),
-        FindingConcept("intraparenchymal", INTRAPARENCHYMAL_HEMORRHAGE, "Intraparenchymal hemorrhage"),
-        FindingConcept("intraventricular", VENTRICULAR_HEMORRHAGE, "Intraventricular hemorrhage"),
-        FindingConcept("subarachnoid", SUBARACHNOID_HEMORRHAGE, "Subarachnoid hemorrhage"),
-        FindingConcept("subdural", SUBDURAL_HEMORRHAGE, "Subdural hemorrhage"),
-        FindingConcept("sih", SPONTANEOUS_INTRACRANIAL_HYPOTENSION, "Spontaneous intracranial hypotension"),
+        FindingConcept("any", INTRACRANIAL_HEMORRHAGE, "Intracranial hemorrhage", "ICH"),
+        FindingConcept("epidural", EPIDURAL_HEMORRHAGE, "Epidural hemorrhage", "EDH"),
+        FindingConcept("intraparenchymal", INTRAPARENCHYMAL_HEMORRHAGE, "Intraparenchymal hemorrhage", "IPH"),
+        FindingConcept("intraventricular", VENTRICULAR_HEMORRHAGE, "Intraventricular hemorrhage", "IVH"),
+        FindingConcept("subarachnoid", SUBARACHNOID_HEMORRHAGE, "Subarachnoid hemorrhage", "SAH"),
+        FindingConcept("subdural", SUBDURAL_HEMORRHAGE, "Subdural hemorrhage", "SDH"),
+        FindingConcept("sih", SPONTANEOUS_INTRACRANIAL_HYPOTENSION, "Spontaneous intracranial hypotension", "SIH"),
     )
 }
 
@@ -65,7 +66,7 @@ UNDETERMINED = _code("373068000", "SCT", "Undetermined")
 # --- report structure and items ----------------------------------------------------------------------------
 IMAGING_MEASUREMENT_REPORT = _code("126000", "DCM", "Imaging Measurement Report")
 PROBABILITY = _code("122157", "DCM", "Probability")
-UNIT_NO_UNITS = _code("1", "UCUM", "no units")
+UNIT_PERCENT = _code("%", "UCUM", "percent")
 COMMENT = _code("121106", "DCM", "Comment")
 IMPRESSION = _code("121073", "DCM", "Impression")
 # TID 1500 row "Qualitative Evaluations" container (UMLS concept, as in DICOM part 16).

@@ -17,10 +17,9 @@ from pydicom.sr.codedict import codes as dcm_codes
 from dicom_node import __version__
 from dicom_node.analysis import ModelInfo
 from dicom_node.outputs import codes, uids
+from dicom_node.outputs.headers import carry_deidentification
 
 MANUFACTURER = "dicom-node"
-DEMO_MARK = "synthetic-demo"
-NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 
 
 @dataclass(frozen=True)
@@ -48,8 +47,11 @@ def algorithm_equipment(model: ModelInfo, device: EquipmentInfo | None) -> Datas
     return item
 
 
-def finish_common(ds: Dataset, model: ModelInfo, device: EquipmentInfo | None, series_description: str) -> None:
+def finish_common(
+    ds: Dataset, model: ModelInfo, device: EquipmentInfo | None, series_description: str, source: Dataset
+) -> None:
     """Attributes shared by SR and overlays, set after the highdicom constructor has run."""
+    carry_deidentification(source, ds)
     ds.ContributingEquipmentSequence = [*ds.get("ContributingEquipmentSequence", []),
                                         algorithm_equipment(model, device)]
     ds.CodingSchemeIdentificationSequence = codes.coding_scheme_identification()
@@ -64,14 +66,6 @@ def finish_common(ds: Dataset, model: ModelInfo, device: EquipmentInfo | None, s
             ds.InstitutionalDepartmentName = device.institutional_department_name[:64]
         if device.station_name:
             ds.StationName = device.station_name[:16]
-
-
-def series_description(model: ModelInfo, what: str) -> str:
-    """E.g. "AI ICH triage (synthetic-demo) NOT FOR CLINICAL USE" (at most 64 characters)."""
-    text = f"AI {model.name.upper()} {what}"
-    if model.synthetic_demo:
-        text += f" ({DEMO_MARK}) {NOT_FOR_CLINICAL_USE}"
-    return text[:64]
 
 
 def series_number(model: ModelInfo, kind: str) -> int:

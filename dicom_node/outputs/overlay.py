@@ -1,9 +1,12 @@
 """Key images with the finding marked: RGB secondary captures (highdicom `SCImage`) for positive findings.
 
 Each overlay is the key image, windowed to grey (CT: brain window 40/80 HU; MR: 1st-99th percentile),
-with the explanation map alpha-blended in colour, a circle at the finding's location and a burned-in
-caption (finding, probability, model, and "not for diagnostic use" for demo weights). Small images are
-enlarged by an integer factor so the caption stays readable.
+with the explanation map alpha-blended in colour, a circle at the finding's location (the same mark as
+the SR region, `marks.marker`) and a caption (finding, verdict, probability, model, and "NOT FOR
+CLINICAL USE" for demo weights) on a band added below the image, centred and narrower than the image,
+so that a viewer's own corner texts and its cine control (OHIF shows one for OT series, at the top)
+never cover it and it never covers anatomy. Small images are enlarged by an integer factor so the
+caption stays readable.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from pydicom.pixels import apply_rescale
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.analysis import Finding, KeyImage, StudyAnalysis
-from dicom_node.outputs import codes, uids
-from dicom_node.outputs.equipment import EquipmentInfo, finish_common, series_description, series_number
+from dicom_node.outputs import codes, uids, wording
+from dicom_node.outputs.equipment import EquipmentInfo, finish_common, series_number
+from dicom_node.outputs.headers import complete_header
+from dicom_node.outputs.marks import marker
 from dicom_node.outputs.objects import OutputObject
 
 log = logging.getLogger(__name__)
@@ -31,8 +36,7 @@ HEAT_FLOOR = 0.15  # heat below this is not drawn (keeps the anatomy visible)
 CIRCLE_COLOUR = (255, 0, 255)  # magenta: not in the heat map's colour scale
 TEXT_COLOUR = (255, 255, 255)
 WARNING_COLOUR = (255, 230, 0)
-DEMO_WARNING = "AI RESULT - NOT FOR DIAGNOSTIC USE"
-AI_NOTICE = "AI RESULT - CONFIRM ON SOURCE IMAGES"
+CAPTION_WIDTH = 0.6  # the caption's widest line stays within this fraction of the image width, centred
 
 
 def grey_image(ds: Dataset) -> np.ndarray:
@@ -81,19 +85,20 @@ def blend(grey: np.ndarray, heat: np.ndarray | None) -> np.ndarray:
 
 
 def _font(lines: list[str], width: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """PIL's default font at the largest size (up to width/32) at which every line fits."""
+    """PIL's default font at the largest size (up to width/32) at which every line fits the caption width."""
     size = max(10, width // 32)
     while True:
         font = ImageFont.load_default(size=size)
         widest = max(font.getbbox(line)[2] for line in lines)
-        if widest <= width - 8 or size <= 8:
+        if widest <= width * CAPTION_WIDTH or size <= 8:
             return font
         size -= 1
 
 
 def draw_annotations(rgb: np.ndarray, center: tuple[float, float] | None, radius: float | None,
                      lines: list[str], warning_lines: int = 1) -> np.ndarray:
-    """Circle at `center` (row, col) and the caption on a dark band at the top; the last lines in yellow."""
+    """Circle at `center` (row, col) and the caption, centred on a black band added below the image;
+    the last `warning_lines` lines in yellow. Returns the taller image."""
     image = Image.fromarray(rgb, mode="RGB")
     draw = ImageDraw.Draw(image)
     width = rgb.shape[1]
@@ -102,27 +107,20 @@ def draw_annotations(rgb: np.ndarray, center: tuple[float, float] | None, radius
         r = radius or width / 32
         row, col = center
         draw.ellipse((col - r, row - r, col + r, row + r), outline=CIRCLE_COLOUR, width=stroke + 1)
-    if lines:
-        font = _font(lines, width)
-        line_height = font.getbbox("Ag")[3] + 4
-        band = np.asarray(image).copy()
-        band[: line_height * len(lines) + 6] = (band[: line_height * len(lines) + 6] * 0.25).astype(np.uint8)
-        image = Image.fromarray(band, mode="RGB")
-        draw = ImageDraw.Draw(image)
-        for i, line in enumerate(lines):
-            colour = WARNING_COLOUR if i >= len(lines) - warning_lines else TEXT_COLOUR
-            draw.text((4, 3 + i * line_height), line, fill=colour, font=font)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def caption(analysis: StudyAnalysis, finding: Finding) -> list[str]:
-    model = analysis.model
-    name = codes.finding_concept(finding.label).display
-    return [
-        f"{name}: PRESENT {finding.probability * 100:.0f}%",
-        f"{model.display_name} {model.version}",
-        DEMO_WARNING if model.synthetic_demo else AI_NOTICE,
-    ]
+    if not lines:
+        return np.asarray(image, dtype=np.uint8)
+    font = _font(lines, width)
+    line_height = font.getbbox("Ag")[3] + 6
+    margin = line_height // 2
+    band = line_height * len(lines) + 2 * margin
+    canvas = Image.new("RGB", (width, rgb.shape[0] + band), (0, 0, 0))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        colour = WARNING_COLOUR if i >= len(lines) - warning_lines else TEXT_COLOUR
+        left = (width - font.getbbox(line)[2]) // 2
+        draw.text((left, rgb.shape[0] + margin + i * line_height), line, fill=colour, font=font)
+    return np.asarray(canvas, dtype=np.uint8)
 
 
 def render(source: Dataset, finding: Finding, heat: np.ndarray | None, lines: list[str]) -> tuple[np.ndarray, int]:
@@ -133,10 +131,10 @@ def render(source: Dataset, finding: Finding, heat: np.ndarray | None, lines: li
     if factor > 1:
         rgb = np.asarray(Image.fromarray(rgb, mode="RGB").resize(
             (rgb.shape[1] * factor, rgb.shape[0] * factor), Image.Resampling.BILINEAR))
-    center = None
+    center, radius = None, None
     if finding.region_center is not None:
-        center = ((finding.region_center[0] + 0.5) * factor, (finding.region_center[1] + 0.5) * factor)
-    radius = finding.region_radius * factor if finding.region_radius else None
+        (x, y), r = marker(finding, source)
+        center, radius = (y * factor, x * factor), r * factor
     return draw_annotations(rgb, center, radius, lines), factor
 
 
@@ -156,20 +154,23 @@ def _orientation(ds: Dataset) -> tuple[str, str]:
 
 
 def build_overlay(analysis: StudyAnalysis, finding: Finding, key_image: KeyImage | None, source: Dataset,
-                  index: int, generation: int, device: EquipmentInfo | None) -> OutputObject:
-    """One secondary capture for one present finding (index: 1-based position among the overlays)."""
+                  index: int, generation: int, report_uid: str, device: EquipmentInfo | None) -> OutputObject:
+    """One secondary capture for one present finding (index: 1-based position among the overlays).
+
+    Its UID follows the report's (`report_uid`): a superseding report brings new overlays, a repeat the same.
+    """
     model = analysis.model
     study_uid = analysis.study_uid or str(source.StudyInstanceUID)
-    lines = caption(analysis, finding)
+    lines = wording.caption(analysis, finding)
     pixels, factor = render(source, finding, key_image.heatmap if key_image else None, lines)
     series_uid = uids.series_uid(study_uid, model.name, model.version, uids.OVERLAY)
-    sop_uid = uids.instance_uid(study_uid, model.name, model.version, uids.OVERLAY, generation, finding.label)
+    sop_uid = uids.instance_uid(study_uid, model.name, model.version, uids.OVERLAY, report_uid, finding.label)
     spacing = source.get("PixelSpacing")
     pixel_spacing: tuple[float, float] | None = None
     if spacing and len(spacing) == 2:
         pixel_spacing = (float(spacing[0]) / factor, float(spacing[1]) / factor)
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
+        ref_dataset=complete_header(source),
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
@@ -190,13 +191,13 @@ def build_overlay(analysis: StudyAnalysis, finding: Finding, key_image: KeyImage
     sc.BodyPartExamined = str(source.get("BodyPartExamined") or "HEAD")[:16]
     sc.ImageComments = " / ".join(lines)[:10240]
     sc.DerivationDescription = (
-        f"Key image {'enlarged x' + str(factor) + ', ' if factor > 1 else ''}with AI explanation map and "
-        f"caption for {codes.finding_concept(finding.label).display}")[:1024]
+        f"Key image {'enlarged x' + str(factor) + ', ' if factor > 1 else ''}with AI explanation map, "
+        f"and a caption band below it, for {codes.finding_concept(finding.label).display}")[:1024]
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [reference]
-    finish_common(sc, model, device, series_description(model, "overlay"))
+    finish_common(sc, model, device, wording.overlay_series_description(analysis), source)
     log.debug("built overlay", extra={"study_uid": study_uid, "model": model.name, "label": finding.label,
                                       "generation": generation, "sop_instance_uid": sop_uid})
     return OutputObject(kind=uids.OVERLAY, dataset=sc, sop_instance_uid=str(sop_uid), series_uid=str(series_uid),

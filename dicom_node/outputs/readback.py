@@ -9,6 +9,8 @@ from pydicom.dataset import Dataset
 _MEASUREMENT_GROUP = ("125007", "DCM")
 _FINDING = ("121071", "DCM")
 _PROBABILITY = ("122157", "DCM")
+_QUALITATIVE_EVALUATIONS = ("C0034375", "UMLS")
+_PRESENCE = ("52101004", "272519000", "373068000")  # CID 240 Present, Absent, Undetermined
 
 
 @dataclass(frozen=True)
@@ -16,7 +18,7 @@ class ReportedFinding:
     finding: str  # code meaning, e.g. "Subdural intracranial hemorrhage"
     code: tuple[str, str]  # (value, scheme designator)
     presence: str  # "Present" | "Absent" | "Undetermined"
-    probability: float | None
+    probability: float | None  # 0-1
 
 
 def _concept(item: Dataset) -> tuple[str, str]:
@@ -35,10 +37,23 @@ def _groups(items: list[Dataset]) -> list[Dataset]:
     return found
 
 
+def _probability(items: list[Dataset]) -> float | None:
+    """A Probability NUM among `items`, as a fraction (the SR states it in UCUM "%")."""
+    for c in items:
+        if c.ValueType == "NUM" and _concept(c) == _PROBABILITY and c.get("MeasuredValueSequence"):
+            value = c.MeasuredValueSequence[0]
+            unit = value.MeasurementUnitsCodeSequence[0].CodeValue if value.get("MeasurementUnitsCodeSequence") else ""
+            number = float(value.NumericValue)
+            return number / 100.0 if unit == "%" else number
+    return None
+
+
 def sr_findings(ds: Dataset) -> list[ReportedFinding]:
-    """Each measurement group's finding, its presence (CID 240) and probability, in document order."""
+    """Every finding the report states, its presence (CID 240) and probability (0-1), in document order:
+    the located findings (measurement groups), then the others (Qualitative Evaluations)."""
     findings: list[ReportedFinding] = []
-    for group in _groups(list(ds.get("ContentSequence", []))):
+    content = list(ds.get("ContentSequence", []))
+    for group in _groups(content):
         children = list(group.get("ContentSequence", []))
         finding = next((c for c in children if c.ValueType == "CODE" and _concept(c) == _FINDING), None)
         if finding is None:
@@ -49,11 +64,17 @@ def sr_findings(ds: Dataset) -> list[ReportedFinding]:
             (str(c.ConceptCodeSequence[0].CodeMeaning) for c in children if c.ValueType == "CODE" and _concept(c) == key),
             "Undetermined",
         )
-        probability = None
-        for c in children:
-            if c.ValueType == "NUM" and _concept(c) == _PROBABILITY and c.get("MeasuredValueSequence"):
-                probability = float(c.MeasuredValueSequence[0].NumericValue)
-        findings.append(ReportedFinding(str(code.CodeMeaning), key, presence, probability))
+        findings.append(ReportedFinding(str(code.CodeMeaning), key, presence, _probability(children)))
+    for container in content:
+        if container.get("ValueType") != "CONTAINER" or _concept(container) != _QUALITATIVE_EVALUATIONS:
+            continue
+        for item in container.get("ContentSequence", []):
+            if item.ValueType != "CODE" or str(item.ConceptCodeSequence[0].CodeValue) not in _PRESENCE:
+                continue
+            name = item.ConceptNameCodeSequence[0]
+            findings.append(ReportedFinding(
+                str(name.CodeMeaning), _concept(item), str(item.ConceptCodeSequence[0].CodeMeaning),
+                _probability(list(item.get("ContentSequence", [])))))
     return findings
 
 

@@ -1,16 +1,26 @@
 """The AI result as a Comprehensive 3D SR, TID 1500 Measurement Report (highdicom), following IHE AIR.
 
-One measurement group per model label: the finding as a qualitative evaluation (Present / Absent /
-Undetermined), its probability (DCM 122157), TID 4019 algorithm identification with threshold and
-manifest checksum, and the key image (as an image region when the finding has a location, so OHIF
-draws it). A "Qualitative Evaluations" container carries the plain-text AI statement and, when the
-study was not analysed, the reason. See docs/conformance.md.
+Content tree (docs/conformance.md shows it in full and says which viewer behaviour each choice serves):
+
+- Imaging Measurements: one Measurement Group (TID 1501, continuity SEPARATE) per *located* finding: the
+  finding, its qualitative evaluation (CID 240), its probability as a NUM in UCUM "%" INFERRED FROM an
+  image region (SCOORD circle on the key image), and two Comment TEXTs ("Subdural hemorrhage PRESENT",
+  "unverified AI result"). OHIF draws the region and shows the comments and "Probability: 93.00 %".
+  A study with no located finding still gets one such group: the study-level finding anchored on an
+  evaluated image, with a comment that the marker is not a location (OHIF blanks its viewport on an SR
+  without a displayable group, and on any group without a region).
+- Qualitative Evaluations: every other finding as Present / Absent / Undetermined (CODE) with its
+  probability (NUM, HAS PROPERTIES), the AI statement and the impression (TEXT).
+
+UNVERIFIED, Algorithm Identification (TID 4019) in every group, Contributing Equipment, Procedure
+Reported and the synthetic-demo marking follow IHE AIR. A report whose content changed gets a new SOP
+Instance UID and a Predecessor Documents Sequence (see `lineage`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -19,52 +29,18 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
 from dicom_node.analysis import AnalysisStatus, Finding, StudyAnalysis
-from dicom_node.outputs import codes, uids
-from dicom_node.outputs.equipment import (
-    DEMO_MARK,
-    MANUFACTURER,
-    NOT_FOR_CLINICAL_USE,
-    EquipmentInfo,
-    finish_common,
-    series_description,
-    series_number,
-)
+from dicom_node.outputs import codes, uids, wording
+from dicom_node.outputs.equipment import MANUFACTURER, EquipmentInfo, finish_common, series_number
+from dicom_node.outputs.headers import complete_header
+from dicom_node.outputs.lineage import Lineage, PriorReport
+from dicom_node.outputs.marks import is_image, located_findings, marker
 from dicom_node.outputs.objects import OutputObject
 
 log = logging.getLogger(__name__)
 
+REL = hd.sr.RelationshipTypeValues
 _Group = hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-
-
-def ai_statement(analysis: StudyAnalysis) -> str:
-    """The plain-text statement that this is an AI result (with the demo warning when it applies)."""
-    model = analysis.model
-    text = (
-        f"AI result produced automatically by {model.display_name} version {model.version} "
-        f"(dicom-node); not reviewed by a physician."
-    )
-    if model.synthetic_demo:
-        text += (
-            f" {DEMO_MARK}: demo weights trained on generated phantoms. {NOT_FOR_CLINICAL_USE}."
-        )
-    return text
-
-
-def summary(analysis: StudyAnalysis) -> str:
-    """One line a radiologist reads first: what was found, or why nothing was."""
-    if analysis.status == AnalysisStatus.NOT_ANALYSED:
-        return f"Not analysed: {analysis.reason or 'no reason given'}"
-    if analysis.status == AnalysisStatus.FAILED:
-        return f"Analysis failed: {analysis.reason or 'no reason given'}"
-    present = [f for f in analysis.findings if f.present]
-    absent = [f for f in analysis.findings if f.present is not None and not f.present]
-    parts = []
-    if present:
-        parts.append("Present: " + ", ".join(
-            f"{codes.finding_concept(f.label).display} (probability {f.probability:.2f})" for f in present))
-    if absent:
-        parts.append("Absent: " + ", ".join(codes.finding_concept(f.label).display for f in absent))
-    return ". ".join(parts) + "." if parts else "No findings reported."
+STUDY_LEVEL_NOTE = "study-level result: marker is not a location"
 
 
 def _findings(analysis: StudyAnalysis) -> list[Finding]:
@@ -82,46 +58,80 @@ def _algorithm(analysis: StudyAnalysis, finding: Finding | None) -> hd.sr.Algori
     if finding is not None and finding.present is not None:
         parameters.insert(0, f"threshold={finding.threshold:g}")
     if model.synthetic_demo:
-        parameters.append(DEMO_MARK)
+        parameters.append(wording.DEMO_MARK)
     return hd.sr.AlgorithmIdentification(
         name=model.display_name, version=model.version, parameters=parameters, manufacturer=MANUFACTURER)
 
 
-def _region(finding: Finding, key: Dataset) -> hd.sr.ImageRegion:
-    """A circle on the key image (SCOORD pixel coordinates: (column, row), 0.0 = top-left pixel corner)."""
-    assert finding.region_center is not None
-    row, col = finding.region_center
-    radius = finding.region_radius or max(4.0, min(int(key.Rows), int(key.Columns)) / 32)
-    center = (col + 0.5, row + 0.5)
-    data = np.array([center, (center[0] + radius, center[1])], dtype=np.float32)
-    return hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
-        graphic_data=data,
-        source_image=hd.sr.SourceImageForRegion.from_source_image(key),
-    )
+def _comment(text: str, relationship: hd.sr.RelationshipTypeValues = REL.CONTAINS) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(name=codes.COMMENT, value=text[:1024], relationship_type=relationship)
 
 
-def _group(analysis: StudyAnalysis, finding: Finding, key: Dataset | None) -> _Group:
+def _group(analysis: StudyAnalysis, finding: Finding, image: Dataset, located: bool) -> _Group:
+    """A displayable group: a region on `image`, the probability inferred from it, comments OHIF shows.
+
+    With a probability: TID 1501 with the NUM INFERRED FROM the region (OHIF shows the comments and the
+    NUM). Without one (not analysed, failed): TID 1410 with the region at the top of the group, which
+    OHIF draws without text; the comments still say why.
+    """
     model = analysis.model
     concept = codes.finding_concept(finding.label)
     tracking = hd.sr.TrackingIdentifier(
         uid=uids.tracking_uid(analysis.study_uid, model.name, model.version, finding.label),
         identifier=f"{model.name} {finding.label}",
     )
-    algorithm = _algorithm(analysis, finding)
-    measurements = None
-    if finding.present is not None:
-        measurements = [hd.sr.Measurement(
-            name=codes.PROBABILITY, value=float(finding.probability), unit=codes.UNIT_NO_UNITS)]
+    (x, y), radius = marker(finding if located else None, image)
+    circle = np.array([(x, y), (x + radius, y)], dtype=np.float32)
     evaluations = [hd.sr.QualitativeEvaluation(name=concept.code, value=codes.presence(finding.present))]
-    if key is not None and finding.present and finding.region_center is not None:
-        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking, referenced_region=_region(finding, key), finding_type=concept.code,
-            algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=evaluations)
-    source_images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(key)] if key is not None else None
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking, finding_type=concept.code, algorithm_id=algorithm,
-        measurements=measurements, qualitative_evaluations=evaluations, source_images=source_images)
+    group: _Group
+    if finding.present is not None:
+        coordinates = hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.CIRCLE, graphic_data=circle,
+            source_image=hd.sr.SourceImageForRegion.from_source_image(image))
+        probability = hd.sr.Measurement(
+            name=codes.PROBABILITY, value=wording.percent(finding.probability), unit=codes.UNIT_PERCENT,
+            referenced_coordinates=[coordinates])
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, finding_type=concept.code, algorithm_id=_algorithm(analysis, finding),
+            measurements=[probability], qualitative_evaluations=evaluations)
+    else:
+        region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.CIRCLE, graphic_data=circle,
+                                   source_image=hd.sr.SourceImageForRegion.from_source_image(image))
+        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_region=region, finding_type=concept.code,
+            algorithm_id=_algorithm(analysis, finding), qualitative_evaluations=evaluations)
+    container = group[0]
+    container.ContinuityOfContent = "SEPARATE"
+    notes = [wording.finding_line(finding), wording.unverified_note(model)]
+    if not located:
+        notes.append(STUDY_LEVEL_NOTE if finding.present is not None else wording.summary(analysis))
+    for note in notes:  # after the template's own rows; OHIF lists comments first wherever they are
+        container.ContentSequence.append(_comment(note))
+    return group
+
+
+def _qualitative_evaluations(analysis: StudyAnalysis, findings: Sequence[Finding]) -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations": the AI statement, the impression, and each ungrouped finding."""
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS, relationship_type=REL.CONTAINS)
+    container.ContinuityOfContent = "SEPARATE"
+    items: list[hd.sr.ContentItem] = [
+        _comment(wording.ai_statement(analysis)),
+        hd.sr.TextContentItem(name=codes.IMPRESSION, value=wording.summary(analysis)[:1024],
+                              relationship_type=REL.CONTAINS),
+    ]
+    for finding in findings:
+        concept = codes.finding_concept(finding.label)
+        item = hd.sr.CodeContentItem(name=concept.code, value=codes.presence(finding.present),
+                                     relationship_type=REL.CONTAINS)
+        if finding.present is not None:
+            probability = hd.sr.NumContentItem(
+                name=codes.PROBABILITY, value=wording.percent(finding.probability), unit=codes.UNIT_PERCENT,
+                relationship_type=REL.HAS_PROPERTIES)
+            item.ContentSequence = hd.sr.ContentSequence([probability])
+        items.append(item)
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
 
 
 def _procedure(primary: Dataset) -> list[CodedConcept]:
@@ -147,30 +157,20 @@ def _observation_context(analysis: StudyAnalysis) -> hd.sr.ObservationContext:
         observer_type=dcm_codes.DCM.Device, observer_identifying_attributes=device))
 
 
-def _statements(analysis: StudyAnalysis) -> hd.sr.ContainerContentItem:
-    """TID 1500 "Qualitative Evaluations" container with the AI statement and the summary or reason."""
-    container = hd.sr.ContainerContentItem(
-        name=codes.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-    container.ContentSequence = hd.sr.ContentSequence([
-        hd.sr.TextContentItem(name=codes.COMMENT, value=ai_statement(analysis),
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
-        hd.sr.TextContentItem(name=codes.IMPRESSION, value=summary(analysis),
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
-    ])
-    return container
-
-
 def _evidence(analysis: StudyAnalysis, sources: Mapping[str, Dataset], primary: Dataset) -> list[Dataset]:
-    """Source datasets, plus header-only references to evaluated instances we hold no dataset for."""
-    evidence = [primary, *(ds for uid, ds in sources.items() if ds is not primary)]
+    """Every evaluated instance (from `sources`, headers suffice), plus the key images."""
+    evidence = [primary, *(ds for uid, ds in sources.items() if uid != primary.SOPInstanceUID)]
+    missing = [uid for uid in analysis.evaluated_sop_instance_uids if uid not in sources]
     series = list(dict.fromkeys(analysis.evaluated_series_uids))
+    if not missing:
+        return evidence
     if len(series) != 1:
-        return evidence  # without one evaluated series we cannot place the missing instances
+        log.warning("evaluated instances without a header: left out of the evidence",
+                    extra={"study_uid": analysis.study_uid, "missing": len(missing)})
+        return evidence
     by_series = [ds for ds in sources.values() if ds.SeriesInstanceUID == series[0]]
     sop_class = (by_series or [primary])[0].SOPClassUID
-    for sop_uid in analysis.evaluated_sop_instance_uids:
-        if sop_uid in sources:
-            continue
+    for sop_uid in missing:
         ref = Dataset()
         ref.StudyInstanceUID = primary.StudyInstanceUID
         ref.SeriesInstanceUID = series[0]
@@ -192,37 +192,75 @@ def _primary(analysis: StudyAnalysis, sources: Mapping[str, Dataset]) -> Dataset
     return next(iter(sources.values()))
 
 
-def build_sr(
-    analysis: StudyAnalysis, sources: Mapping[str, Dataset], generation: int, device: EquipmentInfo | None
-) -> OutputObject:
-    """The SR for one model's analysis of one study generation."""
+def _anchor_image(analysis: StudyAnalysis, sources: Mapping[str, Dataset]) -> Dataset | None:
+    """The image that carries the study-level group: the middle evaluated image, else any image we hold."""
+    evaluated = [sources[uid] for uid in analysis.evaluated_sop_instance_uids if uid in sources]
+    images = [ds for ds in evaluated if is_image(ds)] or [ds for ds in sources.values() if is_image(ds)]
+    return images[len(images) // 2] if images else None
+
+
+def _groups(analysis: StudyAnalysis, findings: list[Finding], sources: Mapping[str, Dataset]
+            ) -> tuple[list[_Group], list[Finding], list[Dataset]]:
+    """Displayable groups, the findings left for Qualitative Evaluations, and the images the groups mark."""
+    groups: list[_Group] = []
+    marked: list[Dataset] = []
+    grouped: set[str] = set()
+    for finding in located_findings(findings, sources):
+        image = sources[finding.key_sop_instance_uid or ""]
+        groups.append(_group(analysis, finding, image, located=True))
+        marked.append(image)
+        grouped.add(finding.label)
+    if not groups and findings:
+        anchor = _anchor_image(analysis, sources)
+        if anchor is not None:
+            study_level = next((f for f in findings if f.label == wording.SUMMARY_LABEL), findings[0])
+            groups.append(_group(analysis, study_level, anchor, located=False))
+            marked.append(anchor)
+            grouped.add(study_level.label)
+    return groups, [f for f in findings if f.label not in grouped], marked
+
+
+def _predecessor(study_uid: str, prior: PriorReport) -> list[Dataset]:
+    """Predecessor Documents Sequence (SR Document General): the report this one replaces."""
+    sop = Dataset()
+    sop.ReferencedSOPClassUID = prior.sop_class_uid
+    sop.ReferencedSOPInstanceUID = prior.sop_instance_uid
+    series = Dataset()
+    series.SeriesInstanceUID = prior.series_uid
+    series.ReferencedSOPSequence = [sop]
+    study = Dataset()
+    study.StudyInstanceUID = study_uid
+    study.ReferencedSeriesSequence = [series]
+    return [study]
+
+
+def build_sr(analysis: StudyAnalysis, sources: Mapping[str, Dataset], generation: int,
+             device: EquipmentInfo | None, lineage: Lineage) -> OutputObject:
+    """The SR for one model's analysis of one study generation, with the UID `lineage` decided."""
     if not sources:
         raise ValueError("build_sr needs at least one source dataset (patient and study attributes)")
     model = analysis.model
-    primary = _primary(analysis, sources)
+    primary = complete_header(_primary(analysis, sources))
     study_uid = analysis.study_uid or str(primary.StudyInstanceUID)
     if str(primary.StudyInstanceUID) != study_uid:
         raise ValueError(f"source study {primary.StudyInstanceUID} is not the analysed study {study_uid}")
     findings = _findings(analysis)
-    groups = [_group(analysis, f, sources.get(f.key_sop_instance_uid or "")) for f in findings]
-    key_uids = (f.key_sop_instance_uid for f in findings)
-    key_images = list({uid: sources[uid] for uid in key_uids if uid is not None and uid in sources}.values())
+    groups, ungrouped, marked = _groups(analysis, findings, sources)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(analysis),
         procedure_reported=_procedure(primary),
-        imaging_measurements=groups,
+        imaging_measurements=groups or None,
         title=codes.IMAGING_MEASUREMENT_REPORT,
-        referenced_images=key_images or None,
+        referenced_images=list({ds.SOPInstanceUID: ds for ds in marked}.values()) or None,
     )
-    report[0].ContentSequence.append(_statements(analysis))
+    report[0].ContentSequence.append(_qualitative_evaluations(analysis, ungrouped))
     series_uid = uids.series_uid(study_uid, model.name, model.version, uids.SR)
-    sop_uid = uids.instance_uid(study_uid, model.name, model.version, uids.SR, generation)
     sr = hd.sr.Comprehensive3DSR(
         evidence=_evidence(analysis, sources, primary),
         content=report[0],
         series_instance_uid=series_uid,
         series_number=series_number(model, uids.SR),
-        sop_instance_uid=sop_uid,
+        sop_instance_uid=lineage.sop_instance_uid,
         instance_number=max(1, generation),
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -230,12 +268,13 @@ def build_sr(
         is_verified=False,
         institution_name=device.institution_name if device else None,
     )
-    if analysis.status != AnalysisStatus.ANALYSED and not key_images and not analysis.evaluated_sop_instance_uids:
+    if analysis.status != AnalysisStatus.ANALYSED and not analysis.evaluated_sop_instance_uids and not marked:
         # Nothing was evaluated: the sources only lent patient/study attributes, they are no evidence.
         del sr.CurrentRequestedProcedureEvidenceSequence
-    finish_common(sr, model, device, series_description(model, "triage"))
+    if lineage.predecessor is not None:
+        sr.PredecessorDocumentsSequence = _predecessor(study_uid, lineage.predecessor)
+    finish_common(sr, model, device, wording.sr_series_description(analysis), primary)
     log.debug("built SR", extra={"study_uid": study_uid, "model": model.name, "generation": generation,
-                                 "sop_instance_uid": sop_uid, "groups": len(groups)})
-    return OutputObject(kind=uids.SR, dataset=sr, sop_instance_uid=str(sop_uid), series_uid=str(series_uid),
-                        sop_class_uid=str(sr.SOPClassUID))
-
+                                 "sop_instance_uid": lineage.sop_instance_uid, "groups": len(groups)})
+    return OutputObject(kind=uids.SR, dataset=sr, sop_instance_uid=lineage.sop_instance_uid,
+                        series_uid=str(series_uid), sop_class_uid=str(sr.SOPClassUID))

@@ -1,9 +1,9 @@
 """Deterministic UIDs for output objects, so that a repeated delivery is a no-op at the PACS.
 
 Every UID is a uuid5 under a fixed namespace, written as ``2.25.<decimal>`` (PS3.5 B.2). Series UIDs
-depend on study, model name and version, and output kind, never on the analysis generation: a
-re-analysis lands in the same series. SOP Instance UIDs add the generation (and, for overlays, the
-label), so a new report supersedes the old one instead of colliding with it.
+depend on study, model name and version, and output kind, never on the analysis: a re-analysis lands
+in the same series. SOP Instance UIDs add a content key (see `lineage`): the same content gives the
+same UID (a repeat is harmless), changed content a new one that supersedes the old.
 """
 
 from __future__ import annotations
@@ -38,14 +38,16 @@ def series_uid(study_uid: str, model_name: str, model_version: str, kind: str) -
     return _uid("series", study_uid, model_name, model_version, kind)
 
 
-def instance_uid(
-    study_uid: str, model_name: str, model_version: str, kind: str, generation: int, label: str = ""
-) -> UID:
-    """One output object: changes with the generation (and, for overlays, the label)."""
+def instance_uid(study_uid: str, model_name: str, model_version: str, kind: str, content: str, label: str = "") -> UID:
+    """One output object: changes with its content key (and, for overlays, the label).
+
+    For the SR the content key is its content digest and the UID it supersedes (`lineage.decide`); for an
+    overlay it is the SR's UID, so overlays change exactly when their report does.
+    """
     _check_kind(kind)
-    if generation < 0:
-        raise ValueError(f"generation must be >= 0, got {generation}")
-    return _uid("instance", study_uid, model_name, model_version, kind, label, str(generation))
+    if not content:
+        raise ValueError("an output instance UID needs a content key")
+    return _uid("instance", study_uid, model_name, model_version, kind, label, content)
 
 
 def tracking_uid(study_uid: str, model_name: str, model_version: str, label: str) -> UID:

@@ -1,0 +1,76 @@
+"""Patient and study attributes for output objects from any real header (tolerant when decoding).
+
+Real scanners and de-identification tools send headers that lack Type 2 attributes (no
+PatientBirthDate on an old GE), carry an empty or unknown Specific Character Set, or say
+PatientIdentityRemoved = YES without naming a method. highdicom's constructors (strict when encoding)
+read these attributes from the source, so the builders hand them `complete_header(source)`: a copy
+with what the output IODs need, filled as the IOD allows (empty Type 2 values), never inventing
+patient data. `carry_deidentification` then states the source's de-identification on the output.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydicom.charset import python_encoding
+from pydicom.dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+# Type 2 attributes that highdicom copies from the source into SR, SC and SEG objects.
+_TYPE2_FROM_SOURCE = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+    "StudyDate", "StudyTime", "ReferringPhysicianName",
+)
+UTF8 = "ISO_IR 192"
+NOT_STATED = "method not stated by the source"
+
+
+def character_set(ds: Dataset) -> str | list[str] | None:
+    """A Specific Character Set pydicom can write: the source's when every term is known, else UTF-8.
+
+    None (attribute absent: the default repertoire) when the source has none or an empty value.
+    """
+    value = ds.get("SpecificCharacterSet")
+    terms = [str(t).strip() for t in (value if isinstance(value, (list, tuple)) or
+                                      type(value).__name__ == "MultiValue" else [value])
+             if t is not None and str(t).strip()]
+    if not terms:
+        return None
+    if all(t in python_encoding for t in terms):
+        return terms[0] if len(terms) == 1 else terms
+    log.debug("unknown Specific Character Set %r: outputs use %s", terms, UTF8)
+    return UTF8
+
+
+def complete_header(source: Dataset) -> Dataset:
+    """A shallow copy of `source` with every attribute the output builders read present."""
+    ds = Dataset(dict(source.items()))  # a new element dict: the source is never changed
+    if hasattr(source, "file_meta"):
+        ds.file_meta = source.file_meta
+    for keyword in _TYPE2_FROM_SOURCE:
+        if keyword not in ds or ds[keyword].value is None:
+            if keyword in ds:
+                del ds[keyword]
+            setattr(ds, keyword, "")
+    charset = character_set(source)
+    if "SpecificCharacterSet" in ds:
+        del ds.SpecificCharacterSet
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    return ds
+
+
+def carry_deidentification(source: Dataset, output: Dataset) -> None:
+    """An output of a de-identified source says so, with the source's method (Type 1C when YES)."""
+    if str(source.get("PatientIdentityRemoved", "")).strip().upper() != "YES":
+        return
+    output.PatientIdentityRemoved = "YES"
+    method = source.get("DeidentificationMethod")
+    codes = source.get("DeidentificationMethodCodeSequence")
+    if codes:
+        output.DeidentificationMethodCodeSequence = codes
+    if method:
+        output.DeidentificationMethod = method
+    elif not codes:
+        output.DeidentificationMethod = NOT_STATED

@@ -1,0 +1,116 @@
+"""Every sentence the radiologist reads about a result, built from the final verdicts in one place.
+
+The SR's comments and impression, the series descriptions (what a viewer's series list shows before
+the report is opened) and the overlay captions all come from here, so they say the same thing.
+"""
+
+from __future__ import annotations
+
+from dicom_node.analysis import AnalysisStatus, Finding, ModelInfo, StudyAnalysis
+from dicom_node.outputs import codes
+
+DEMO_MARK = "synthetic-demo"
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+UNVERIFIED = "unverified AI result"
+SERIES_DESCRIPTION_LENGTH = 64  # LO
+SUMMARY_LABEL = "any"  # the study-level label of a model with subtypes (see verdicts.reconcile)
+
+
+def verdict(finding: Finding) -> str:
+    """PRESENT / ABSENT / UNDETERMINED."""
+    if finding.present is None:
+        return "UNDETERMINED"
+    return "PRESENT" if finding.present else "ABSENT"
+
+
+def percent(probability: float) -> float:
+    """A probability as the percentage a reader needs: one decimal."""
+    return round(float(probability) * 100.0, 1)
+
+
+def finding_line(finding: Finding) -> str:
+    """E.g. "Subdural hemorrhage PRESENT"."""
+    return f"{codes.finding_concept(finding.label).display} {verdict(finding)}"
+
+
+def unverified_note(model: ModelInfo) -> str:
+    return f"{UNVERIFIED} ({DEMO_MARK})" if model.synthetic_demo else UNVERIFIED
+
+
+def ai_statement(analysis: StudyAnalysis) -> str:
+    """The plain-text statement that this is an AI result (with the demo warning when it applies)."""
+    model = analysis.model
+    text = (
+        f"AI result produced automatically by {model.display_name} version {model.version} "
+        f"(dicom-node); not reviewed by a physician."
+    )
+    if model.synthetic_demo:
+        text += f" {DEMO_MARK}: demo weights trained on generated phantoms. {NOT_FOR_CLINICAL_USE}."
+    return text
+
+
+def summary(analysis: StudyAnalysis) -> str:
+    """One line a radiologist reads first: what was found, or why nothing was."""
+    if analysis.status == AnalysisStatus.NOT_ANALYSED:
+        return f"Not analysed: {analysis.reason or 'no reason given'}"
+    if analysis.status == AnalysisStatus.FAILED:
+        return f"Analysis failed: {analysis.reason or 'no reason given'}"
+    present = [f for f in analysis.findings if f.present]
+    absent = [f for f in analysis.findings if f.present is not None and not f.present]
+    parts = []
+    if present:
+        parts.append("Present: " + ", ".join(
+            f"{codes.finding_concept(f.label).display} (probability {percent(f.probability):g} %)"
+            for f in present))
+    if absent:
+        parts.append("Absent: " + ", ".join(codes.finding_concept(f.label).display for f in absent))
+    return ". ".join(parts) + "." if parts else "No findings reported."
+
+
+def _present_subtypes(analysis: StudyAnalysis) -> list[Finding]:
+    return [f for f in analysis.findings if f.present and f.label != SUMMARY_LABEL]
+
+
+def _fit(head: str, names: list[str], short: list[str], tail: str) -> str:
+    """`head names tail` within 64 characters: full names, else abbreviations, else a count."""
+    for listed in (", ".join(names), ", ".join(short), ",".join(short), f"{len(names)} findings"):
+        text = f"{head} {listed}{tail}" if listed else f"{head}{tail}"
+        if len(text) <= SERIES_DESCRIPTION_LENGTH:
+            return text
+    return (head + tail)[:SERIES_DESCRIPTION_LENGTH]
+
+
+def sr_series_description(analysis: StudyAnalysis) -> str:
+    """The verdict as a viewer's series list shows it, e.g. "AI ICH: PRESENT subdural (unverified)"."""
+    model = analysis.model
+    head = f"AI {model.name.upper()}:"
+    demo = f", {DEMO_MARK}" if model.synthetic_demo else ""
+    if analysis.status == AnalysisStatus.NOT_ANALYSED:
+        return _fit(f"{head} NOT ANALYSED", [], [], f" ({DEMO_MARK})" if demo else "")
+    if analysis.status == AnalysisStatus.FAILED:
+        return _fit(f"{head} ANALYSIS FAILED", [], [], f" ({DEMO_MARK})" if demo else "")
+    tail = f" (unverified{demo})"
+    if not any(f.present for f in analysis.findings):
+        return _fit(f"{head} ABSENT", [], [], tail)
+    subtypes = _present_subtypes(analysis)
+    return _fit(f"{head} PRESENT", [f.label for f in subtypes],
+                [codes.finding_concept(f.label).short or f.label for f in subtypes], tail)
+
+
+def overlay_series_description(analysis: StudyAnalysis) -> str:
+    """E.g. "AI ICH key images: subdural (unverified, synthetic-demo)"."""
+    model = analysis.model
+    shown = _present_subtypes(analysis) or [f for f in analysis.findings if f.present]
+    demo = f", {DEMO_MARK}" if model.synthetic_demo else ""
+    return _fit(f"AI {model.name.upper()} key images:", [f.label for f in shown],
+                [codes.finding_concept(f.label).short or f.label for f in shown], f" (unverified{demo})")
+
+
+def caption(analysis: StudyAnalysis, finding: Finding) -> list[str]:
+    """The overlay's burned-in caption; the last line is the warning."""
+    model = analysis.model
+    return [
+        f"{codes.finding_concept(finding.label).display}: {verdict(finding)} {percent(finding.probability):.0f}%",
+        f"{model.display_name} {model.version}",
+        f"AI RESULT - {NOT_FOR_CLINICAL_USE}" if model.synthetic_demo else "AI RESULT - UNVERIFIED, CONFIRM ON IMAGES",
+    ]
