@@ -277,14 +277,14 @@ class Worker:
             current_generation = row.generation
         stale = job.generation < current_generation
         outputs: list[OutputObject] = []
+        reported = analysis  # what the report says; triage follows the model's verdicts in any case
         if not stale:
-            outputs = self.build_outputs(analysis, self._sources(study, analysis), job.generation,
-                                         history=self._history(study, analysis))
+            outputs, reported = self._outputs(study, analysis, job.generation)
         encoded = [(o, _encode(o.dataset)) for o in outputs]
         now = utcnow()
         with self.db.write() as session:
             jobs.complete(session, job.id, self.worker_id, error=error)  # LeaseLostError: roll back
-            result, changed = _upsert_result(session, job, analysis, now)
+            result, changed = _upsert_result(session, job, reported, now)
             for obj, data in encoded:
                 self._store_output(session, study, result, obj, data, changed, now)
             db_study = session.get(Study, study.study_id)
@@ -303,7 +303,7 @@ class Worker:
             extra={
                 "job_id": job.id,
                 "study_uid": study.study_uid,
-                "status": analysis.status.value,
+                "status": reported.status.value,
                 "critical": analysis.critical,
                 "outputs": len(encoded),
                 "stale": stale,
@@ -314,6 +314,26 @@ class Worker:
                 self.config.notifications, study.study_uid, study.accession_number, analysis,
                 patient_id=study.patient_id,
             )
+
+    def _outputs(self, study: StudyInput, analysis: StudyAnalysis, generation: int
+                 ) -> tuple[list[OutputObject], StudyAnalysis]:
+        """The outputs for a result; when they cannot be built from this study's headers, a report that
+        says the analysis failed and why (every study is answered), with the result marked FAILED."""
+        try:
+            return self.build_outputs(analysis, self._sources(study, analysis), generation,
+                                      history=self._history(study, analysis)), analysis
+        except Exception as exc:
+            if analysis.status == AnalysisStatus.FAILED:
+                raise
+            reason = f"report could not be built: {type(exc).__name__}: {exc}"
+            log.warning("outputs not built: reporting the analysis as failed",
+                        extra={"study_uid": study.study_uid, "model": analysis.model.name, "reason": reason})
+            failed = StudyAnalysis(model=analysis.model, status=AnalysisStatus.FAILED, reason=reason,
+                                   study_uid=study.study_uid,
+                                   evaluated_series_uids=analysis.evaluated_series_uids,
+                                   evaluated_sop_instance_uids=analysis.evaluated_sop_instance_uids)
+            return self.build_outputs(failed, self._sources(study, failed), generation,
+                                      history=self._history(study, failed)), failed
 
     def _store_output(
         self,

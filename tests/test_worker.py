@@ -17,7 +17,7 @@ from outputs_helpers import ICH_MODEL, ich_analysis, make_series
 from sqlalchemy import func, select
 
 from dicom_node import jobs
-from dicom_node.analysis import AnalysisStatus, InstanceRef, StudyAnalysis, header_fields
+from dicom_node.analysis import AnalysisStatus, Finding, InstanceRef, StudyAnalysis, header_fields
 from dicom_node.config import Config, load_config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import (
@@ -33,6 +33,7 @@ from dicom_node.db.schema import (
     StudyState,
 )
 from dicom_node.errors import PermanentError
+from dicom_node.notify.sender import Notifier
 from dicom_node.store import instance_relpath
 from dicom_node.worker import Worker
 from dicom_node.worker_process import WorkerProcess
@@ -226,7 +227,8 @@ def test_positive_study_result_outputs_deliveries_priority_and_webhook(
         ds = pydicom.dcmread(config.storage.outbox / o.path)
         assert ds.SOPInstanceUID == o.sop_instance_uid and ds.StudyInstanceUID == series[0].StudyInstanceUID
     assert count(db, Delivery) == 2 * len(objs)
-    wait_for(lambda: webhook.bodies, timeout=5, msg="webhook POST")
+    assert webhook.bodies == [], "the worker queues the alert; serve's notifier sends it"
+    assert Notifier(config, db).run_once() == 1
     (body,) = webhook.bodies
     assert body["study_instance_uid"] == series[0].StudyInstanceUID and body["accession_number"] == "ACC0001"
     assert {f["label"] for f in body["findings"]} == {"any", "subdural"}
@@ -423,3 +425,23 @@ def test_a_changed_reanalysis_supersedes_the_delivered_report(config: Config, db
         assert jobs.retry_failed(s) == 1
     worker.run_once()
     assert len([o for o in outputs(db) if o.kind == "sr"]) == 2
+
+
+def test_a_result_whose_report_cannot_be_built_is_still_answered(config: Config, db: Database) -> None:
+    """Outputs that fail to build (here: a label without a code) become an "analysis failed" report."""
+    study_id, _series = store_study(config, db)
+
+    def odd(datasets: list[pydicom.Dataset]) -> StudyAnalysis:
+        analysis = ich_analysis(datasets, positive=True)
+        analysis.findings.append(Finding(label="tumour", probability=0.9, threshold=0.5, present=True, critical=True))
+        return analysis
+
+    Worker(config, db, pipelines=[FakePipeline(odd)]).run_once()
+    assert job_row(db).state == JobState.DONE
+    (sr,) = outputs(db)
+    ds = pydicom.dcmread(config.storage.outbox / sr.path)
+    assert ds.SeriesDescription.startswith("AI ICH: ANALYSIS FAILED")
+    assert "report could not be built: ValueError" in sr_text(config.storage.outbox / sr.path)
+    with db.read() as s:
+        assert s.scalars(select(Result)).one().status == "failed"
+        assert s.get(Study, study_id).priority == Priority.STAT.value  # the model's critical call still counts
