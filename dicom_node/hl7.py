@@ -2,17 +2,21 @@
 
 The message identifies the study (Study Instance UID, accession number, the PACS's patient ID, which the
 receiving system needs to file the result) and carries one OBX per critical finding with its probability.
-Nothing about the patient beyond the ID is sent, and nothing of it is logged.
+Nothing about the patient beyond the ID is sent, and nothing of it is logged. A message counts as
+delivered only when the peer's ACK names its control ID (MSA-2 = MSH-10) and accepts it (MSA-1 AA or CA).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
+from dataclasses import dataclass
 from datetime import datetime
 
 from dicom_node.analysis import StudyAnalysis
 from dicom_node.db.engine import utcnow
+from dicom_node.safe_text import clean
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +73,49 @@ def _obr(accession_number: str, study_uid: str, model: str, stamp: str) -> str:
     return "|".join(fields)
 
 
-def send_mllp(host: str, port: int, message: str, timeout: float = 5.0) -> str:
-    """Send one message framed by MLLP and return the acknowledgement code (MSA-1: AA, AE, AR).
+@dataclass(frozen=True)
+class Ack:
+    """The MSA segment of an HL7 acknowledgement."""
+
+    code: str  # MSA-1: AA/CA accepted, AE/CE error, AR/CR rejected
+    control_id: str  # MSA-2: the MSH-10 of the message it acknowledges
+    text: str = ""  # MSA-3
+
+    def problem(self, control_id: str) -> str:
+        """Why this ACK does not confirm the message whose MSH-10 is `control_id` ("" when it does)."""
+        if self.control_id != control_id:
+            return f"HL7 ACK names control ID {clean(self.control_id, 40)!r}, not {control_id!r}"
+        if self.code not in ("AA", "CA"):
+            detail = f": {clean(self.text, 120)}" if self.text else ""
+            return f"HL7 peer answered {clean(self.code, 8)}{detail}"
+        return ""
+
+
+def parse_ack(answer: str) -> Ack:
+    """The MSA segment of `answer`; ValueError when there is none."""
+    for segment in re.split(r"[\r\n]+", answer):
+        fields = segment.split("|")
+        if fields[0] == "MSA" and len(fields) > 1:
+            return Ack(fields[1], fields[2] if len(fields) > 2 else "", fields[3] if len(fields) > 3 else "")
+    raise ValueError("the HL7 peer's answer has no MSA segment")
+
+
+def send_mllp(host: str, port: int, message: str, timeout: float = 5.0) -> Ack:
+    """Send one message framed by MLLP and return the peer's acknowledgement.
 
     Raises OSError on network failure and ValueError when the answer is not an HL7 ACK.
     """
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(START + message.encode("utf-8") + END)
-        answer = b""
-        while not answer.endswith(END):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-    text = answer.strip(START + END).decode("utf-8", "replace")
-    for segment in text.split("\r"):
-        fields = segment.split("|")
-        if fields[0] == "MSA" and len(fields) > 1:
-            return fields[1]
-    raise ValueError("the HL7 peer's answer has no MSA segment")
+        return parse_ack(read_mllp(sock))
+
+
+def read_mllp(sock: socket.socket) -> str:
+    """One MLLP-framed message from `sock` (until the end block or the peer closes), unframed."""
+    data = b""
+    while not data.endswith(END):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.strip(START + END).decode("utf-8", "replace")

@@ -1,5 +1,6 @@
 """What `dicom-node serve` runs, wired together: the receiver and assembler (`Node`), the job queue
-behind the assembler, the sender, lease and retention housekeeping, and one local worker process.
+behind the assembler, the sender, the critical-finding notifier, lease and retention housekeeping, and
+one local worker process.
 
 The serve process never imports torch: it reads which modalities each enabled model reads from the
 model's `manifest.json`, and the models themselves load in the worker process.
@@ -19,6 +20,7 @@ from dicom_node.db.schema import Study
 from dicom_node.delivery.sender import Sender
 from dicom_node.errors import ModelError
 from dicom_node.node import Node
+from dicom_node.notify.sender import Notifier
 from dicom_node.retention import Retention
 from dicom_node.worker_process import WorkerProcess
 
@@ -60,6 +62,7 @@ def build_node(config: Config, *, log_level: str = "INFO", local_worker: bool = 
             retention.run_once, "interval", minutes=10, id="retention", max_instances=1, coalesce=True
         )
     node.add_service(Sender(config, node.db))
+    node.add_service(Notifier(config, node.db))
     if local_worker:
         if config.source is None:
             raise ValueError("a local worker process needs the config file's path")

@@ -10,7 +10,19 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
-from dicom_node.db.schema import Delivery, Instance, Job, Output, Priority, Result, Series, Study
+from dicom_node.db.schema import (
+    Delivery,
+    Instance,
+    Job,
+    Notification,
+    NotificationState,
+    Output,
+    Priority,
+    Result,
+    Series,
+    Study,
+)
+from dicom_node.safe_text import clean
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -32,6 +44,7 @@ def study_status(db: Database, limit: int | None = None) -> list[dict[str, Any]]
         jobs = _jobs(session, ids)
         findings = _findings(session, ids)
         deliveries = _deliveries(session, ids)
+        notifications = _notifications(session, ids)
         return [
             {
                 "study_uid": s.study_uid,
@@ -46,6 +59,7 @@ def study_status(db: Database, limit: int | None = None) -> list[dict[str, Any]]
                 "jobs": dict(jobs.get(s.id, {})),
                 "findings": findings.get(s.id, []),
                 "deliveries": dict(deliveries.get(s.id, {})),
+                "notifications": notifications.get(s.id, {}),
             }
             for s in studies
         ]
@@ -101,4 +115,20 @@ def _deliveries(session: Session, ids: list[int]) -> dict[int, Counter[str]]:
     ).all()
     for study_id, state, n in rows:
         out[study_id][state.value] += n
+    return out
+
+
+def _notifications(session: Session, ids: list[int]) -> dict[int, dict[str, dict[str, Any]]]:
+    """Critical-finding alerts per study and target (those for targets not configured left out)."""
+    out: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+    rows = session.scalars(
+        select(Notification).where(Notification.study_id.in_(ids), Notification.state != NotificationState.SKIPPED)
+    )
+    for n in rows:
+        out[n.study_id][n.target] = {
+            "state": n.state.value,
+            "attempts": n.attempts,
+            "last_error": clean(n.last_error),
+            "sent_at": _iso(n.sent_at),
+        }
     return out

@@ -1,16 +1,17 @@
-"""Triage: study priority from results, and notifications for critical findings.
+"""Triage: study priority from results, and the critical-finding alert that goes with it.
 
 Rules: a present finding that its model marks critical raises the study to STAT; a result never lowers
-a priority that is already higher. Notifications (webhook JSON POST) carry UIDs, accession number,
-model and findings only: no patient name, birth date or other demographics.
+a priority that is already higher. Raising it queues the alert (one `notifications` row per target:
+webhook JSON POST, HL7 ORU^R01 over MLLP) in the same transaction as the result, so an alert is never
+lost to a crash or to a receiving system that is down for a while; the serve process's notifier
+(`notify/sender.py`) sends it with retries. The webhook carries UIDs, accession number, model and
+findings only; the HL7 message adds the PACS's patient ID, which the receiving system needs to file it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 import uuid
 from typing import Any
 
@@ -18,8 +19,11 @@ from sqlalchemy.orm import Session
 
 from dicom_node.analysis import StudyAnalysis
 from dicom_node.config import NotificationsConfig
+from dicom_node.db.engine import utcnow
 from dicom_node.db.schema import Priority, Study
-from dicom_node.hl7 import oru_message, send_mllp
+from dicom_node.hl7 import oru_message
+from dicom_node.notify import state as notify_state
+from dicom_node.safe_text import clean
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +34,33 @@ def priority_for(analysis: StudyAnalysis) -> Priority:
 
 
 def apply_priority(session: Session, study: Study, analysis: StudyAnalysis) -> bool:
-    """Raise the study's priority to what the result asks for (never lower). True when it was raised."""
+    """Raise the study's priority to what the result asks for (never lower). True when it was raised.
+
+    Raising it to STAT queues the critical-finding alert to every target in the caller's transaction.
+    """
     wanted = priority_for(analysis).value
     if wanted <= study.priority:
         return False
     study.priority = wanted
     session.flush()
+    notify_state.enqueue(session, study.id, alert_messages(study, analysis), utcnow())
     log.warning(
         "study raised to STAT: critical finding",
         extra={
-            "study_uid": study.study_uid,
+            "study_uid": clean(study.study_uid),
             "model": analysis.model.name,
             "findings": ",".join(critical_labels(analysis)),
         },
     )
     return True
+
+
+def alert_messages(study: Study, analysis: StudyAnalysis) -> dict[str, tuple[str, str]]:
+    """{target: (body, control ID)}: the webhook JSON and the HL7 ORU (with a fresh MSH-10)."""
+    payload = webhook_payload(study.study_uid, study.accession_number, analysis)
+    control_id = uuid.uuid4().hex[:20]
+    oru = oru_message(study.study_uid, study.accession_number, study.patient_id, analysis, control_id=control_id)
+    return {notify_state.WEBHOOK: (json.dumps(payload), ""), notify_state.HL7: (oru, control_id)}
 
 
 def critical_labels(analysis: StudyAnalysis) -> list[str]:
@@ -80,51 +96,16 @@ def notify_critical(
     timeout: float = 5.0,
     patient_id: str = "",
 ) -> bool:
-    """Notify a critical finding: the JSON webhook and/or an HL7 ORU over MLLP, whichever is configured.
+    """Called by the worker after the transaction that raised the study: the alert is already queued.
 
-    Best effort: True when at least one was delivered. Call after the result is committed; a failure is
-    logged and never undoes the result.
+    `apply_priority` queued it durably with the result; the serve process's notifier sends it (and
+    retries). Nothing is sent here any more. True when the result is critical and a target is
+    configured, i.e. an alert is on its way.
     """
+    del timeout, patient_id  # kept for callers; the notifier has its own timeout, the row has the ID
     if not analysis.critical:
         return False
-    sent = False
-    if settings.hl7_host and settings.hl7_port:
-        sent = _send_hl7(settings, study_uid, accession_number, patient_id, analysis, timeout)
-    if not settings.webhook_url:
-        return sent
-    body = json.dumps(webhook_payload(study_uid, accession_number, analysis)).encode("utf-8")
-    request = urllib.request.Request(
-        settings.webhook_url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            ok = 200 <= response.status < 300
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        log.warning("critical-finding webhook failed", extra={"study_uid": study_uid, "error": str(exc)})
-        return False
-    if ok:
-        log.info("critical-finding webhook sent", extra={"study_uid": study_uid})
-    else:
-        log.warning("critical-finding webhook answered an error", extra={"study_uid": study_uid})
-    return ok or sent
-
-
-def _send_hl7(
-    settings: NotificationsConfig,
-    study_uid: str,
-    accession_number: str,
-    patient_id: str,
-    analysis: StudyAnalysis,
-    timeout: float,
-) -> bool:
-    message = oru_message(study_uid, accession_number, patient_id, analysis, control_id=uuid.uuid4().hex[:20])
-    try:
-        ack = send_mllp(settings.hl7_host, settings.hl7_port, message, timeout)
-    except (OSError, ValueError) as exc:
-        log.warning("critical-finding HL7 message failed", extra={"study_uid": study_uid, "error": str(exc)})
-        return False
-    if ack != "AA":
-        log.warning("critical-finding HL7 message not accepted", extra={"study_uid": study_uid, "ack": ack})
-        return False
-    log.info("critical-finding HL7 message sent", extra={"study_uid": study_uid})
-    return True
+    configured = bool(settings.webhook_url or (settings.hl7_host and settings.hl7_port))
+    if configured:
+        log.info("critical-finding alert queued", extra={"study_uid": clean(study_uid)})
+    return configured

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import dcmtk_env, free_port, wait_for, write_config
+from notify_helpers import TcpServer
 from orthanc_helpers import STORESCP, StoreSCP, wait_listening
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
@@ -120,25 +120,18 @@ class StatusSCP:
         self.server.shutdown()
 
 
-class SilentPeer:
+class SilentPeer(TcpServer):
     """Accepts TCP connections and never says a word (a hung PACS); closes them all on `close()`."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
+    def handle(self, conn: socket.socket) -> None:
+        self.conns.append(conn)
 
     def close(self) -> None:
-        self.sock.close()
+        super().close()
         for conn in self.conns:
             conn.close()
 

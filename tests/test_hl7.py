@@ -1,50 +1,13 @@
-"""HL7 ORU^R01 over MLLP for critical findings, against a real MLLP listener on a local socket."""
+"""HL7 ORU^R01 for critical findings and its MLLP exchange, against a real MLLP listener on a local socket."""
 
 from __future__ import annotations
 
-import socket
-import threading
-
+import pytest
 from conftest import free_port
+from notify_helpers import MllpListener
 from outputs_helpers import ich_analysis, make_series
 
-from dicom_node import triage
-from dicom_node.config import NotificationsConfig
-from dicom_node.hl7 import END, START, oru_message
-
-
-class MllpListener:
-    """Accepts MLLP connections, keeps each message, answers ACK with MSA-1 = `ack`."""
-
-    def __init__(self, ack: str = "AA") -> None:
-        self.ack = ack
-        self.messages: list[str] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while not data.endswith(END):
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                message = data.strip(START + END).decode()
-                self.messages.append(message)
-                control = message.split("\r")[0].split("|")[9]
-                ack = f"MSH|^~\\&|ris||dicom-node||20260101||ACK|{control}|P|2.5\rMSA|{self.ack}|{control}\r"
-                conn.sendall(START + ack.encode() + END)
-
-    def close(self) -> None:
-        self.sock.close()
+from dicom_node.hl7 import Ack, oru_message, parse_ack, send_mllp
 
 
 def test_oru_message_segments_and_escaping() -> None:
@@ -61,27 +24,33 @@ def test_oru_message_segments_and_escaping() -> None:
     assert "synthetic-demo" in segments[-1]
 
 
-def test_critical_finding_sent_over_mllp_and_acknowledged() -> None:
-    listener = MllpListener()
-    try:
-        settings = NotificationsConfig(hl7_host="127.0.0.1", hl7_port=listener.port)
-        series = make_series("CT", n=2)
-        assert not triage.notify_critical(settings, "1.2.3", "A1", ich_analysis(series, positive=False))
-        assert triage.notify_critical(settings, "1.2.3", "A1", ich_analysis(series, positive=True), patient_id="P7")
-        assert len(listener.messages) == 1
-        assert listener.messages[0].split("\r")[1] == "PID|1||P7"
-    finally:
-        listener.close()
-
-
-def test_rejected_or_unreachable_hl7_peer_is_reported_not_raised() -> None:
-    listener = MllpListener(ack="AR")
+def test_newline_in_a_header_value_cannot_add_a_segment() -> None:
     analysis = ich_analysis(make_series("CT", n=2), positive=True)
+    msg = oru_message("1.2.3\rPID|1||FORGED", "A1\nX", "P7", analysis, control_id="c1")
+    assert [s[:3] for s in msg.rstrip("\r").split("\r")] == ["MSH", "PID", "OBR", "OBX", "OBX", "NTE"]
+
+
+def test_ack_names_the_message_and_accepts_it() -> None:
+    assert Ack("AA", "c1").problem("c1") == ""
+    assert Ack("CA", "c1").problem("c1") == ""
+    assert "control ID 'c2', not 'c1'" in Ack("AA", "c2").problem("c1")
+    assert Ack("AE", "c1", "unknown patient").problem("c1") == "HL7 peer answered AE: unknown patient"
+    assert "\n" not in Ack("AA", "c2\nFORGED").problem("c1")
+    assert parse_ack("MSH|^~\\&|ris\nMSA|AR|c9|busy\n") == Ack("AR", "c9", "busy"), "LF-separated engines"
+    with pytest.raises(ValueError, match="no MSA"):
+        parse_ack("MSH|^~\\&|ris\r")
+
+
+def test_send_mllp_returns_the_listeners_ack() -> None:
+    analysis = ich_analysis(make_series("CT", n=2), positive=True)
+    good, confused = MllpListener(), MllpListener(ack="AA", control_id="someone-else")
     try:
-        rejected = NotificationsConfig(hl7_host="127.0.0.1", hl7_port=listener.port)
-        assert not triage.notify_critical(rejected, "1.2.3", "A1", analysis)
-        assert len(listener.messages) == 1
+        msg = oru_message("1.2.3", "A1", "P7", analysis, control_id="ctl-1")
+        assert send_mllp("127.0.0.1", good.port, msg) == Ack("AA", "ctl-1")
+        assert good.messages[0].split("\r")[1] == "PID|1||P7"
+        assert send_mllp("127.0.0.1", confused.port, msg).problem("ctl-1")
     finally:
-        listener.close()
-    down = NotificationsConfig(hl7_host="127.0.0.1", hl7_port=free_port())
-    assert not triage.notify_critical(down, "1.2.3", "A1", analysis, timeout=2)
+        good.close()
+        confused.close()
+    with pytest.raises(OSError):
+        send_mllp("127.0.0.1", free_port(), msg, timeout=2)

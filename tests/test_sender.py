@@ -20,10 +20,10 @@ from sqlalchemy import select
 from dicom_node.config import Config, load_config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Delivery, DeliveryState, Job, JobState, Output, Result, Study, StudyState
-from dicom_node.delivery import state
 from dicom_node.delivery.echo import echo
 from dicom_node.delivery.sender import Sender
 from dicom_node.errors import DeliveryError
+from dicom_node.retry import backoff
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.4242"
 
@@ -146,7 +146,7 @@ def db(config: Config) -> Iterator[Database]:
 
 
 def test_backoff_is_exponential_and_capped(config: Config) -> None:
-    assert [state.backoff(config.delivery, n).total_seconds() for n in range(4)] == [0.3, 0.6, 1.0, 1.0]
+    assert [backoff(config.delivery, n).total_seconds() for n in range(4)] == [0.3, 0.6, 1.0, 1.0]
 
 
 def test_sends_batch_to_storescp_and_marks_study_delivered(

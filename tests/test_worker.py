@@ -7,12 +7,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pydicom
 import pytest
 from conftest import wait_for, write_config
+from notify_helpers import Webhook
 from outputs_helpers import ICH_MODEL, ich_analysis, make_series
 from sqlalchemy import func, select
 
@@ -128,32 +128,6 @@ def store_study(config: Config, db: Database, generation: int = 1) -> tuple[int,
             )
         jobs.enqueue_for_study(s, study, config, [("ich", {"CT"})])
         return study.id, series
-
-
-class Webhook:
-    """A local HTTP server recording the JSON bodies POSTed to it."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        bodies = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -49,7 +49,9 @@ def _findings(items: list[dict[str, Any]]) -> str:
 
 
 def _table(studies: list[dict[str, Any]]) -> str:
-    header = ("STUDY INSTANCE UID", "STATE", "GEN", "PRIO", "SERIES", "INST", "JOBS", "FINDINGS", "DELIVERIES")
+    header = (
+        "STUDY INSTANCE UID", "STATE", "GEN", "PRIO", "SERIES", "INST", "JOBS", "FINDINGS", "DELIVERIES", "ALERTS"
+    )
     rows = [
         (
             s["study_uid"],
@@ -61,6 +63,7 @@ def _table(studies: list[dict[str, Any]]) -> str:
             _summary(s["jobs"]),
             _findings(s["findings"]),
             _summary(s["deliveries"]),
+            " ".join(f"{t}:{n['state']}" for t, n in sorted(s["notifications"].items())) or "-",
         )
         for s in studies
     ]

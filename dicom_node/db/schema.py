@@ -1,8 +1,9 @@
 """The database schema: every stage's state lives here, so any process can die and the next one resumes.
 
 Tables, in data-flow order: associations, studies, series, instances (receiver); jobs (assembler →
-worker); results (worker); outputs, deliveries (reporter → sender). Invariants the code relies on are
-enforced by the database (unique keys, a partial unique index for "one open job per study and model").
+worker); results (worker); outputs, deliveries (reporter → sender); notifications (triage → notifier).
+Invariants the code relies on are enforced by the database (unique keys, a partial unique index for "one
+open job per study and model").
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ class DeliveryState(str, enum.Enum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
+
+
+class NotificationState(str, enum.Enum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # the serve process has no such target configured
 
 
 def _enum(e: type[enum.Enum]) -> Enum:
@@ -191,19 +199,44 @@ class Output(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
-class Delivery(Base):
-    __tablename__ = "deliveries"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    output_id: Mapped[int] = mapped_column(ForeignKey("outputs.id"), index=True)
-    destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState), default=DeliveryState.PENDING)
+class Retried:
+    """Columns of a row sent with retries (deliveries, notifications); `retry.py` is the policy."""
+
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
+
+class Delivery(Retried, Base):
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    output_id: Mapped[int] = mapped_column(ForeignKey("outputs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState), default=DeliveryState.PENDING)
+
     __table_args__ = (
         UniqueConstraint("output_id", "destination", name="uq_delivery_output_destination"),
         Index("ix_delivery_due", "state", "next_attempt_at"),
+    )
+
+
+class Notification(Retried, Base):
+    """A critical-finding alert to one target (`webhook`, `hl7`), queued in the transaction that raised the
+    study to STAT and sent by the serve process with retries (`notify/state.py` owns `state`)."""
+
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    target: Mapped[str] = mapped_column(String(16))  # webhook | hl7
+    state: Mapped[NotificationState] = mapped_column(
+        _enum(NotificationState), default=NotificationState.PENDING
+    )
+    body: Mapped[str] = mapped_column(Text)  # the JSON document or the HL7 message, as sent
+    control_id: Mapped[str] = mapped_column(String(20), default="")  # HL7 MSH-10, which the ACK must echo
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "target", name="uq_notification_study_target"),
+        Index("ix_notification_due", "state", "next_attempt_at"),
     )

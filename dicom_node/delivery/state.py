@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import exists, func, select
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from dicom_node.config import DeliveryConfig
 from dicom_node.db.engine import utcnow
 from dicom_node.db.schema import Delivery, DeliveryState, Job, Output, Result, Study, StudyState
+from dicom_node.retry import count_failure, start_all_over, start_over
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,6 @@ class DueDelivery:
     sop_class_uid: str
     sop_instance_uid: str
     study_id: int
-
-
-def backoff(settings: DeliveryConfig, attempts: int) -> timedelta:
-    """Wait before the next try after `attempts` failed ones: initial * 2**attempts, capped."""
-    seconds = settings.initial_backoff_seconds * 2 ** min(attempts, 30)
-    return timedelta(seconds=min(seconds, settings.max_backoff_seconds))
 
 
 def is_refusal(status: int) -> bool:
@@ -95,9 +90,7 @@ def mark_attempt_failed(
     d = session.get(Delivery, delivery_id)
     if d is None or d.state != DeliveryState.PENDING:
         return
-    d.attempts += 1
-    d.last_error = error
-    if permanent or now - d.created_at >= timedelta(seconds=settings.max_age_seconds):
+    if count_failure(d, settings, error, now, permanent):
         d.state = DeliveryState.FAILED
         log.error(
             "delivery refused" if permanent else "delivery failed for good",
@@ -109,7 +102,6 @@ def mark_attempt_failed(
             },
         )
         return
-    d.next_attempt_at = now + backoff(settings, d.attempts)
     log.warning(
         "delivery attempt failed; will retry",
         extra={"delivery_id": d.id, "destination": d.destination, "attempts": d.attempts, "reason": error},
@@ -146,27 +138,15 @@ def retry_failed(session: Session, study_uid: str | None = None) -> int:
             .join(Study, Study.id == Output.study_id)
             .where(Study.study_uid == study_uid)
         )
-    now = utcnow()
-    count = 0
-    for d in session.scalars(query):
-        d.state = DeliveryState.PENDING
-        d.attempts = 0
-        d.next_attempt_at = now
-        d.created_at = now
-        d.last_error = ""
-        count += 1
-    return count
+    return start_all_over(session.scalars(query), DeliveryState.PENDING, utcnow())
 
 
 def reset_for_new_content(session: Session, output_id: int, now: datetime) -> None:
     """An output file was rewritten with new content (a re-run job): send it again everywhere."""
     for d in session.scalars(select(Delivery).where(Delivery.output_id == output_id)):
         d.state = DeliveryState.PENDING
-        d.attempts = 0
-        d.next_attempt_at = now
-        d.created_at = now
         d.sent_at = None
-        d.last_error = ""
+        start_over(d, now)
 
 
 def remove_delivered_files(session: Session, outbox: Path, output_ids: Collection[int] | None = None) -> int:

@@ -1,0 +1,109 @@
+"""The notifier: sends queued critical-finding alerts (`notify/state.py`), one thread per target.
+
+A service object (`start()`/`stop()`) that `serve` runs beside the DICOM sender; `run_once()` does one
+pass over both targets and is what tests call. The webhook counts as delivered on HTTP 2xx; the HL7 ORU
+when the MLLP peer's ACK names the message's control ID (MSA-2 = MSH-10) and accepts it (AA or CA).
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+import urllib.request
+
+from dicom_node.config import Config
+from dicom_node.db.engine import Database, utcnow
+from dicom_node.hl7 import send_mllp
+from dicom_node.loops import ServiceLoops
+from dicom_node.notify import state
+from dicom_node.notify.state import HL7, TARGETS, WEBHOOK, DueNotification
+from dicom_node.safe_text import clean
+
+log = logging.getLogger(__name__)
+
+SEND_TIMEOUT_SECONDS = 5.0  # per HTTP request or MLLP exchange
+_RETRYABLE_HTTP = {408, 425, 429}  # 4xx statuses that say "later", not "never"
+
+
+class Notifier:
+    def __init__(self, config: Config, db: Database, timeout: float = SEND_TIMEOUT_SECONDS) -> None:
+        self.config = config
+        self.settings = config.notifications
+        self.db = db
+        self.timeout = timeout
+        self._loops = ServiceLoops("notifier", config.delivery.poll_seconds)
+
+    # -- service -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loops.start(list(TARGETS), self.run_target)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._loops.stop(timeout)
+
+    # -- passes --------------------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """One pass over every target; returns how many alerts were delivered."""
+        return sum(self.run_target(target) for target in TARGETS)
+
+    def run_target(self, target: str) -> int:
+        with self.db.read() as session:
+            items = state.due(session, utcnow(), target)
+        if not items:
+            return 0
+        missing = self._not_configured(target)
+        if missing:
+            with self.db.write() as session:
+                for item in items:
+                    state.mark_skipped(session, item.notification_id, missing)
+            return 0
+        sent = 0
+        for item in items:
+            if self._loops.stopping:
+                break
+            error, permanent = self._send(item)
+            with self.db.write() as session:
+                if error:
+                    state.mark_attempt_failed(
+                        session, self.config.delivery, item.notification_id, error, utcnow(), permanent
+                    )
+                else:
+                    state.mark_sent(session, item.notification_id, utcnow())
+            if not error:
+                sent += 1
+                log.info("critical-finding alert sent", extra={"target": target, "study_uid": clean(item.study_uid)})
+        return sent
+
+    def _not_configured(self, target: str) -> str:
+        if target == WEBHOOK and not self.settings.webhook_url:
+            return "notifications.webhook_url is not set"
+        if target == HL7 and not (self.settings.hl7_host and self.settings.hl7_port):
+            return "notifications.hl7_host / hl7_port are not set"
+        return ""
+
+    def _send(self, item: DueNotification) -> tuple[str, bool]:
+        """("", False) when delivered, else (why, whether retrying cannot help)."""
+        if item.target == WEBHOOK:
+            return self._post(item.body)
+        try:
+            ack = send_mllp(self.settings.hl7_host, self.settings.hl7_port, item.body, self.timeout)
+        except (OSError, ValueError) as exc:
+            return f"HL7 {self.settings.hl7_host}:{self.settings.hl7_port}: {clean(exc)}", False
+        return ack.problem(item.control_id), False
+
+    def _post(self, body: str) -> tuple[str, bool]:
+        request = urllib.request.Request(
+            self.settings.webhook_url,
+            data=body.encode("utf-8"),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status = int(response.status)
+        except urllib.error.HTTPError as exc:
+            status = int(exc.code)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return f"webhook: {clean(exc)}", False
+        if 200 <= status < 300:
+            return "", False
+        return f"webhook answered HTTP {status}", 400 <= status < 500 and status not in _RETRYABLE_HTTP

@@ -1,0 +1,131 @@
+"""Notification rows: every change of `Notification.state`.
+
+`triage.apply_priority` queues one row per target (`webhook`, `hl7`) in the transaction that raises a
+study to STAT, so the alert is as durable as the result. The serve process's notifier sends them:
+`pending → sent` when the target confirms (HTTP 2xx; an HL7 ACK that names the message's control ID and
+accepts it), retried with the deliveries' backoff and `max_age` otherwise, `failed` with the reason at
+once when the target refuses for good (HTTP 4xx other than 408/425/429). A target the serve process has
+not configured makes the row `skipped`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node.config import DeliveryConfig
+from dicom_node.db.engine import utcnow
+from dicom_node.db.schema import Notification, NotificationState, Study
+from dicom_node.retry import count_failure, start_all_over
+from dicom_node.safe_text import clean
+
+log = logging.getLogger(__name__)
+
+WEBHOOK, HL7 = "webhook", "hl7"
+TARGETS = (WEBHOOK, HL7)
+
+
+@dataclass(frozen=True)
+class DueNotification:
+    notification_id: int
+    target: str
+    body: str
+    control_id: str
+    study_uid: str
+
+
+def enqueue(session: Session, study_id: int, messages: dict[str, tuple[str, str]], now: datetime) -> int:
+    """Queue `messages` ({target: (body, control ID)}) for the study; a study is alerted once per target.
+
+    Runs in the caller's transaction. Returns how many rows were added.
+    """
+    have = set(session.scalars(select(Notification.target).where(Notification.study_id == study_id)))
+    added = 0
+    for target, (body, control_id) in messages.items():
+        if target in have:
+            continue
+        session.add(
+            Notification(
+                study_id=study_id,
+                target=target,
+                state=NotificationState.PENDING,
+                body=body,
+                control_id=control_id,
+                attempts=0,
+                next_attempt_at=now,
+                last_error="",
+                created_at=now,
+            )
+        )
+        added += 1
+    session.flush()
+    return added
+
+
+def due(session: Session, now: datetime, target: str, limit: int = 100) -> list[DueNotification]:
+    rows = session.execute(
+        select(Notification, Study.study_uid)
+        .join(Study, Study.id == Notification.study_id)
+        .where(
+            Notification.state == NotificationState.PENDING,
+            Notification.next_attempt_at <= now,
+            Notification.target == target,
+        )
+        .order_by(Notification.next_attempt_at, Notification.id)
+        .limit(limit)
+    ).all()
+    return [DueNotification(n.id, n.target, n.body, n.control_id, uid) for n, uid in rows]
+
+
+def _pending(session: Session, notification_id: int) -> Notification | None:
+    n = session.get(Notification, notification_id)
+    return n if n is not None and n.state == NotificationState.PENDING else None
+
+
+def mark_sent(session: Session, notification_id: int, now: datetime) -> None:
+    n = _pending(session, notification_id)
+    if n is None:
+        return
+    n.state = NotificationState.SENT
+    n.attempts += 1
+    n.sent_at = now
+    n.last_error = ""
+
+
+def mark_skipped(session: Session, notification_id: int, reason: str) -> None:
+    n = _pending(session, notification_id)
+    if n is not None:
+        n.state = NotificationState.SKIPPED
+        n.last_error = reason
+
+
+def mark_attempt_failed(
+    session: Session,
+    settings: DeliveryConfig,
+    notification_id: int,
+    error: str,
+    now: datetime,
+    permanent: bool = False,
+) -> None:
+    """Count a failed try: FAILED with the reason when `permanent` or older than `max_age`, else back off."""
+    n = _pending(session, notification_id)
+    if n is None:
+        return
+    context = {"notification_id": n.id, "target": n.target, "attempts": n.attempts + 1, "reason": clean(error)}
+    if count_failure(n, settings, error, now, permanent):
+        n.state = NotificationState.FAILED
+        log.error("critical-finding alert failed for good", extra=context)
+    else:
+        log.warning("critical-finding alert not delivered; will retry", extra=context)
+
+
+def retry_failed(session: Session, study_uid: str | None = None) -> int:
+    """Failed notifications back to pending with a fresh `max_age` window (`dicom-node retry`)."""
+    query = select(Notification).where(Notification.state == NotificationState.FAILED)
+    if study_uid:
+        query = query.join(Study, Study.id == Notification.study_id).where(Study.study_uid == study_uid)
+    return start_all_over(session.scalars(query), NotificationState.PENDING, utcnow())
