@@ -106,9 +106,10 @@ def study_state(config: Path, study_uid: str) -> dict[str, Any] | None:
     return next((s for s in node_status(config) if s["study_uid"] == study_uid), None)
 
 
-def storescu(port: int, files: list[Path], calling: str = "STORESCU") -> None:
-    """Send files to the node with DCMTK storescu (absolute path, TCP_NODELAY=1), one association."""
-    cmd = [STORESCU, "-aet", calling, "-aec", "DICOMNODE", "127.0.0.1", str(port), *map(str, files)]
+def storescu(port: int, files: list[Path], calling: str = "STORESCU", *options: str) -> None:
+    """Send files to the node with DCMTK storescu (absolute path, TCP_NODELAY=1), one association;
+    `options` e.g. "-xv" to propose a compressed transfer syntax."""
+    cmd = [STORESCU, *options, "-aet", calling, "-aec", "DICOMNODE", "127.0.0.1", str(port), *map(str, files)]
     proc = subprocess.run(cmd, env=dcmtk_env(), capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
 

@@ -198,9 +198,14 @@ def _real_world(series: list[Dataset], kind: str) -> None:
             ds.SpecificCharacterSet = ""
         elif kind == "unknown-charset":
             ds.SpecificCharacterSet = "ISO_IR 999"
+        elif kind == "code-without-meaning":  # a real Siemens header: ProcedureCodeSequence item, no meaning
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator = "0FINGN ROUT STA1", "medneo"
+            ds.ProcedureCodeSequence = [item]
 
 
-@pytest.mark.parametrize("kind", ["no-birth-date", "de-identified", "empty-charset", "unknown-charset"])
+@pytest.mark.parametrize("kind", ["no-birth-date", "de-identified", "empty-charset", "unknown-charset",
+                                  "code-without-meaning"])
 @pytest.mark.parametrize("positive", [True, False])
 def test_outputs_from_real_world_headers_validate(tmp_path: Path, kind: str, positive: bool) -> None:
     series = make_series("CT", n=4, blob=(40, 80))

@@ -5,7 +5,8 @@ PatientBirthDate on an old GE), carry an empty or unknown Specific Character Set
 PatientIdentityRemoved = YES without naming a method. highdicom's constructors (strict when encoding)
 read these attributes from the source, so the builders hand them `complete_header(source)`: a copy
 with what the output IODs need, filled as the IOD allows (empty Type 2 values), never inventing
-patient data. `carry_deidentification` then states the source's de-identification on the output.
+patient data, and without code items that lack their Type 1 attributes (a Siemens "medneo" procedure
+code has no meaning). `carry_deidentification` then states the source's de-identification on the output.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ _TYPE2_FROM_SOURCE = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
     "StudyDate", "StudyTime", "ReferringPhysicianName",
 )
+# Study-level code sequences the output builders copy: items without their Type 1 attributes are dropped.
+_CODE_SEQUENCES = ("ProcedureCodeSequence",)
+_CODE_ITEM = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")
 UTF8 = "ISO_IR 192"
 NOT_STATED = "method not stated by the source"
 
@@ -53,6 +57,12 @@ def complete_header(source: Dataset) -> Dataset:
             if keyword in ds:
                 del ds[keyword]
             setattr(ds, keyword, "")
+    for keyword in _CODE_SEQUENCES:
+        if keyword in ds:
+            items = [item for item in ds[keyword].value if all(item.get(k) for k in _CODE_ITEM)]
+            del ds[keyword]
+            if items:
+                setattr(ds, keyword, items)
     charset = character_set(source)
     if "SpecificCharacterSet" in ds:
         del ds.SpecificCharacterSet
