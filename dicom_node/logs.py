@@ -1,9 +1,31 @@
-"""Logging set-up. Patient identifiers never appear in messages above DEBUG; UIDs and AE titles may."""
+"""Logging set-up. Patient identifiers never appear in messages above DEBUG; UIDs and AE titles may.
+
+Every message and `extra=` value is escaped (`safe_text.clean`) as it is formatted: a header value with a
+newline (a hostile Study Instance UID) stays on its own log line and cannot forge another.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import warnings
+
+from dicom_node.safe_text import clean
+
+_MESSAGE_LIMIT = 4000
+# Libraries whose warnings quote header values (highdicom: 'The string "DOE" is unlikely to represent the
+# intended person name...'): their text goes to DEBUG only.
+_QUOTING_LIBRARIES = ("pydicom", "highdicom", "pynetdicom")
+_warnings_log = logging.getLogger("dicom_node.warnings")
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Python warnings as log records: from DICOM libraries at DEBUG (they may quote patient data)."""
+    if any(f"/{name}/" in filename for name in _QUOTING_LIBRARIES):
+        _warnings_log.debug("%s: %s", category.__name__, message, extra={"source": f"{filename}:{lineno}"})
+    else:
+        _warnings_log.warning("%s: %s", category.__name__, message, extra={"source": f"{filename}:{lineno}"})
 
 
 class _ContextFormatter(logging.Formatter):
@@ -11,12 +33,13 @@ class _ContextFormatter(logging.Formatter):
 
     _standard = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
-    def format(self, record: logging.LogRecord) -> str:
-        base = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = clean(record.message, _MESSAGE_LIMIT)
+        line = super().formatMessage(record)
         extras = {k: v for k, v in vars(record).items() if k not in self._standard and not k.startswith("_")}
         if extras:
-            base += " " + " ".join(f"{k}={v}" for k, v in sorted(extras.items()))
-        return base
+            line += " " + " ".join(f"{clean(k, 64)}={clean(v)}" for k, v in sorted(extras.items()))
+        return line
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -29,3 +52,4 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # logs every module it copies at INFO
+    warnings.showwarning = _show_warning
