@@ -58,6 +58,10 @@ FINDINGS: dict[str, FindingConcept] = {
 ICH_LABELS: tuple[str, ...] = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 SIH_LABELS: tuple[str, ...] = ("sih",)
 
+# --- segmentation (DICOM SEG): property category for lesions (CID 7150) --------------------------------------
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = _code("49755003", "SCT", "Morphologically abnormal structure")
+ARTIFICIAL_INTELLIGENCE = _code("123110", "DCM", "Artificial Intelligence")  # algorithm family (CID 7162)
+
 # --- CID 240 Present/Absent (plus Undetermined for "not analysed") ---------------------------------------
 PRESENT = _code("52101004", "SCT", "Present")
 ABSENT = _code("272519000", "SCT", "Absent")

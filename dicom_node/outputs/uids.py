@@ -17,7 +17,8 @@ NAMESPACE = uuid.UUID("5f0d3c1e-8a4b-5c2d-9e7f-1a2b3c4d5e6f")
 
 SR = "sr"
 OVERLAY = "overlay"
-_KINDS = (SR, OVERLAY)
+SEG = "seg"
+_KINDS = (SR, OVERLAY, SEG)
 
 
 def _uid(*parts: str) -> UID:
