@@ -6,7 +6,9 @@
         pacs.post("/modalities/NODE/store", ["<orthanc study id>"])  # route a study to our node
 
 Orthanc runs with its own JSON config: no remote access, no authentication, storage and index in the
-given folder, no plugins. `TCP_NODELAY=1` is irrelevant to Orthanc but set for uniformity.
+given folder, no plugins unless `dicomweb=True`, which loads the Debian `orthanc-dicomweb` plugin with its
+API under `/dicom-web/` (what the real-viewer test serves OHIF from). `TCP_NODELAY=1` is irrelevant to
+Orthanc but set for uniformity.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from conftest import free_port, stop_process
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 STORESCP = Path("/usr/bin/storescp")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def _env() -> dict[str, str]:
@@ -42,11 +45,13 @@ class OrthancServer:
         aet: str = "ORTHANC",
         modalities: dict[str, tuple[str, str, int]] | None = None,
         start_timeout: float = 30.0,
+        dicomweb: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.aet = aet
         self.modalities = modalities or {}
         self.start_timeout = start_timeout
+        self.dicomweb = dicomweb
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -60,7 +65,7 @@ class OrthancServer:
         return f"http://127.0.0.1:{self.http_port}"
 
     def config(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "Name": "dicom-node-test",
             "StorageDirectory": str(self.folder / "storage"),
             "IndexDirectory": str(self.folder / "index"),
@@ -78,6 +83,10 @@ class OrthancServer:
             "DicomScuTimeout": 10,
             "StableAge": 1,
         }
+        if self.dicomweb:
+            config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True}
+        return config
 
     def start(self) -> OrthancServer:
         self.folder.mkdir(parents=True, exist_ok=True)
