@@ -64,6 +64,9 @@ class StudyAnalysis:
     evaluated_sop_instance_uids: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     key_images: list[KeyImage] = field(default_factory=list)
+    # Lesion masks of present findings: label -> SOP Instance UID -> bool (rows, columns) array in source
+    # pixel coordinates. Like heat maps they travel in memory only (the SEG is built from them).
+    masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def critical(self) -> bool:

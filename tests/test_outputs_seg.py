@@ -54,3 +54,25 @@ def test_empty_or_mismatched_masks_are_refused() -> None:
     with pytest.raises(ValueError, match="image is"):
         build_seg(series, [SegmentMask("subdural", {series[0].SOPInstanceUID: np.ones((32, 32), bool)})],
                   "1.2.3", "1.2.4", 1, 1, algorithm, "x")
+
+
+def test_build_outputs_returns_a_seg_of_the_present_findings_masks(tmp_path: Path) -> None:
+    from outputs_helpers import ich_analysis, sources_of
+
+    from dicom_node.outputs import build_outputs
+
+    series = make_series("CT", n=4, size=128, blob=(40, 80))
+    analysis = ich_analysis(series, positive=True, center=(40.0, 80.0))
+    mask = np.zeros((128, 128), bool)
+    mask[34:46, 74:86] = True
+    analysis.masks = {"subdural": {series[1].SOPInstanceUID: mask},
+                      "epidural": {series[1].SOPInstanceUID: mask}}  # absent: not in the SEG
+    outputs = build_outputs(analysis, sources_of(series), 1)
+    assert [o.kind for o in outputs] == ["sr", "overlay", "seg"]
+    seg = outputs[-1]
+    path = tmp_path / "seg.dcm"
+    ds = roundtrip(seg.dataset, path)
+    assert dciodvfy_errors(path) == []
+    assert [d.SegmentLabel for d in ds.SegmentSequence] == ["Subdural hemorrhage"]
+    assert seg.sop_instance_uid == build_outputs(analysis, sources_of(series), 2)[-1].sop_instance_uid
+    assert ds.SeriesNumber < 9000 and ds.SeriesDescription.startswith("AI ICH masks: subdural")

@@ -191,7 +191,7 @@ class Output(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # sr | overlay
+    kind: Mapped[str] = mapped_column(String(16))  # sr | overlay | seg
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     series_uid: Mapped[str] = mapped_column(String(64))

@@ -1,4 +1,5 @@
-"""What goes back to PACS: a TID 1500 SR for every analysis, and an overlay per present finding.
+"""What goes back to PACS: a TID 1500 SR for every analysis, an overlay per located finding, and a DICOM
+SEG of the present findings' masks when the model outputs masks.
 
     from dicom_node.outputs import build_outputs, OutputObject, EquipmentInfo
 
@@ -16,11 +17,13 @@ import pydicom
 
 from dicom_node.analysis import AnalysisStatus, StudyAnalysis
 from dicom_node.outputs import lineage as lineage_rules
-from dicom_node.outputs.equipment import EquipmentInfo
+from dicom_node.outputs import uids
+from dicom_node.outputs.equipment import EquipmentInfo, series_number
 from dicom_node.outputs.lineage import PriorReport
 from dicom_node.outputs.marks import located_findings
 from dicom_node.outputs.objects import OutputObject
 from dicom_node.outputs.overlay import build_overlay
+from dicom_node.outputs.seg import SegAlgorithm, SegmentMask, build_seg, seg_series_description
 from dicom_node.outputs.sr import build_sr
 from dicom_node.verdicts import reconcile
 
@@ -64,4 +67,33 @@ def build_outputs(
         key = finding.key_sop_instance_uid or ""
         outputs.append(build_overlay(analysis, finding, heatmaps.get(key), sources[key], index, generation,
                                      lineage.sop_instance_uid, device))
+    seg = _segmentation(analysis, sources, generation, lineage.sop_instance_uid, device)
+    if seg is not None:
+        outputs.append(seg)
     return outputs
+
+
+def _segmentation(analysis: StudyAnalysis, sources: Mapping[str, pydicom.Dataset], generation: int,
+                  report_uid: str, device: EquipmentInfo | None) -> OutputObject | None:
+    """The SEG of the present findings' masks, over the evaluated images of the masks' series."""
+    present = {f.label for f in analysis.findings if f.present}
+    segments = [SegmentMask(label, masks) for label, masks in analysis.masks.items()
+                if label in present and any(m.any() for m in masks.values())]
+    if not segments:
+        return None
+    first_uid = next(uid for s in segments for uid, m in s.masks.items() if m.any())
+    if first_uid not in sources:
+        log.warning("mask on an image that is not among the sources: no SEG",
+                    extra={"study_uid": analysis.study_uid, "sop_instance_uid": first_uid})
+        return None
+    series = sources[first_uid].SeriesInstanceUID
+    images = [sources[uid] for uid in analysis.evaluated_sop_instance_uids
+              if uid in sources and sources[uid].SeriesInstanceUID == series]
+    model = analysis.model
+    return build_seg(
+        images or [sources[first_uid]], segments,
+        series_uid=str(uids.series_uid(analysis.study_uid, model.name, model.version, uids.SEG)),
+        sop_uid=str(uids.instance_uid(analysis.study_uid, model.name, model.version, uids.SEG, report_uid)),
+        series_number=series_number(model, uids.SEG), instance_number=max(1, generation),
+        algorithm=SegAlgorithm(model.display_name, model.version, model),
+        series_description=seg_series_description(model, [s.label for s in segments]), device=device)

@@ -69,6 +69,9 @@ def finish_common(
 
 
 def series_number(model: ModelInfo, kind: str) -> int:
-    """A stable series number for a model's output series (9000-9999), SR odd, overlays even."""
+    """A stable series number for a model's output series: SR odd and overlays even in 9000-9999, SEG in
+    8000-8999."""
     base = 9000 + 2 * (zlib.crc32(model.name.encode()) % 500)
+    if kind == uids.SEG:
+        return base - 1000
     return base + 1 if kind == uids.SR else base
