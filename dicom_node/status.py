@@ -1,4 +1,11 @@
-"""What the node knows about each study, as plain dicts (for `dicom-node status` and the dashboard)."""
+"""What the node knows about each study, as plain dicts (for `dicom-node status` and the dashboard).
+
+Per study: its identifiers (Study Instance UID, accession number, patient ID), when it was received, its
+processing state and priority, what each model made of it (analysed with the findings present, not
+analysed or failed with the reason, or still queued/running), its deliveries (counts, and the reason for
+any that failed or are being retried) and its critical-finding alerts. Every value that came from a
+DICOM header or a peer is passed through `safe_text.clean`, so no value can forge or hide a line.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from sqlalchemy.orm import Session
 from dicom_node.db.engine import Database
 from dicom_node.db.schema import (
     Delivery,
+    DeliveryState,
     Instance,
     Job,
     Notification,
@@ -42,12 +50,15 @@ def study_status(db: Database, limit: int | None = None) -> list[dict[str, Any]]
         instances = _count_by(session, Instance.study_id, ids)
         series = _count_by(session, Series.study_id, ids)
         jobs = _jobs(session, ids)
-        findings = _findings(session, ids)
+        models = _models(session, ids)
         deliveries = _deliveries(session, ids)
+        problems = _delivery_problems(session, ids)
         notifications = _notifications(session, ids)
         return [
             {
-                "study_uid": s.study_uid,
+                "study_uid": clean(s.study_uid),
+                "accession_number": clean(s.accession_number),
+                "patient_id": clean(s.patient_id),
                 "state": s.state.value,
                 "generation": s.generation,
                 "priority": Priority(s.priority).name if s.priority in (p.value for p in Priority) else str(s.priority),
@@ -57,8 +68,9 @@ def study_status(db: Database, limit: int | None = None) -> list[dict[str, Any]]
                 "last_received_at": _iso(s.last_received_at),
                 "completed_at": _iso(s.completed_at),
                 "jobs": dict(jobs.get(s.id, {})),
-                "findings": findings.get(s.id, []),
+                "models": models.get(s.id, []),
                 "deliveries": dict(deliveries.get(s.id, {})),
+                "delivery_problems": problems.get(s.id, []),
                 "notifications": notifications.get(s.id, {}),
             }
             for s in studies
@@ -80,26 +92,38 @@ def _jobs(session: Session, ids: list[int]) -> dict[int, Counter[str]]:
     return out
 
 
-def _findings(session: Session, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    """The latest result per study and model: status, critical flag, and the labels found present."""
-    latest: dict[tuple[int, str], Result] = {}
-    for r in session.scalars(select(Result).where(Result.study_id.in_(ids)).order_by(Result.id)).all():
-        latest[(r.study_id, r.model_name)] = r
+def _models(session: Session, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Per study and model, its latest job (highest generation) and what came of it.
+
+    `state` is the result's status (`analysed`, `not_analysed`, `failed`) when there is one, else the
+    job's (`queued`, `running`, `failed`); `reason` says why it was not analysed, why it failed, or why
+    the last attempt of a job that will be retried failed.
+    """
+    latest: dict[tuple[int, str], Job] = {}
+    for job in session.scalars(select(Job).where(Job.study_id.in_(ids)).order_by(Job.generation, Job.id)):
+        latest[(job.study_id, job.model_name)] = job
+    results = {
+        r.job_id: r
+        for r in session.scalars(select(Result).where(Result.job_id.in_([j.id for j in latest.values()])))
+    }
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for (study_id, model), r in sorted(latest.items()):
-        payload = r.payload or {}
-        present = [
-            {"label": f.get("label"), "probability": f.get("probability")}
-            for f in payload.get("findings", [])
-            if f.get("present")
-        ]
+    for (study_id, model), job in sorted(latest.items()):
+        r = results.get(job.id)
+        payload = (r.payload or {}) if r is not None else {}
         out[study_id].append(
             {
-                "model": model,
-                "version": r.model_version,
-                "status": r.status,
-                "critical": r.critical,
-                "present": present,
+                "model": clean(model),
+                "version": clean(r.model_version) if r is not None else None,
+                "state": r.status if r is not None else job.state.value,
+                "reason": clean(payload.get("reason") or job.last_error, 500),
+                "critical": bool(r.critical) if r is not None else False,
+                "present": [
+                    {"label": clean(f.get("label")), "probability": f.get("probability")}
+                    for f in payload.get("findings", [])
+                    if f.get("present")
+                ],
+                "attempts": job.attempts,
+                "generation": job.generation,
             }
         )
     return out
@@ -115,6 +139,30 @@ def _deliveries(session: Session, ids: list[int]) -> dict[int, Counter[str]]:
     ).all()
     for study_id, state, n in rows:
         out[study_id][state.value] += n
+    return out
+
+
+def _delivery_problems(session: Session, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Failed deliveries, and pending ones whose last try failed: per destination, state and reason."""
+    rows = session.execute(
+        select(Output.study_id, Delivery.destination, Delivery.state, Delivery.last_error, func.count(),
+               func.max(Delivery.attempts))
+        .join(Output, Output.id == Delivery.output_id)
+        .where(Output.study_id.in_(ids), Delivery.state != DeliveryState.SENT, Delivery.last_error != "")
+        .group_by(Output.study_id, Delivery.destination, Delivery.state, Delivery.last_error)
+        .order_by(Output.study_id, Delivery.destination)
+    ).all()
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for study_id, destination, state, error, n, attempts in rows:
+        out[study_id].append(
+            {
+                "destination": clean(destination),
+                "state": state.value,
+                "objects": int(n),
+                "attempts": int(attempts),
+                "reason": clean(error, 500),
+            }
+        )
     return out
 
 

@@ -156,6 +156,7 @@ def test_study_with_no_usable_series_gets_not_analysed_sr(tmp_path: Path) -> Non
             assert all(f.probability is None for f in findings.values())
             reasons = [t for t in sr_text(sr) if t.startswith("Not analysed: ")]
             assert len(reasons) == 1 and len(reasons[0]) > len("Not analysed: ") + 10, sr_text(sr)
-            assert statuses[study.study_uid]["findings"][0]["status"] == "not_analysed"
+            model = statuses[study.study_uid]["models"][0]
+            assert model["state"] == "not_analysed" and len(model["reason"]) > 10, model
         assert SPONTANEOUS_INTRACRANIAL_HYPOTENSION.value in findings_by_code(
             pydicom.dcmread(_received(pacs, mr.study_uid)[0].filename))

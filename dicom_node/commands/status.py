@@ -1,4 +1,12 @@
-"""`dicom-node status --config FILE [--json]`: studies with state, counts, findings and deliveries."""
+"""`dicom-node status --config FILE [--json]`: per study, who and when (accession, patient ID, received),
+state and priority, what each model made of it (with the reason when it was not analysed or failed),
+deliveries and critical-finding alerts.
+
+The table has one row per study; under a row, one indented line per problem (a model that did not
+analyse the study, a delivery or alert that failed or is being retried) with its reason. `--json` gives
+the same as a list of objects. Values from DICOM headers are escaped (`safe_text.clean`): a value with a
+newline stays on its line.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,10 @@ import sys
 from typing import Any
 
 from dicom_node.commands import load_config_or_report
+
+# The study's processing state in words an operator reads without the schema at hand.
+_STAGE = {"receiving": "receiving", "complete": "analysing", "analysed": "sending", "delivered": "delivered"}
+_MODEL_STATE = {"not_analysed": "not analysed"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,35 +52,60 @@ def _summary(counts: dict[str, int]) -> str:
     return " ".join(f"{k}:{v}" for k, v in sorted(counts.items())) or "-"
 
 
-def _findings(items: list[dict[str, Any]]) -> str:
-    parts = []
-    for f in items:
-        labels = ",".join(str(p["label"]) for p in f["present"]) or ("none" if f["status"] == "analysed" else f["status"])
-        parts.append(f"{f['model']}:{labels}")
-    return " ".join(parts) or "-"
+def _model_cell(m: dict[str, Any]) -> str:
+    if m["state"] == "analysed":
+        return f"{m['model']}:" + (",".join(str(p["label"]) for p in m["present"]) or "none")
+    return f"{m['model']}:{_MODEL_STATE.get(m['state'], m['state'])}"
+
+
+def _problems(s: dict[str, Any]) -> list[str]:
+    """One line per thing an operator may need to act on, with its reason."""
+    lines = []
+    for m in s["models"]:
+        if m["state"] != "analysed" and m["reason"]:
+            what = _MODEL_STATE.get(m["state"], m["state"])
+            retry = f" (attempt {m['attempts']}, will retry)" if m["state"] in ("queued", "running") else ""
+            lines.append(f"{m['model']}: {what}{retry}: {m['reason']}")
+    for d in s["delivery_problems"]:
+        when = "failed" if d["state"] == "failed" else f"retrying after {d['attempts']} attempts"
+        lines.append(f"delivery to {d['destination']} ({d['objects']} objects): {when}: {d['reason']}")
+    for target, n in sorted(s["notifications"].items()):
+        if n["state"] != "sent" and n["last_error"]:
+            when = "failed" if n["state"] == "failed" else f"retrying after {n['attempts']} attempts"
+            lines.append(f"{target} alert: {when}: {n['last_error']}")
+    return lines
 
 
 def _table(studies: list[dict[str, Any]]) -> str:
     header = (
-        "STUDY INSTANCE UID", "STATE", "GEN", "PRIO", "SERIES", "INST", "JOBS", "FINDINGS", "DELIVERIES", "ALERTS"
+        "RECEIVED", "ACCESSION", "PATIENT ID", "PRIO", "STATE", "SERIES", "INST", "MODELS", "DELIVERIES",
+        "ALERTS", "STUDY INSTANCE UID",
     )
     rows = [
         (
-            s["study_uid"],
-            s["state"],
-            str(s["generation"]),
+            (s["first_received_at"] or "-").replace("T", " "),
+            s["accession_number"] or "-",
+            s["patient_id"] or "-",
             s["priority"],
+            _STAGE.get(s["state"], s["state"]),
             str(s["series"]),
             str(s["instances"]),
-            _summary(s["jobs"]),
-            _findings(s["findings"]),
+            " ".join(_model_cell(m) for m in s["models"]) or "-",
             _summary(s["deliveries"]),
             " ".join(f"{t}:{n['state']}" for t, n in sorted(s["notifications"].items())) or "-",
+            s["study_uid"],
         )
         for s in studies
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+
+    lines = [line(header)]
+    for row, s in zip(rows, studies, strict=True):
+        lines.append(line(row))
+        lines.extend(f"    {p}" for p in _problems(s))
     if not rows:
         lines.append("(no studies)")
     return "\n".join(lines) + "\n"
