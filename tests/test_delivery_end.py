@@ -289,3 +289,18 @@ def test_sender_start_sweeps_files_left_after_their_last_delivery(tmp_path: Path
     sender.stop()
     assert not (config.storage.outbox / STUDY_UID / f"{sent}.dcm").exists()
     assert (config.storage.outbox / STUDY_UID / f"{waiting}.dcm").is_file()
+
+
+def test_deliveries_to_destinations_no_longer_configured_are_tried_once_per_pass(
+    tmp_path: Path, db_for: list[Database]
+) -> None:
+    config = make_config(tmp_path, ("pacs", "DEMO-PACS", free_port()))
+    db = open_db(config, db_for)
+    add_outputs(db, config, 2)
+    with db.write() as s:
+        for d, name in zip(s.scalars(select(Delivery).order_by(Delivery.id)), ("gone", "removed"), strict=True):
+            d.destination = name
+    assert Sender(config, db).run_once() == 0
+    rows = deliveries(db)
+    assert [(d.state, d.attempts) for d in rows] == [(DeliveryState.PENDING, 1)] * 2
+    assert all("is not configured" in d.last_error for d in rows)

@@ -74,12 +74,14 @@ class Sender:
     # -- passes --------------------------------------------------------------------------------------
     def run_once(self) -> int:
         """One pass over every destination with due deliveries, all at once; returns how many were sent."""
+        configured = {d.name for d in self.config.destinations}
         with self.db.read() as session:
-            names = sorted({item.destination for item in state.due(session, utcnow())})
-        if not names:
+            due = {item.destination for item in state.due(session, utcnow())}
+        keys = sorted({name if name in configured else _UNCONFIGURED for name in due})
+        if not keys:
             return 0
-        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="sender") as pool:
-            return sum(pool.map(self._send_to, names))
+        with ThreadPoolExecutor(max_workers=len(keys), thread_name_prefix="sender") as pool:
+            return sum(pool.map(self.run_destination, keys))
 
     def run_destination(self, name: str) -> int:
         """One pass for one destination (`""`: every destination that is not configured)."""
