@@ -233,6 +233,7 @@ class View:
     screenshot: Path
     console: list[dict[str, str]]
     page_errors: list[str]
+    off_origin: list[str]  # requests to anywhere but the one origin (the test runs offline)
     viewport: Box | None
     texts: list[TextItem]
     blank: bool
@@ -257,6 +258,7 @@ class View:
 
     def describe(self) -> str:
         return (f"{self.url}\nscreenshot: {self.screenshot}\nblank: {self.blank} (pixel std {self.pixel_std:.1f})"
+                f"\nsettled: {self.settled} after {self.settled_ms / 1000:.1f} s"
                 f"\nviewport: {self.viewport}\ntext (* = annotation layer):\n  "
                 + "\n  ".join(f"{'*' if t.svg else ' '} {t.text}  {t.box}" for t in self.texts))
 
@@ -289,7 +291,7 @@ def view_pages(pages: list[tuple[str, Path]], timeout: float = 90.0) -> list[Vie
         raw = json.loads(Path(spec["json"]).read_text())
         views.append(View(
             url=url, screenshot=png, console=raw["console"], page_errors=raw["pageErrors"],
-            viewport=_box(raw["viewport"]),
+            off_origin=raw["offOrigin"], viewport=_box(raw["viewport"]),
             texts=[TextItem(t["text"], Box(**t["box"]), t["svg"]) for t in raw["texts"]],
             blank=raw["blank"], pixel_std=raw["pixelStd"], settled=raw["settled"], settled_ms=raw["settledMs"],
             raw=raw,

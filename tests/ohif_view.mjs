@@ -5,7 +5,7 @@
 //     "timeoutMs": 90000, "pages": [{"url": "http://…/viewer?…", "json": "out.json", "png": "out.png"}]}'
 //
 // Per page: every console message at every level (OHIF reports render failures at debug/log level only),
-// page errors, the visible text inside the active viewport (HTML and SVG) with bounding boxes, the
+// page errors, requests that left the page's origin or failed, the visible text inside the active viewport (HTML and SVG) with bounding boxes, the
 // viewport's box, and whether its image is blank (pixel spread of a screenshot of the viewport with the
 // text layers hidden).
 import { createRequire } from 'node:module';
@@ -109,12 +109,22 @@ async function view(browser, spec) {
   const page = await context.newPage();
   const consoleMessages = [];
   const pageErrors = [];
+  const offOrigin = [];
+  const failedRequests = [];
+  const origin = new URL(spec.url).origin;
   let inFlight = 0;
   page.on('console', (m) => consoleMessages.push({ type: m.type(), text: m.text() }));
   page.on('pageerror', (e) => pageErrors.push(String(e && e.stack ? e.stack : e)));
-  page.on('request', () => inFlight++);
+  page.on('request', (r) => {
+    inFlight++;
+    const url = r.url();
+    if (!url.startsWith(origin + '/') && !url.startsWith('data:') && !url.startsWith('blob:')) offOrigin.push(url);
+  });
   page.on('requestfinished', () => inFlight--);
-  page.on('requestfailed', () => inFlight--);
+  page.on('requestfailed', (r) => {
+    inFlight--;
+    failedRequests.push(`${r.url()}: ${r.failure() ? r.failure().errorText : ''}`);
+  });
 
   const started = Date.now();
   await page.goto(spec.url, { waitUntil: 'load', timeout: args.timeoutMs });
@@ -140,6 +150,8 @@ async function view(browser, spec) {
     settledMs,
     console: consoleMessages,
     pageErrors,
+    offOrigin,
+    failedRequests,
     viewport: state ? state.viewport : null,
     pane: state ? state.pane : null,
     texts: state ? state.texts : [],

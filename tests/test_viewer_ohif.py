@@ -129,6 +129,11 @@ def test_ohif_shows_the_sr(viewed: Viewed, name: str) -> None:
     assert not outside, f"SR text not entirely inside the viewport {view.viewport}: {outside}\n{view.describe()}"
 
 
+def test_ohif_asks_nothing_of_other_origins(viewed: Viewed) -> None:
+    for name, view in viewed.views.items():
+        assert view.off_origin == [], f"{name}: requests outside {view.url}: {view.off_origin}"
+
+
 def test_ohif_shows_the_overlay(viewed: Viewed) -> None:
     view = viewed.views["overlay-ct-subdural"]
     assert not view.blank, f"the overlay viewport is blank\n{view.describe()}"
