@@ -3,12 +3,16 @@
 Bytes are written exactly as received (file meta + dataset, pixel data never decoded) to a temporary
 name in the target folder, fsynced, renamed into place and the folder fsynced, so a file under its final
 name is always complete and survives a power cut. Paths come from sanitised UIDs only:
-`<study>/<series>/<sop>.dcm`, stored relative to the store root.
+`<study>/<series>/<sop>.dcm`, stored relative to the store root. A conformant UID (digits and dots, at
+most 64 characters) is its own file name; any other UID string gets its sanitised form plus a hash of the
+raw string, so two UIDs never share a name (real senders do send letters, hex and over-long UIDs).
+Temporary files a killed process left behind are removed when the store opens (`sweep_temporaries`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -24,15 +28,24 @@ from dicom_node.errors import StoreError
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^\d.]")
+_CONFORMANT = re.compile(r"[\d.]{1,64}")
 _TEMP_PREFIX = ".tmp-"
+_HASH_CHARS = 12  # 48 bits of sha256: a collision needs ~16 million non-conformant UIDs sanitising alike
 
 
 def sanitise_uid(uid: str) -> str:
-    """A UID made safe for a file name: anything but digits and dots becomes '_' (never '', '.' or '..')."""
+    """A file name for a UID, unique for any UID string and safe (no '/', never '', '.' or '..').
+
+    A conformant UID (digits and dots, 1-64 characters) is its own name, as before. Any other string
+    becomes its first 64 characters with everything but digits and dots turned into '_', then '-' and a
+    short hash of the whole raw string: '1.2.abc' and '1.2.abd' both sanitise to '1.2.___' but keep
+    different names. The '-' keeps hashed names apart from every conformant one.
+    """
+    if _CONFORMANT.fullmatch(uid) and uid not in (".", ".."):
+        return uid
     safe = _UNSAFE.sub("_", uid.strip())[:64]
-    if safe in ("", ".", ".."):
-        safe = "_" * max(1, len(safe))
-    return safe
+    digest = hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_CHARS]
+    return f"{safe}-{digest}"
 
 
 def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
@@ -71,6 +84,20 @@ def write_durable(target: Path, data: bytes) -> None:
     fsync_dir(target.parent)
 
 
+def sweep_temporaries(root: Path) -> int:
+    """Remove the temporary files (`write_durable`'s `.tmp-*`) left under `root` by a killed writer.
+
+    Call it only where no writer is running under `root` (at start-up). Returns how many were removed.
+    """
+    removed = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith(_TEMP_PREFIX):
+                _unlink_quietly(Path(folder) / name)
+                removed += 1
+    return removed
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
@@ -103,6 +130,13 @@ class InstanceStore:
 
     def path(self, relpath: str) -> Path:
         return self.root / relpath
+
+    def sweep_temporaries(self) -> int:
+        """Remove temporaries a killed receiver left in the store and quarantine; before receiving starts."""
+        removed = sum(sweep_temporaries(folder) for folder in (self.root, self.quarantine_dir) if folder.is_dir())
+        if removed:
+            log.info("removed temporary files left by a previous run", extra={"count": removed})
+        return removed
 
     def free_mb(self) -> float:
         return shutil.disk_usage(self.root).free / (1024 * 1024)

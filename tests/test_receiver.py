@@ -16,7 +16,16 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
-from receiver_helpers import DCMTK_ENV, ECHOSCU, ct_series, files_under, make_config, storescu, write_series
+from receiver_helpers import (
+    DCMTK_ENV,
+    ECHOSCU,
+    ct_dataset,
+    ct_series,
+    files_under,
+    make_config,
+    storescu,
+    write_series,
+)
 from sqlalchemy import func, select
 
 from dicom_node.config import Config
@@ -118,6 +127,39 @@ def test_storescu_series_is_stored_and_indexed(node: Running, tmp_path: Path) ->
     with node.db.read() as s:
         assoc = s.scalars(select(Association)).one()
     assert assoc.released and assoc.ended_at is not None
+
+
+def test_uids_differing_only_in_letters_are_both_stored_intact(node: Running, tmp_path: Path) -> None:
+    # Real senders use letters (hex) in UIDs; sanitised alike ('1.2.___'), they must still get two files.
+    study, series = "1.2.826.0.1.3680043.9.4245.a1b2c3", "1.2.826.0.1.3680043.9.4245.a1b2c3.1"
+    datasets = [ct_dataset(study, series, i, seed=i * 7) for i in range(2)]
+    for ds, uid in zip(datasets, ("1.2.826.0.1.3680043.9.4245.abc", "1.2.826.0.1.3680043.9.4245.abd"), strict=True):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    result = storescu(node.port, write_series(tmp_path / "in", datasets), "-v")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Received Store Response (Success)") == 2
+    with node.db.read() as s:
+        rows = {r.sop_instance_uid: r.path for r in s.scalars(select(Instance))}
+    assert len(set(rows.values())) == 2, rows
+    assert len(files_under(node.config.storage.path)) == 2
+    for ds in datasets:  # each file holds its own instance, pixel data intact, not the other one
+        back = pydicom.dcmread(node.config.storage.path / rows[ds.SOPInstanceUID])
+        assert back.SOPInstanceUID == ds.SOPInstanceUID and back.PixelData == ds.PixelData
+    assert datasets[0].PixelData != datasets[1].PixelData
+
+
+def test_receiver_start_sweeps_leftover_temporaries(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    leftovers = [config.storage.path / "1.2.3" / "1.2.3.4" / ".tmp-5f0e", config.storage.quarantine / ".tmp-77aa"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half-written by a killed receiver")
+    running = _start(tmp_path)
+    next(running)
+    try:
+        assert not any(p.exists() for p in leftovers)
+    finally:
+        running.close()
 
 
 def test_pynetdicom_scu_and_duplicates_are_idempotent(node: Running) -> None:

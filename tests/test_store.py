@@ -21,18 +21,29 @@ def store(tmp_path: Path) -> InstanceStore:
 @pytest.mark.parametrize(
     ("uid", "expected"),
     [
-        ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2"),
-        ("../../etc/passwd", ".._..___________"),
-        ("1.2/3\\4 ", "1.2_3_4"),
-        ("", "_"),
-        ("..", "__"),
-        (".", "_"),
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2"),  # conformant: its own name, as before
+        ("../../etc/passwd", ".._..___________-"),
+        ("1.2/3\\4 ", "1.2_3_4-"),
+        ("", "-"),
+        ("..", "..-"),
+        (".", ".-"),
     ],
 )
 def test_sanitise_uid(uid: str, expected: str) -> None:
     safe = sanitise_uid(uid)
-    assert safe == expected
+    if expected.endswith("-"):  # a non-conformant UID: its sanitised form, '-', a 12-digit hash
+        assert safe.startswith(expected) and len(safe) == len(expected) + 12
+    else:
+        assert safe == expected
     assert "/" not in safe and safe not in ("", ".", "..")
+
+
+def test_sanitised_names_are_unique_for_any_uid() -> None:
+    uids = ["1.2.840.abc", "1.2.840.abd", "1.2.840.ABC", "1.2.840.___", "1.2.840.", "1.2.840", "1.2.840 ",
+            "1" * 64 + "a", "1" * 64 + "b", "1" * 65, "a3f9c2e1b4d5", "A3F9C2E1B4D5", ".", "..", "", "_", "__"]
+    names = [sanitise_uid(u) for u in uids]
+    assert len(set(names)) == len(uids), names
+    assert all(len(n) <= 64 + 1 + 12 for n in names)
 
 
 def test_relpath_stays_inside_the_store(store: InstanceStore) -> None:
@@ -98,3 +109,17 @@ def test_free_disk_watermark(tmp_path: Path) -> None:
     full = InstanceStore(StorageConfig(tmp_path / "b", tmp_path / "q", tmp_path / "o", min_free_mb=free + 10_000))
     assert roomy.has_room()
     assert not full.has_room()
+
+
+def test_sweep_removes_only_temporaries(store: InstanceStore) -> None:
+    rel = instance_relpath("1.2", "1.2.3", "1.2.3.4")
+    kept = store.write(rel, b"complete")
+    (kept.parent / ".tmp-0123456789abcdef").write_bytes(b"half")  # what a SIGKILL mid-write leaves
+    (store.root / ".tmp-fedcba9876543210").write_bytes(b"half")
+    store.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    (store.quarantine_dir / ".tmp-00").write_bytes(b"half")
+    assert store.sweep_temporaries() == 3
+    assert kept.read_bytes() == b"complete"
+    left = sorted(p.name for p in [*store.root.rglob("*"), *store.quarantine_dir.rglob("*")] if p.is_file())
+    assert left == ["1.2.3.4.dcm"]
+    assert store.sweep_temporaries() == 0

@@ -255,7 +255,9 @@ def start_receiver(
     store: InstanceStore | None = None,
 ) -> ReceiverHandle:
     """Start listening on `config.node.host:port` in background threads and return at once."""
-    receiver = _Receiver(config, db, store or InstanceStore(config.storage), on_association_end)
+    store = store or InstanceStore(config.storage)
+    store.sweep_temporaries()  # nothing receives yet: any temporary there was left by a killed run
+    receiver = _Receiver(config, db, store, on_association_end)
     ae = build_ae(config)
     handlers: list[EventHandlerType] = [
         (evt.EVT_CONN_OPEN, receiver.on_conn_open),
