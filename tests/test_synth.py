@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from scipy.ndimage import binary_dilation
 
 from dicom_node.synth import CT_LABELS, SUBTYPES, generate, write_ct_head_study, write_mr_sih_study
 from dicom_node.synth.phantom_ct import render_ct_head
@@ -265,3 +266,73 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     bad = subprocess.run([exe, "synth", "--kind", "mr-sih", "--n", "1", "--seed", "1", "--out", str(out),
                           "--slices", "5"], check=False, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--slices" in bad.stderr
+
+
+def test_a_study_does_not_depend_on_how_many_are_generated(tmp_path: Path) -> None:
+    """`--seed 5 --n 2` and `--seed 5 --n 3` share their first two studies: UIDs, lesions and pixels."""
+    from dicom_node.synth.studies import ct_findings, sih_flag
+
+    assert [ct_findings(5, i) for i in range(12)] == [ct_findings(5, i) for i in range(12)]
+    assert [ct_findings(5, i) for i in range(30)] != [ct_findings(6, i) for i in range(30)]
+    for kind, kw in (("ct-head", {"size": 64, "n_slices": 6}), ("mr-sih", {"size": 64, "n_axial": 4, "n_coronal": 4})):
+        two = generate(kind, 2, seed=5, out=tmp_path / f"{kind}-2", **kw)
+        three = generate(kind, 3, seed=5, out=tmp_path / f"{kind}-3", **kw)
+        for a, b in zip(two, three[:2], strict=True):
+            assert (a.study_uid, a.findings, a.study_labels, a.slice_labels) == (
+                b.study_uid, b.findings, b.study_labels, b.slice_labels)
+            for fa, fb in zip(a.files, b.files, strict=True):
+                assert pydicom.dcmread(fa).PixelData == pydicom.dcmread(fb).PixelData
+    # the mix is still balanced and the same for every n
+    flags = [sih_flag(5, i) for i in range(20)]
+    assert sum(flags) == 10
+    assert [ct_findings(5, i) for i in range(7)] == [f for f in (ct_findings(5, i) for i in range(7))]
+
+
+def test_ground_truth_seg_and_boxes_match_the_rendered_lesions(tmp_path: Path) -> None:
+    from dicom_node.outputs.validate import dciodvfy_errors
+    from dicom_node.synth.ground_truth import read_boxes_csv, read_ground_truth
+
+    size, n = 128, 12
+    studies = generate("ct-head", 1, seed=5, out=tmp_path / "empty", size=size, n_slices=n)
+    st = write_ct_head_study(tmp_path, seed=21, findings=("intraparenchymal", "subdural"), n_slices=n, size=size)
+    assert st.seg_file is not None and st.seg_file.is_file() and st.seg_file not in st.files
+    assert st.seg_file.parent == tmp_path / "ground-truth"
+    assert dciodvfy_errors(st.seg_file) == []
+    seg = pydicom.dcmread(st.seg_file)
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == st.study_uid
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == st.primary_series_uid
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == "dicom-node phantom generator"
+    truth = read_ground_truth(st.seg_file)
+    assert set(truth) == {"intraparenchymal", "subdural"}
+    primary = {ds.SOPInstanceUID: ds for ds in _read_series(st.files, st.primary_series_uid)}
+    for label, by_sop in truth.items():
+        # a mask on exactly the slices labelled positive, denser than the tissue just around it
+        assert set(by_sop) == {sop for sop, row in st.slice_labels.items() if row[label]}
+        inside = np.concatenate([_hu(primary[sop])[m] for sop, m in by_sop.items()])
+        ring = np.concatenate([_hu(primary[sop])[binary_dilation(m, iterations=3) & ~m & (_hu(primary[sop]) < 100)
+                                                 & (_hu(primary[sop]) > 0)] for sop, m in by_sop.items()])
+        assert np.median(inside) > np.median(ring) + 4, label
+    boxes = {(b.sop_instance_uid, b.label): b for b in st.boxes}
+    assert set(boxes) == {(sop, label) for label, by_sop in truth.items() for sop in by_sop}
+    for (sop, label), b in boxes.items():
+        rows, cols = np.nonzero(truth[label][sop])
+        assert (b.row_min, b.col_min, b.row_max, b.col_max) == (rows.min(), cols.min(), rows.max(), cols.max())
+        assert b.pixels == len(rows) and b.study_uid == st.study_uid
+    # a set writes boxes.csv for all its studies; a normal study has no SEG
+    normal = write_ct_head_study(tmp_path, seed=21, findings=(), n_slices=n, size=size, patient_index=1)
+    assert normal.seg_file is None and normal.boxes == ()
+    assert read_boxes_csv(tmp_path / "empty" / "boxes.csv") == [b for s in studies for b in s.boxes]
+
+
+def test_cli_no_seg(tmp_path: Path) -> None:
+    exe = shutil.which("dicom-node", path=str(Path(sys.executable).parent)) or "dicom-node"
+    out = tmp_path / "cli"
+    res = subprocess.run([exe, "synth", "--kind", "ct-head", "--n", "5", "--seed", "9", "--out", str(out),
+                          "--size", "64", "--slices", "6", "--no-progress", "--no-seg", "--no-distractors"],
+                         check=False, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert not (out / "ground-truth").exists() and (out / "boxes.csv").is_file()
+    with open(out / "studies.csv", newline="") as fh:
+        positives = sum(int(r["any"]) for r in csv.DictReader(fh))
+    boxes = (out / "boxes.csv").read_text().splitlines()
+    assert boxes[0].startswith("StudyInstanceUID,SOPInstanceUID,label,") and (len(boxes) > 1) == (positives > 0)

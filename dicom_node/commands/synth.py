@@ -1,4 +1,5 @@
-"""`dicom-node synth --kind {ct-head,mr-sih} --n N --seed S --out DIR`: generated studies plus labels.csv."""
+"""`dicom-node synth --kind {ct-head,mr-sih} --n N --seed S --out DIR`: generated studies plus labels.csv
+(ct-head: also ground-truth lesion masks as DICOM SEG and boxes.csv)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slices", type=int, default=None, help="CT axial slices (default 40)")
     parser.add_argument("--no-distractors", action="store_true",
                         help="only the primary series (no scout/bone/dose report, no pre-contrast T1/T2)")
+    parser.add_argument("--no-seg", action="store_true",
+                        help="ct-head: skip the ground-truth DICOM SEG per study (boxes.csv is still written)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -34,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
             print("synth: --slices applies to --kind ct-head only", file=sys.stderr)
             return 2
         kw["n_slices"] = args.slices
+    if args.no_seg:
+        if args.kind != "ct-head":
+            print("synth: --no-seg applies to --kind ct-head only", file=sys.stderr)
+            return 2
+        kw["ground_truth"] = False
     progress = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -47,5 +55,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"synth: {exc}", file=sys.stderr)
         return 2
     files = sum(len(s.files) for s in studies)
-    print(f"{len(studies)} {args.kind} studies, {files} files, labels in {args.out / 'labels.csv'}")
+    segs = sum(1 for s in studies if s.seg_file is not None)
+    extra = f", {segs} ground-truth SEG(s) in {args.out / 'ground-truth'}, boxes in {args.out / 'boxes.csv'}" \
+        if args.kind == "ct-head" else ""
+    print(f"{len(studies)} {args.kind} studies, {files} files, labels in {args.out / 'labels.csv'}{extra}")
     return 0

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dicom_node.synth.dicom_writer import StudyInfo, ct_image, sc_image, synth_uid, write
+from dicom_node.synth.ground_truth import boxes_of, label_masks, write_ground_truth
 from dicom_node.synth.hemorrhage import SUBTYPES
 from dicom_node.synth.phantom_ct import SCOUT_MM, SLICE_MM, CTVolume, render_ct_head
 from dicom_node.synth.study import CT_LABELS, SynthStudy, series_info, study_folder, study_info
@@ -24,8 +25,12 @@ BONE_WINDOW = (500.0, 2500.0)
 
 
 def write_ct_head_study(out_dir: Path, seed: int, findings: Iterable[str] = (), n_slices: int = 40,
-                        size: int = 512, distractors: bool = True, patient_index: int = 0) -> SynthStudy:
-    """Generate and write one head CT study under `out_dir`; labels follow the rendered lesions."""
+                        size: int = 512, distractors: bool = True, patient_index: int = 0,
+                        ground_truth: bool = True) -> SynthStudy:
+    """Generate and write one head CT study under `out_dir`; labels follow the rendered lesions.
+
+    With `ground_truth`, a study with lesions also gets its masks as a DICOM SEG under
+    `out_dir/ground-truth/` (see `ground_truth`); the boxes are returned either way."""
     findings = tuple(findings)
     rng = np.random.default_rng([seed, patient_index, 1])
     vol = render_ct_head(rng, findings, n_slices=n_slices, size=size)
@@ -39,11 +44,13 @@ def write_ct_head_study(out_dir: Path, seed: int, findings: Iterable[str] = (), 
     axial = series_info(info, KIND, seed, patient_index, "axial", 2, "Head 5mm", "CT", "HEAD", 2)
     series_uids["axial"] = axial.uid
     slice_labels: dict[str, dict[str, int]] = {}
+    axial_datasets = []
     for i in range(n_slices):
         sop = synth_uid(KIND, seed, patient_index, "axial", i)
         ds = ct_image(info, axial, sop, i + 1, vol.soft[i], _position(vol, i), AXIAL, (vol.spacing, vol.spacing),
                       SLICE_MM, "H30s", ["ORIGINAL", "PRIMARY", "AXIAL"], BRAIN_WINDOW, exposure)
         files.append(write(ds, folder / f"{axial.number:03d}-head-5mm" / f"{i + 1:04d}.dcm"))
+        axial_datasets.append(ds)
         row = {label: int(vol.labels[i, k]) for k, label in enumerate(SUBTYPES)}
         row["any"] = int(any(row.values()))
         slice_labels[sop] = {label: row[label] for label in CT_LABELS}
@@ -53,8 +60,13 @@ def write_ct_head_study(out_dir: Path, seed: int, findings: Iterable[str] = (), 
     log.debug("wrote CT study", extra={"study_uid": info.study_uid, "files": len(files),
                                        "labels": ",".join(k for k, v in study_labels.items() if v)})
     rendered = tuple(k for k in SUBTYPES if study_labels[k])
+    if ground_truth:
+        seg_file, boxes = write_ground_truth(out_dir, folder.name, KIND, seed, patient_index, axial_datasets,
+                                             vol.masks)
+    else:
+        seg_file, boxes = None, boxes_of(info.study_uid, label_masks(vol.masks, list(slice_labels)))
     return SynthStudy(info.study_uid, folder, files, axial.uid, slice_labels, study_labels, KIND, series_uids,
-                      seed, patient_index, rendered)
+                      seed, patient_index, rendered, seg_file, tuple(boxes))
 
 
 def _position(vol: CTVolume, i: int) -> tuple[float, float, float]:

@@ -4,7 +4,9 @@
 hemorrhages (`hemorrhage.random_lesion`) inside the covered slab, and returns HU volumes for the soft
 (H30s-like: slight blur, ~5 HU noise) and bone (H70h-like: edge-enhanced, ~20 HU noise) kernels plus the
 per-slice subtype labels, which follow from where each lesion is visible (see VISIBLE_DELTA_HU): a
-one-pixel sliver at the edge of a lesion does not make a slice positive.
+one-pixel sliver at the edge of a lesion does not make a slice positive. `masks` holds each subtype's
+blood pixels on the slices labelled positive for it (bit k = `hemorrhage.SUBTYPES[k]`): the strong
+annotation that `synth` writes as a DICOM SEG.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class CTVolume:
     origin_xy: tuple[float, float]  # patient x, y of the centre of pixel (0, 0)
     spacing: float  # mm per pixel
     labels: np.ndarray  # (slices, 5) uint8, subtype order of `hemorrhage.SUBTYPES`
+    masks: np.ndarray  # (slices, rows, cols) uint8, bit k set where subtype k's blood is (positive slices only)
     lesions: tuple[Lesion, ...]
     scout: np.ndarray  # (SCOUT_PX, SCOUT_PX) int16, lateral projection
     scout_origin: tuple[float, float, float]
@@ -98,23 +101,24 @@ def render_ct_head(rng: np.random.Generator, findings: Iterable[str], n_slices: 
         # lesions sit in the brain part of the slab, away from its first and last slices
         lesions = tuple(random_lesion(kind, lesion_rng, head, max(lo + 10, -50.0), min(hi - 10, 80.0))
                         for kind in wanted)
-        soft, bone, labels = _render_slices(head, lut, lesions, zs, coords, noise_sd, copy.deepcopy(rng))
+        soft, bone, labels, masks = _render_slices(head, lut, lesions, zs, coords, noise_sd, copy.deepcopy(rng))
         if all(labels[:, SUBTYPES.index(kind)].any() for kind in wanted):
             break
     else:
         raise RuntimeError(f"could not place visible {wanted} in {n_slices} slices; use more slices")
     scout, scout_origin = _scout(head, lut, zs)
     origin = (float(coords[0]), float(coords[0]))
-    return CTVolume(soft, bone, zs, origin, spacing, labels, lesions, scout, scout_origin, noise_sd)
+    return CTVolume(soft, bone, zs, origin, spacing, labels, masks, lesions, scout, scout_origin, noise_sd)
 
 
 def _render_slices(head: HeadModel, lut: np.ndarray, lesions: tuple[Lesion, ...], zs: np.ndarray,
                    coords: np.ndarray, noise_sd: float, rng: np.random.Generator
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n, size = len(zs), len(coords)
     soft = np.empty((n, size, size), np.int16)
     bone = np.empty_like(soft)
     labels = np.zeros((n, len(SUBTYPES)), np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
     spacing = float(coords[1] - coords[0])
     min_px = MIN_AREA_MM2 / (spacing * spacing)
     for i, z in enumerate(zs):
@@ -123,17 +127,20 @@ def _render_slices(head: HeadModel, lut: np.ndarray, lesions: tuple[Lesion, ...]
         hu += rng.normal(0.0, 1.5, hu.shape).astype(np.float32) * (sample.labels > Tissue.AIR)
         for lesion in lesions:
             before = hu.copy()
-            if paint_lesion(lesion, sample, hu).sum() >= min_px:
+            blood = paint_lesion(lesion, sample, hu)
+            if blood.sum() >= min_px:
                 after, ref = blur(hu), blur(before)
                 visible = (after - ref >= VISIBLE_DELTA_HU) & (after >= VISIBLE_MIN_HU) & (ref < VISIBLE_MAX_REF_HU)
                 if visible.sum() >= min_px:
-                    labels[i, SUBTYPES.index(lesion.kind)] = 1
+                    k = SUBTYPES.index(lesion.kind)
+                    labels[i, k] = 1
+                    masks[i][blood] |= np.uint8(1 << k)
         smooth = blur(hu)
         s = smooth + rng.normal(0.0, noise_sd, hu.shape).astype(np.float32)
         b = hu + 0.6 * (hu - smooth) + rng.normal(0.0, noise_sd * 4, hu.shape).astype(np.float32)
         soft[i] = np.clip(np.rint(s), -1024, 3071)
         bone[i] = np.clip(np.rint(b), -1024, 3071)
-    return soft, bone, labels
+    return soft, bone, labels, masks
 
 
 def _scout(head: HeadModel, lut: np.ndarray, zs: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:

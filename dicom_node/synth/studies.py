@@ -3,7 +3,11 @@
 `out/labels.csv`: for ct-head the RSNA intracranial hemorrhage format (`ID,Label`, one row
 `ID_<SOPInstanceUID>_<label>` per label and slice of the primary axial series); for mr-sih one row per
 study (`StudyInstanceUID,sih`). `out/studies.csv`: `StudyInstanceUID,kind,folder,<labels...>` with the
-folder relative to `out`.
+folder relative to `out`. ct-head also writes the strong annotations: `out/ground-truth/<folder>-seg.dcm`
+(a DICOM SEG per study with lesions) and `out/boxes.csv` (per-slice boxes; see `ground_truth`).
+
+Study `i` of a set is a function of (seed, i) only: `--n 2` and `--n 3` with one seed share their first
+two studies, pixels, lesions and UIDs alike.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dicom_node.synth.ct_study import write_ct_head_study
+from dicom_node.synth.ground_truth import write_boxes_csv
 from dicom_node.synth.hemorrhage import SUBTYPES
 from dicom_node.synth.mr_study import write_mr_sih_study
 from dicom_node.synth.study import CT_LABELS, MR_LABELS, SynthStudy
@@ -27,33 +32,42 @@ KINDS = ("ct-head", "mr-sih")
 NORMAL_FRACTION = 0.4
 
 
-def draw_ct_findings(n: int, seed: int) -> list[tuple[str, ...]]:
-    """Findings per study: ~40 % normal; positives rotate through the subtypes and add random others."""
-    rng = np.random.default_rng([seed, 101])
-    n_normal = round(n * NORMAL_FRACTION)
-    positive = np.ones(n, bool)
-    positive[rng.permutation(n)[:n_normal]] = False
+BLOCK = 10  # findings are balanced within consecutive blocks of this many study indices
+
+
+def ct_findings(seed: int, index: int) -> tuple[str, ...]:
+    """Findings of study `index` of a set: a function of (seed, index) only, so `--n` never changes a study.
+
+    In each block of BLOCK consecutive indices 40 % are normal and the positives rotate through the
+    subtypes (from a random start), each adding 0-2 random others."""
+    block, slot = divmod(index, BLOCK)
+    rng = np.random.default_rng([seed, 101, block])
+    order = rng.permutation(BLOCK)
     start = int(rng.integers(0, len(SUBTYPES)))
-    result: list[tuple[str, ...]] = []
-    k = 0
-    for is_positive in positive:
-        if not is_positive:
-            result.append(())
-            continue
-        chosen = {SUBTYPES[(start + k) % len(SUBTYPES)]}
-        k += 1
-        extra = int(rng.choice([0, 1, 2], p=[0.55, 0.3, 0.15]))
-        chosen.update(str(s) for s in rng.choice(SUBTYPES, size=extra, replace=False))
-        result.append(tuple(s for s in SUBTYPES if s in chosen))
-    return result
+    rank = int(np.flatnonzero(order == slot)[0])
+    n_normal = round(BLOCK * NORMAL_FRACTION)
+    if rank < n_normal:
+        return ()
+    chosen = {SUBTYPES[(start + rank - n_normal) % len(SUBTYPES)]}
+    extra_rng = np.random.default_rng([seed, 103, index])
+    extra = int(extra_rng.choice([0, 1, 2], p=[0.55, 0.3, 0.15]))
+    chosen.update(str(s) for s in extra_rng.choice(SUBTYPES, size=extra, replace=False))
+    return tuple(s for s in SUBTYPES if s in chosen)
+
+
+def sih_flag(seed: int, index: int) -> bool:
+    """SIH or not for study `index`: one of each in every pair of indices, order at random."""
+    pair, slot = divmod(index, 2)
+    first_positive = bool(np.random.default_rng([seed, 102, pair]).random() < 0.5)
+    return first_positive == (slot == 0)
+
+
+def draw_ct_findings(n: int, seed: int) -> list[tuple[str, ...]]:
+    return [ct_findings(seed, i) for i in range(n)]
 
 
 def draw_sih(n: int, seed: int) -> list[bool]:
-    """Half of the studies SIH-positive (the odd one out at random), shuffled."""
-    rng = np.random.default_rng([seed, 102])
-    flags = np.zeros(n, bool)
-    flags[: n // 2 + int(n % 2 and rng.random() < 0.5)] = True
-    return [bool(v) for v in rng.permutation(flags)]
+    return [sih_flag(seed, i) for i in range(n)]
 
 
 def generate(kind: str, n: int, seed: int, out: Path, progress: Callable[[Iterable[int]], Iterable[int]] | None
@@ -74,13 +88,12 @@ def generate(kind: str, n: int, seed: int, out: Path, progress: Callable[[Iterab
         indices = progress(indices)
     studies: list[SynthStudy] = []
     if kind == "ct-head":
-        findings = draw_ct_findings(n, seed)
         for i in indices:
-            studies.append(write_ct_head_study(out, seed, findings[i], patient_index=i, **kw))
+            studies.append(write_ct_head_study(out, seed, ct_findings(seed, i), patient_index=i, **kw))
+        write_boxes_csv(out / "boxes.csv", (b for st in studies for b in st.boxes))
     else:
-        flags = draw_sih(n, seed)
         for i in indices:
-            studies.append(write_mr_sih_study(out, seed, flags[i], patient_index=i, **kw))
+            studies.append(write_mr_sih_study(out, seed, sih_flag(seed, i), patient_index=i, **kw))
     write_labels(studies, kind, out)
     log.info("generated studies", extra={"kind": kind, "n": n, "seed": seed, "out": str(out)})
     return studies

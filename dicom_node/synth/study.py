@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dicom_node.synth.dicom_writer import SeriesInfo, StudyInfo, synth_uid
+
+if TYPE_CHECKING:
+    from dicom_node.synth.ground_truth import Box
 
 CT_LABELS: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
 MR_LABELS: tuple[str, ...] = ("sih",)
@@ -29,6 +33,8 @@ class SynthStudy:
     seed: int = 0
     patient_index: int = 0
     findings: tuple[str, ...] = ()  # CT: hemorrhage subtypes rendered; MR: the SIH signs shown
+    seg_file: Path | None = None  # CT with lesions: ground-truth masks as a DICOM SEG (not among `files`)
+    boxes: tuple[Box, ...] = ()  # CT: per-slice, per-subtype bounding boxes of the masks
 
 
 def study_folder(out_dir: Path, kind: str, seed: int, patient_index: int) -> Path:
