@@ -172,7 +172,7 @@ def test_marks_are_small_and_inside_the_image(center: tuple[float, float], radiu
     image = make_series("CT", n=1)[0]
     finding = Finding("subdural", 0.9, 0.5, True, region_center=center, region_radius=radius)
     (x, y), r = marker(finding, image)
-    assert r <= 0.08 * 128
+    assert r <= 0.05 * 128
     assert r <= x <= 128 - r and r <= y <= 128 - r
 
 

@@ -43,7 +43,7 @@ def test_device_uid_changes_with_the_manifest() -> None:
 
 def test_bad_kind_and_separator_are_refused() -> None:
     with pytest.raises(ValueError):
-        uids.series_uid(STUDY, "ich", "1.0", "seg")
+        uids.series_uid(STUDY, "ich", "1.0", "mask")
     with pytest.raises(ValueError):
         uids.series_uid(STUDY, "ich|x", "1.0", uids.SR)
     with pytest.raises(ValueError):

@@ -18,7 +18,7 @@ SUMMARY_LABEL = "any"  # see verdicts.reconcile
 # Where the study-level anchor sits on its image (fractions of columns and rows): left of centre, so
 # that OHIF's text box, drawn to the right of the region, stays on the image.
 ANCHOR_AT = (0.12, 0.5)
-MAX_RADIUS_FRACTION = 0.08  # a region never covers more than this fraction of the image's smaller side
+MAX_RADIUS_FRACTION = 0.05  # a region never covers more than this fraction of the image's smaller side
 
 
 def is_image(ds: Dataset) -> bool:

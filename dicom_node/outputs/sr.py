@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 REL = hd.sr.RelationshipTypeValues
 _Group = hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-STUDY_LEVEL_NOTE = "study-level result: marker is not a location"
+STUDY_LEVEL_NOTE = "study level, not a location"
 
 
 def _findings(analysis: StudyAnalysis) -> list[Finding]:
@@ -102,7 +102,7 @@ def _group(analysis: StudyAnalysis, finding: Finding, image: Dataset, located: b
             algorithm_id=_algorithm(analysis, finding), qualitative_evaluations=evaluations)
     container = group[0]
     container.ContinuityOfContent = "SEPARATE"
-    notes = [wording.finding_line(finding), wording.unverified_note(model)]
+    notes = wording.viewer_lines(finding)
     if not located:
         notes.append(STUDY_LEVEL_NOTE if finding.present is not None else wording.summary(analysis))
     for note in notes:  # after the template's own rows; OHIF lists comments first wherever they are
@@ -205,7 +205,8 @@ def _groups(analysis: StudyAnalysis, findings: list[Finding], sources: Mapping[s
     groups: list[_Group] = []
     marked: list[Dataset] = []
     grouped: set[str] = set()
-    for finding in located_findings(findings, sources):
+    # OHIF opens the report on the first group's image and draws only that image's groups: strongest first.
+    for finding in sorted(located_findings(findings, sources), key=lambda f: -float(f.probability)):
         image = sources[finding.key_sop_instance_uid or ""]
         groups.append(_group(analysis, finding, image, located=True))
         marked.append(image)

@@ -6,7 +6,7 @@ the report is opened) and the overlay captions all come from here, so they say t
 
 from __future__ import annotations
 
-from dicom_node.analysis import AnalysisStatus, Finding, ModelInfo, StudyAnalysis
+from dicom_node.analysis import AnalysisStatus, Finding, StudyAnalysis
 from dicom_node.outputs import codes
 
 DEMO_MARK = "synthetic-demo"
@@ -33,8 +33,11 @@ def finding_line(finding: Finding) -> str:
     return f"{codes.finding_concept(finding.label).display} {verdict(finding)}"
 
 
-def unverified_note(model: ModelInfo) -> str:
-    return f"{UNVERIFIED} ({DEMO_MARK})" if model.synthetic_demo else UNVERIFIED
+def viewer_lines(finding: Finding) -> list[str]:
+    """The short lines a viewer shows beside a region (OHIF: one per Comment, ~8.5 px a character, and a
+    text box that starts at the region's right edge and is not kept on screen: the shorter the better).
+    The demo marking is in the series description and the report's statement, not here."""
+    return [codes.finding_concept(finding.label).display, f"{verdict(finding)}, unverified AI"]
 
 
 def ai_statement(analysis: StudyAnalysis) -> str:
