@@ -80,6 +80,25 @@ class Assembler:
                 done.append(uid)
         return done
 
+    def reanalyse(self, study_uid: str, now: datetime | None = None) -> int | None:
+        """Analyse a received study again (a dashboard request): a new generation, its jobs queued in the
+        same transaction. Returns the new generation; None when the study is unknown or still receiving
+        (it will be analysed when complete anyway)."""
+        now = now or utcnow()
+        with self.db.write() as session:
+            study = session.scalars(select(Study).where(Study.study_uid == study_uid).with_for_update()).one_or_none()
+            if study is None or study.state == StudyState.RECEIVING:
+                return None
+            study.state = StudyState.COMPLETE
+            study.generation += 1
+            study.completed_at = now
+            session.flush()
+            if self.on_complete is not None:
+                self.on_complete(session, study)
+            generation = study.generation
+        log.info("study queued for re-analysis", extra={"study_uid": study_uid, "generation": generation})
+        return generation
+
     def start(self, scheduler: BaseScheduler) -> None:
         """Run `check()` every `assembly.check_interval_seconds` on the given scheduler."""
         scheduler.add_job(

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from dicom_node.logs import LOG_FORMAT_ENV
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("dicom_node.commands.serve", "run the node: receiver, assembler, sender and one local worker"),
@@ -21,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dicom_node.commands.train", "train a model from DICOM + a labels CSV"),
     "evaluate": ("dicom_node.commands.evaluate", "evaluate a model: metrics.json and ROC/PR curves"),
     "demo": ("dicom_node.commands.demo", "run the whole loop on a generated study against a local PACS"),
+    "user": ("dicom_node.commands.user", "dashboard accounts (user add NAME --role admin)"),
 }
 
 
@@ -30,6 +34,10 @@ def _top_parser() -> argparse.ArgumentParser:
         description="AI triage node for neuroradiology: receives DICOM, classifies, returns SR and overlays.",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=None,
+        help=f"log lines as text (default) or one JSON object per line; also ${LOG_FORMAT_ENV}",
+    )
     parser.add_argument("--version", action="version", version=f"dicom-node {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
@@ -58,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from dicom_node.logs import setup_logging
 
-    setup_logging(pre.log_level)
+    if pre.log_format:  # the environment carries it to the local worker process
+        os.environ[LOG_FORMAT_ENV] = pre.log_format
+    setup_logging(pre.log_level, json_lines=os.environ.get(LOG_FORMAT_ENV, "text") == "json")
     try:
         return int(module.run(args) or 0)
     except BrokenPipeError:  # output piped into `head` and the like

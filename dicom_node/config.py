@@ -126,6 +126,16 @@ class NotificationsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The dashboard, /healthz and /metrics (`dicom_node.web`); port 0 turns them off."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # off unless [web] names a port (the shipped config.toml: 8080)
+    tls: TLSConfig = field(default_factory=TLSConfig)  # HTTPS with cert/key; client certificates when `ca` is set
+    session_hours: float = 12.0  # a login lasts this long
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path | None
     node: NodeConfig
@@ -139,6 +149,7 @@ class Config:
     delivery: DeliveryConfig
     retention: RetentionConfig
     notifications: NotificationsConfig
+    web: WebConfig = field(default_factory=WebConfig)
 
     def destination(self, name: str) -> Destination:
         for dest in self.destinations:
@@ -255,7 +266,7 @@ def _writable(folder: Path) -> bool:
 
 _TOP_KEYS = {
     "node", "callers", "destinations", "database", "storage", "assembly", "models", "worker",
-    "delivery", "retention", "notifications",
+    "delivery", "retention", "notifications", "web",
 }
 
 
@@ -404,6 +415,22 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         hl7_host=r.get(nt, "notifications", "hl7_host", str, ""),
         hl7_port=r.get(nt, "notifications", "hl7_port", int, 0),
     )
+    if notifications.hl7_port and not 1 <= notifications.hl7_port <= 65535:
+        r.problems.append(f"notifications.hl7_port: port {notifications.hl7_port} out of range 1-65535 (0: off)")
+    if notifications.webhook_url and not re.match(r"^https?://[^\s/]+", notifications.webhook_url):
+        r.problems.append(f"notifications.webhook_url: {notifications.webhook_url!r} is not an http:// or https:// URL")
+
+    wb = r.table(data, "web", {"host", "port", "tls", "session_hours"})
+    web_port = r.get(wb, "web", "port", int, 0)
+    if not 0 <= web_port <= 65535:
+        r.problems.append(f"web.port: port {web_port} out of range 1-65535 (0: dashboard off)")
+    web = WebConfig(
+        host=r.get(wb, "web", "host", str, "127.0.0.1"),
+        port=web_port,
+        tls=r.tls(wb, "web"),
+        session_hours=r.positive(wb, "web", "session_hours", float, 12.0),
+    )
+
 
     if r.problems:
         raise ConfigError(r.problems)
@@ -420,6 +447,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         delivery=delivery,
         retention=retention,
         notifications=notifications,
+        web=web,
     )
 
 

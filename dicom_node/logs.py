@@ -1,13 +1,17 @@
 """Logging set-up. Patient identifiers never appear in messages above DEBUG; UIDs and AE titles may.
 
 Every message and `extra=` value is escaped (`safe_text.clean`) as it is formatted: a header value with a
-newline (a hostile Study Instance UID) stays on its own log line and cannot forge another.
+newline (a hostile Study Instance UID) stays on its own log line and cannot forge another. With
+`--log-format json` (or DICOM_NODE_LOG_FORMAT=json) each record is one JSON object per line: `time`,
+`level`, `logger`, `message` and the `extra=` context as keys (a log shipper reads it as is).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 import warnings
 
 from dicom_node.safe_text import clean
@@ -17,6 +21,7 @@ _MESSAGE_LIMIT = 4000
 # intended person name...'): their text goes to DEBUG only.
 _QUOTING_LIBRARIES = ("pydicom", "highdicom", "pynetdicom")
 _warnings_log = logging.getLogger("dicom_node.warnings")
+LOG_FORMAT_ENV = "DICOM_NODE_LOG_FORMAT"
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -42,9 +47,33 @@ class _ContextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "INFO") -> None:
+class _JsonFormatter(_ContextFormatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, extras, exception."""
+
+    converter = staticmethod(time.gmtime)
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": clean(record.getMessage(), _MESSAGE_LIMIT),
+        }
+        for key, value in vars(record).items():
+            if key not in self._standard and not key.startswith("_") and key not in doc:
+                doc[clean(key, 64)] = value if isinstance(value, (int, float, bool)) or value is None else clean(value)
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+
+
+def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        _JsonFormatter() if json_lines else _ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

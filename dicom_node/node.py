@@ -20,7 +20,7 @@ from dicom_node.assembler import Assembler, OnComplete
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Association
-from dicom_node.receiver.scp import ReceiverHandle, start_receiver
+from dicom_node.receiver.scp import ReceiverHandle, ReceiverObserver, start_receiver
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ class Service(Protocol):
     def stop(self) -> None: ...
 
 
+class Reconfigurable(Protocol):
+    def reconfigure(self, config: Config) -> None: ...
+
+
 class Node:
     def __init__(self, config: Config, db: Database | None = None, on_complete: OnComplete | None = None) -> None:
         self.config = config
@@ -39,6 +43,7 @@ class Node:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.services: list[Service] = []
         self.receiver: ReceiverHandle | None = None
+        self.receiver_observers: list[ReceiverObserver] = []  # audit trail, metrics
         self._started: list[Service] = []
         self._stop_requested = threading.Event()
 
@@ -52,7 +57,7 @@ class Node:
         for service in self.services:
             service.start()
             self._started.append(service)
-        self.receiver = start_receiver(self.config, self.db, self._association_ended)
+        self.receiver = start_receiver(self.config, self.db, self._association_ended, observers=self.receiver_observers)
         # Studies left RECEIVING by a previous run complete through the quiet timer on the first check.
 
     def stop(self) -> None:
@@ -69,6 +74,20 @@ class Node:
             self.scheduler.shutdown(wait=True)
         self.db.dispose()
         log.info("node stopped")
+
+    def apply_config(self, config: Config) -> None:
+        """Use a changed configuration without a restart: the receiver's access check at the next
+        association request, and every started service that can be reconfigured (sender, notifier and
+        local worker restart their loops on it). Listening addresses, paths and the database stay."""
+        self.config = config
+        self.assembler.config = config
+        if self.receiver is not None:
+            self.receiver.update_config(config)
+        for service in list(self._started):
+            reconfigure = getattr(service, "reconfigure", None)
+            if reconfigure is not None:
+                cast(Reconfigurable, service).reconfigure(config)
+        log.info("configuration applied", extra={"source": str(config.source)})
 
     def request_stop(self) -> None:
         self._stop_requested.set()

@@ -10,10 +10,11 @@ DICOM header or a peer is passed through `safe_text.clean`, so no value can forg
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
@@ -37,10 +38,16 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value is not None else None
 
 
-def study_status(db: Database, limit: int | None = None) -> list[dict[str, Any]]:
-    """One dict per study, most recently received first."""
+def study_status(
+    db: Database, limit: int | None = None, *, critical_first: bool = False, where: Sequence[ColumnElement[bool]] = ()
+) -> list[dict[str, Any]]:
+    """One dict per study, most recently received first (`critical_first`: STAT studies before the
+    rest, each group newest first, as the dashboard's worklist); `where`: conditions on `Study`."""
     with db.read() as session:
-        query = select(Study).order_by(Study.last_received_at.desc(), Study.id.desc())
+        order: list[ColumnElement[Any]] = [Study.last_received_at.desc(), Study.id.desc()]
+        if critical_first:
+            order.insert(0, Study.priority.desc())
+        query = select(Study).where(*where).order_by(*order)
         if limit is not None:
             query = query.limit(limit)
         studies = session.scalars(query).all()
@@ -54,6 +61,8 @@ def study_status(db: Database, limit: int | None = None) -> list[dict[str, Any]]
         deliveries = _deliveries(session, ids)
         problems = _delivery_problems(session, ids)
         notifications = _notifications(session, ids)
+        modalities = _modalities(session, ids)
+        delivered_at = _last_sent(session, ids)
         return [
             {
                 "study_uid": clean(s.study_uid),
@@ -67,6 +76,8 @@ def study_status(db: Database, limit: int | None = None) -> list[dict[str, Any]]
                 "first_received_at": _iso(s.first_received_at),
                 "last_received_at": _iso(s.last_received_at),
                 "completed_at": _iso(s.completed_at),
+                "delivered_at": _iso(delivered_at.get(s.id)),
+                "modalities": modalities.get(s.id, []),
                 "jobs": dict(jobs.get(s.id, {})),
                 "models": models.get(s.id, []),
                 "deliveries": dict(deliveries.get(s.id, {})),
@@ -80,6 +91,29 @@ def study_status(db: Database, limit: int | None = None) -> list[dict[str, Any]]
 def _count_by(session: Session, column: Any, ids: list[int]) -> dict[int, int]:
     rows = session.execute(select(column, func.count()).where(column.in_(ids)).group_by(column)).all()
     return {int(k): int(n) for k, n in rows}
+
+
+def _modalities(session: Session, ids: list[int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = defaultdict(list)
+    rows = session.execute(
+        select(Series.study_id, Series.modality).where(Series.study_id.in_(ids)).distinct()
+        .order_by(Series.study_id, Series.modality)
+    )
+    for study_id, modality in rows:
+        if modality:
+            out[study_id].append(clean(modality, 16))
+    return out
+
+
+def _last_sent(session: Session, ids: list[int]) -> dict[int, datetime]:
+    """When the last delivery of each study reached its destination."""
+    rows = session.execute(
+        select(Output.study_id, func.max(Delivery.sent_at))
+        .join(Output, Output.id == Delivery.output_id)
+        .where(Output.study_id.in_(ids), Delivery.state == DeliveryState.SENT)
+        .group_by(Output.study_id)
+    )
+    return {int(k): v for k, v in rows if v is not None}
 
 
 def _jobs(session: Session, ids: list[int]) -> dict[int, Counter[str]]:
@@ -122,6 +156,9 @@ def _models(session: Session, ids: list[int]) -> dict[int, list[dict[str, Any]]]
                     for f in payload.get("findings", [])
                     if f.get("present")
                 ],
+                "probability": max((float(f["probability"]) for f in payload.get("findings", [])
+                                    if f.get("probability") is not None), default=None),
+                "analysed_at": _iso(r.created_at) if r is not None else None,
                 "attempts": job.attempts,
                 "generation": job.generation,
             }

@@ -20,6 +20,7 @@ def _demo_config(tmp_path: Path) -> Path:
     replacements = [
         (r"(?m)^port = 11112\b", f"port = {free_port()}"),  # [node]
         (r"(?m)^port = 11113\b", f"port = {free_port()}"),  # [[destinations]] "pacs": the demo PACS
+        (r"(?m)^port = 8080\b", f"port = {free_port()}"),  # [web]: the dashboard
         (r'(?m)^path = "models"', f"path = {str(MODELS)!r}".replace("'", '"')),
     ]
     for pattern, value in replacements:
@@ -53,3 +54,5 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert re.search(r"[1-9]\d* overlay image\(s\)", by_title["head CT, subdural hemorrhage"])
     assert "synthetic" in out.lower(), "the summary says the weights are synthetic demos"
     assert (tmp_path / "var").is_dir(), "relative paths resolve against the config's folder"
+    links = re.findall(r"(?m)^one-time login(?: \(24 h\))?: (http://127\.0\.0\.1:\d+/login/once/\S+)$", out)
+    assert len(links) == 2 and links[0] == links[1], f"the demo prints the dashboard's one-time login link: {out}"

@@ -81,6 +81,7 @@ def test_status_json_lists_per_study_counts(tmp_path: Path) -> None:
     assert (sb["instances"], sb["series"]) == (7, 2)
     assert sa["jobs"] == {} and sa["models"] == [] and sa["deliveries"] == {}
     assert sb["jobs"] == {"done": 1}
+    assert sb["models"][0].pop("analysed_at").endswith("Z") and sb["models"][0].pop("probability") >= 0.91
     assert sb["models"] == [{"model": "ich", "version": "0.1.0", "state": "analysed", "reason": "", "critical": True,
                              "present": [{"label": "subdural", "probability": 0.91}], "attempts": 0,
                              "generation": 1}]

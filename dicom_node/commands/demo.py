@@ -3,7 +3,8 @@
 Starts a receiving PACS on the first configured destination, the node (receiver, assembler, sender,
 local worker) on the config, sends generated studies in as that PACS would (a head CT with a subdural
 hemorrhage, a normal head CT, an SIH-positive brain MR), waits for the SR and overlays to come back,
-and prints what the PACS received.
+and prints what the PACS received. With a dashboard (`[web] port`), it prints its address and a one-time
+login link (user `demo`, admin; valid 24 h) that also works later with `dicom-node serve`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dicom_node.errors import ModelError
 
 if TYPE_CHECKING:
     from dicom_node.demo_pacs import DemoPacs
+    from dicom_node.node import Node
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,10 +61,29 @@ def run(args: argparse.Namespace) -> int:
     pacs.start()
     node.start()
     try:
-        return _demo(config, node.port or config.node.port, pacs, work, args)
+        login = _dashboard_login(config, node)
+        if login:
+            print(f"dashboard: {login[0]}\none-time login (24 h): {login[1]}\n")
+        code = _demo(config, node.port or config.node.port, pacs, work, args)
+        if login:
+            print(f"\ndashboard (while a node runs on this config, e.g. `dicom-node serve --config {args.config}`):"
+                  f" {login[0]}\none-time login: {login[1]}")
+        return code
     finally:
         node.stop()
         pacs.stop()
+
+
+def _dashboard_login(config: Config, node: Node) -> tuple[str, str] | None:
+    """(dashboard address, one-time login link for the `demo` admin), or None when the dashboard is off."""
+    if not config.web.port:
+        return None
+    from dicom_node.web import accounts
+    from dicom_node.web.links import dashboard_url
+
+    account = accounts.ensure_user(node.db, "demo", accounts.ADMIN)
+    token = accounts.login_link_token(node.db, account)
+    return dashboard_url(config), dashboard_url(config, f"/login/once/{token}")
 
 
 def _demo(config: Config, port: int, pacs: DemoPacs, work: Path, args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """The database schema: every stage's state lives here, so any process can die and the next one resumes.
 
 Tables, in data-flow order: associations, studies, series, instances (receiver); jobs (assembler →
-worker); results (worker); outputs, deliveries (reporter → sender); notifications (triage → notifier).
+worker); results (worker); outputs, deliveries (reporter → sender); notifications (triage → notifier);
+users, web_sessions, login_tokens (dashboard accounts) and audit_events (who did what).
 Invariants the code relies on are enforced by the database (unique keys, a partial unique index for "one
 open job per study and model").
 """
@@ -240,3 +241,53 @@ class Notification(Retried, Base):
         UniqueConstraint("study_id", "target", name="uq_notification_study_target"),
         Index("ix_notification_due", "state", "next_attempt_at"),
     )
+
+
+class User(Base):
+    """A dashboard account (`web/accounts.py` owns it): a role and an Argon2 password hash, never the password."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin | reader
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    disabled: Mapped[bool] = mapped_column(default=False)
+
+
+class WebSession(Base):
+    """A logged-in browser: the row is keyed by the sha256 of the cookie's token, with its CSRF token."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the cookie value
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class LoginToken(Base):
+    """A one-time login link (`dicom-node demo`, `user add --login-link`): sha256 of the token, used once."""
+
+    __tablename__ = "login_tokens"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class AuditEvent(Base):
+    """Who did what (`audit.py` writes every row): association accepts and rejects, logins, config
+    changes with before/after, re-analyses and re-sends. No patient identifiers: AE titles, peers,
+    user names, Study Instance UIDs and configuration values only."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(64), default="")  # user name, or the calling AE title
+    peer: Mapped[str] = mapped_column(String(64), default="")  # the client's or the DICOM peer's address
+    subject: Mapped[str] = mapped_column(String(128), default="")  # what it was about
+    detail: Mapped[str] = mapped_column(Text, default="")
+    before: Mapped[str] = mapped_column(Text, default="")
+    after: Mapped[str] = mapped_column(Text, default="")

@@ -12,8 +12,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pydicom.uid import (
     HTJ2K,
@@ -76,6 +77,14 @@ TRANSFER_SYNTAXES = [
 AssociationEndCallback = Callable[[str, bool], None]  # (association_id, released)
 
 
+class ReceiverObserver(Protocol):
+    """Told of every association request and every C-STORE answer (audit trail, metrics); must not raise."""
+
+    def association(self, accepted: bool, calling_ae: str, called_ae: str, peer: str, reason: str) -> None: ...
+
+    def stored(self, status: int, seconds: float) -> None: ...
+
+
 @dataclass
 class _Receiver:
     """State shared by the handlers of one running receiver."""
@@ -84,8 +93,16 @@ class _Receiver:
     db: Database
     store: InstanceStore
     on_association_end: AssociationEndCallback | None
+    observers: Sequence[ReceiverObserver] = ()
     _assoc_ids: dict[int, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _tell(self, method: str, *args: object) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, method)(*args)
+            except Exception:  # an observer's failure never changes an answer to a peer
+                log.exception("receiver observer failed", extra={"observer": type(observer).__name__})
 
     def association_id(self, event: Event) -> str | None:
         with self._lock:
@@ -113,6 +130,7 @@ class _Receiver:
         if rejection is None:
             return
         audit(False, calling, called, address, rejection.reason)
+        self._tell("association", False, calling, called, address, rejection.reason)
         assoc.acse.send_reject(*rejection.rsd)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
@@ -121,6 +139,7 @@ class _Receiver:
         assoc = event.assoc
         calling, address = assoc.requestor.ae_title.strip(), str(assoc.requestor.address)
         audit(True, calling, self.config.node.ae_title, address)
+        self._tell("association", True, calling, self.config.node.ae_title, address, "")
         assoc_id = uuid.uuid4().hex
         try:
             with self.db.write() as session:
@@ -167,6 +186,12 @@ class _Receiver:
         return STATUS_SUCCESS
 
     def on_store(self, event: Event) -> int:
+        started = time.monotonic()
+        status = self._store(event)
+        self._tell("stored", status, time.monotonic() - started)
+        return status
+
+    def _store(self, event: Event) -> int:
         calling = event.assoc.requestor.ae_title.strip()
         if not self.store.has_room():
             log.error("store refused: free disk under storage.min_free_mb", extra={"calling_ae": calling})
@@ -209,12 +234,19 @@ class _Receiver:
 class ReceiverHandle:
     """A running receiver; `shutdown()` stops accepting and lets in-flight associations finish."""
 
-    def __init__(self, ae: AE, server: ThreadedAssociationServer) -> None:
+    def __init__(self, ae: AE, server: ThreadedAssociationServer, receiver: _Receiver | None = None) -> None:
         self._ae = ae
         self._server = server
+        self._receiver = receiver
         host, port = server.server_address[:2]
         self.host: str = str(host)
         self.port: int = int(port)
+
+    def update_config(self, config: Config) -> None:
+        """Apply a changed configuration to the next association requests (callers); the listening
+        address, AE title and TLS stay as they were started."""
+        if self._receiver is not None:
+            self._receiver.config = config
 
     def active_associations(self) -> int:
         return len(self._server.active_associations)
@@ -253,11 +285,12 @@ def start_receiver(
     db: Database,
     on_association_end: AssociationEndCallback | None = None,
     store: InstanceStore | None = None,
+    observers: Sequence[ReceiverObserver] = (),
 ) -> ReceiverHandle:
     """Start listening on `config.node.host:port` in background threads and return at once."""
     store = store or InstanceStore(config.storage)
     store.sweep_temporaries()  # nothing receives yet: any temporary there was left by a killed run
-    receiver = _Receiver(config, db, store, on_association_end)
+    receiver = _Receiver(config, db, store, on_association_end, observers)
     ae = build_ae(config)
     handlers: list[EventHandlerType] = [
         (evt.EVT_CONN_OPEN, receiver.on_conn_open),
@@ -276,7 +309,7 @@ def start_receiver(
         ssl_context=server_ssl_context(config.node.tls),
     )
     assert server is not None  # block=False always returns the server
-    handle = ReceiverHandle(ae, server)
+    handle = ReceiverHandle(ae, server, receiver)
     log.info(
         "receiver listening",
         extra={"ae_title": config.node.ae_title, "host": handle.host, "port": handle.port, "tls": config.node.tls.enabled},
