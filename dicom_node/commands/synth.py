@@ -1,4 +1,4 @@
-"""`dicom-node synth --kind {ct-head,mr-sih} --n N --seed S --out DIR`: generated studies plus labels.csv
+"""`dicom-node synth --kind {ct-head,mr-sih,mr-swi} --n N --seed S --out DIR`: generated studies plus labels.csv
 (ct-head: also ground-truth lesion masks as DICOM SEG and boxes.csv)."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from dicom_node.synth.studies import KINDS, generate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", required=True, choices=KINDS, help="ct-head (ICH) or mr-sih (SIH)")
+    parser.add_argument("--kind", required=True, choices=KINDS,
+                        help="ct-head (ICH), mr-sih (SIH) or mr-swi (microbleeds on SWI)")
     parser.add_argument("--n", type=int, required=True, help="number of studies")
     parser.add_argument("--seed", type=int, required=True, help="random seed: same seed, same files and UIDs")
     parser.add_argument("--out", type=Path, required=True, help="output folder (labels.csv, studies.csv)")
     parser.add_argument("--size", type=int, default=None, help="image matrix (default 512 CT, 256 MR)")
-    parser.add_argument("--slices", type=int, default=None, help="CT axial slices (default 40)")
+    parser.add_argument("--slices", type=int, default=None, help="CT axial slices or SWI slices (default 40)")
     parser.add_argument("--no-distractors", action="store_true",
                         help="only the primary series (no scout/bone/dose report, no pre-contrast T1/T2)")
     parser.add_argument("--no-seg", action="store_true",
@@ -33,13 +34,13 @@ def run(args: argparse.Namespace) -> int:
     if args.size is not None:
         kw["size"] = args.size
     if args.slices is not None:
-        if args.kind != "ct-head":
-            print("synth: --slices applies to --kind ct-head only", file=sys.stderr)
+        if args.kind not in ("ct-head", "mr-swi"):
+            print("synth: --slices applies to --kind ct-head and mr-swi only", file=sys.stderr)
             return 2
         kw["n_slices"] = args.slices
     if args.no_seg:
-        if args.kind != "ct-head":
-            print("synth: --no-seg applies to --kind ct-head only", file=sys.stderr)
+        if args.kind not in ("ct-head", "mr-swi"):
+            print("synth: --no-seg applies to --kind ct-head and mr-swi only", file=sys.stderr)
             return 2
         kw["ground_truth"] = False
     progress = None

@@ -41,6 +41,13 @@ INTRAPARENCHYMAL_HEMORRHAGE = _code("449020009", "SCT", "Intraparenchymal hemorr
 # nor for spontaneous intracranial hypotension: private codes, documented in docs/conformance.md.
 EPIDURAL_HEMORRHAGE = _code("DN-0001", PRIVATE_SCHEME, "Epidural intracranial hemorrhage")
 SPONTANEOUS_INTRACRANIAL_HYPOTENSION = _code("DN-0002", PRIVATE_SCHEME, "Spontaneous intracranial hypotension")
+# Cerebral microbleeds and the small-vessel-disease classes: no verified SNOMED CT concept in DICOM part 16
+# (pydicom's concept dictionaries list none for microbleeds, CAA or CADASIL): private codes.
+CEREBRAL_MICROBLEED = _code("DN-0003", PRIVATE_SCHEME, "Cerebral microbleed")
+ARTERIOLOSCLEROTIC_SVD = _code("DN-0004", PRIVATE_SCHEME, "Arteriolosclerotic small vessel disease")
+CEREBRAL_AMYLOID_ANGIOPATHY = _code("DN-0005", PRIVATE_SCHEME, "Cerebral amyloid angiopathy")
+CADASIL = _code("DN-0006", PRIVATE_SCHEME, "CADASIL")
+NO_SMALL_VESSEL_DISEASE = _code("DN-0007", PRIVATE_SCHEME, "No cerebral small vessel disease")
 
 FINDINGS: dict[str, FindingConcept] = {
     c.label: c
@@ -52,11 +59,18 @@ FINDINGS: dict[str, FindingConcept] = {
         FindingConcept("subarachnoid", SUBARACHNOID_HEMORRHAGE, "Subarachnoid hemorrhage", "SAH"),
         FindingConcept("subdural", SUBDURAL_HEMORRHAGE, "Subdural hemorrhage", "SDH"),
         FindingConcept("sih", SPONTANEOUS_INTRACRANIAL_HYPOTENSION, "Spontaneous intracranial hypotension", "SIH"),
+        FindingConcept("microbleeds", CEREBRAL_MICROBLEED, "Cerebral microbleeds", "CMB"),  # study level
+        FindingConcept("microbleed", CEREBRAL_MICROBLEED, "Microbleed", "CMB"),  # one per bleed (instance 1..n)
+        FindingConcept("no_svd", NO_SMALL_VESSEL_DISEASE, "No small vessel disease", "no SVD"),
+        FindingConcept("asvd", ARTERIOLOSCLEROTIC_SVD, "Arteriolosclerotic SVD", "aSVD"),
+        FindingConcept("caa", CEREBRAL_AMYLOID_ANGIOPATHY, "Cerebral amyloid angiopathy", "CAA"),
+        FindingConcept("cadasil", CADASIL, "CADASIL", "CADASIL"),
     )
 }
 
 ICH_LABELS: tuple[str, ...] = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 SIH_LABELS: tuple[str, ...] = ("sih",)
+CMB_LABELS: tuple[str, ...] = ("microbleeds", "no_svd", "asvd", "caa", "cadasil")
 
 # --- segmentation (DICOM SEG): property category for lesions (CID 7150) --------------------------------------
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = _code("49755003", "SCT", "Morphologically abnormal structure")
@@ -71,6 +85,19 @@ UNDETERMINED = _code("373068000", "SCT", "Undetermined")
 IMAGING_MEASUREMENT_REPORT = _code("126000", "DCM", "Imaging Measurement Report")
 PROBABILITY = _code("122157", "DCM", "Probability")
 UNIT_PERCENT = _code("%", "UCUM", "percent")
+UNIT_COUNT = _code("{count}", "UCUM", "count")
+UNIT_MM = _code("mm", "UCUM", "millimeter")
+DIAMETER = _code("81827009", "SCT", "Diameter")  # part 16 (CID 218, 7470)
+MICROBLEED_COUNT = _code("DN-0008", PRIVATE_SCHEME, "Number of cerebral microbleeds")
+LOBAR_MICROBLEED_COUNT = _code("DN-0009", PRIVATE_SCHEME, "Number of lobar cerebral microbleeds")
+DEEP_MICROBLEED_COUNT = _code("DN-0010", PRIVATE_SCHEME, "Number of deep cerebral microbleeds")
+# Measurements a pipeline reports by key (`analysis.Measurement.concept`): concept and UCUM unit.
+MEASUREMENTS: dict[str, tuple[CodedConcept, CodedConcept]] = {
+    "diameter": (DIAMETER, UNIT_MM),
+    "microbleed_count": (MICROBLEED_COUNT, UNIT_COUNT),
+    "lobar_microbleed_count": (LOBAR_MICROBLEED_COUNT, UNIT_COUNT),
+    "deep_microbleed_count": (DEEP_MICROBLEED_COUNT, UNIT_COUNT),
+}
 COMMENT = _code("121106", "DCM", "Comment")
 IMPRESSION = _code("121073", "DCM", "Impression")
 # TID 1500 row "Qualitative Evaluations" container (UMLS concept, as in DICOM part 16).
@@ -106,6 +133,8 @@ def labels_for_task(task: str, model_name: str = "") -> tuple[str, ...]:
         return ICH_LABELS
     if "sih" in key:
         return SIH_LABELS
+    if "cmb" in key:
+        return CMB_LABELS
     raise ValueError(f"unknown model task {task!r} (model {model_name!r}): cannot name its findings")
 
 

@@ -32,10 +32,12 @@ SEG_SERIES_OFFSET = 2  # SEG series number = the model's SR series number + 2 (S
 
 @dataclass(frozen=True)
 class SegmentMask:
-    """One finding's mask: SOP Instance UID of a source image -> boolean (rows, columns) array."""
+    """One finding's mask: SOP Instance UID of a source image -> boolean (rows, columns) array. `name`
+    replaces the finding's display name as the segment label (e.g. one segment per lesion: "Microbleed 3")."""
 
     label: str
     masks: Mapping[str, np.ndarray]
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def _description(number: int, segment: SegmentMask, algorithm: SegAlgorithm) -> 
         source="dicom-node")
     return hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=concept.display[:64],
+        segment_label=(segment.name or concept.display)[:64],
         segmented_property_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         segmented_property_type=concept.code,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,

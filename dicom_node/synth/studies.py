@@ -4,7 +4,9 @@
 `ID_<SOPInstanceUID>_<label>` per label and slice of the primary axial series); for mr-sih one row per
 study (`StudyInstanceUID,sih`). `out/studies.csv`: `StudyInstanceUID,kind,folder,<labels...>` with the
 folder relative to `out`. ct-head also writes the strong annotations: `out/ground-truth/<folder>-seg.dcm`
-(a DICOM SEG per study with lesions) and `out/boxes.csv` (per-slice boxes; see `ground_truth`).
+(a DICOM SEG per study with lesions) and `out/boxes.csv` (per-slice boxes; see `ground_truth`). mr-swi
+writes its own label files (`swi_study.write_swi_labels`: labels.csv, studies.csv with `microbleeds` and
+`svd_class`, bleeds.csv) and a SEG of every study with bleeds.
 
 Study `i` of a set is a function of (seed, i) only: `--n 2` and `--n 3` with one seed share their first
 two studies, pixels, lesions and UIDs alike.
@@ -28,7 +30,7 @@ from dicom_node.synth.study import CT_LABELS, MR_LABELS, SynthStudy
 
 log = logging.getLogger(__name__)
 
-KINDS = ("ct-head", "mr-sih")
+KINDS = ("ct-head", "mr-sih", "mr-swi")
 NORMAL_FRACTION = 0.4
 
 
@@ -91,6 +93,13 @@ def generate(kind: str, n: int, seed: int, out: Path, progress: Callable[[Iterab
         for i in indices:
             studies.append(write_ct_head_study(out, seed, ct_findings(seed, i), patient_index=i, **kw))
         write_boxes_csv(out / "boxes.csv", (b for st in studies for b in st.boxes))
+    elif kind == "mr-swi":
+        from dicom_node.synth.swi_study import write_mr_swi_study, write_swi_labels
+
+        swi = [write_mr_swi_study(out, seed, patient_index=i, **kw) for i in indices]
+        write_swi_labels(swi, out)
+        log.info("generated studies", extra={"kind": kind, "n": n, "seed": seed, "out": str(out)})
+        return list(swi)
     else:
         for i in indices:
             studies.append(write_mr_sih_study(out, seed, sih_flag(seed, i), patient_index=i, **kw))
