@@ -34,6 +34,14 @@ class UnparseableDatasetError(PermanentError):
     """Received bytes are not a DICOM dataset we can read (answered 0xC000-range, bytes quarantined)."""
 
 
+class ConflictingIdentifiersError(PermanentError):
+    """A received instance names a series (or SOP instance) that the node holds under another study."""
+
+
+class DatasetTooLargeError(PermanentError):
+    """A received dataset would exceed the receiver's limit once decoded (e.g. a deflate bomb)."""
+
+
 class ModelError(PermanentError):
     """A model cannot be loaded: wrong checksum, unsupported input spec, missing file."""
 

@@ -2,12 +2,16 @@
 
 Parsing never touches pixel data (`stop_before_pixels`). The three rows are written in one transaction,
 so an instance is either fully indexed or not at all. A repeated SOP Instance UID updates its row
-(idempotent); a new instance for a study that was already complete re-opens it (state RECEIVING).
+(idempotent); a new instance for a study that was already complete re-opens it (state RECEIVING). A
+series or SOP instance that the node holds under another study is refused (ConflictingIdentifiersError):
+linking it would mix two patients' images. A deflated dataset is inflated in bounded steps first, and
+refused (DatasetTooLargeError) beyond MAX_INFLATED_BYTES.
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
@@ -21,13 +25,15 @@ from sqlalchemy.orm import Session
 from dicom_node.analysis import header_fields
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Association, Base, Instance, Series, Study, StudyState
-from dicom_node.errors import UnparseableDatasetError
+from dicom_node.errors import ConflictingIdentifiersError, DatasetTooLargeError, UnparseableDatasetError
 
 log = logging.getLogger(__name__)
 
 _REQUIRED = ("study_uid", "series_uid", "sop_instance_uid", "sop_class_uid")
 _REOPENED_FROM = (StudyState.COMPLETE, StudyState.ANALYSED, StudyState.DELIVERED)
 _UPSERT_ATTEMPTS = 3
+DEFLATED = "1.2.840.10008.1.2.1.99"
+MAX_INFLATED_BYTES = 512 * 1024 * 1024  # a deflated dataset may not inflate beyond this (deflate bombs)
 
 
 def _table(model: type[Base]) -> Table:
@@ -71,8 +77,45 @@ class Recorded:
     replaced_path: str | None  # a duplicate's previous path when it moved (its file can go)
 
 
+def _meta_and_body(data: bytes) -> tuple[str, int]:
+    """(transfer syntax UID, offset of the dataset) from the file meta, without reading the dataset."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    fp = BytesIO(data)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    return str(meta.get("TransferSyntaxUID", "")), fp.tell()
+
+
+def check_inflated_size(data: bytes, limit: int | None = None) -> None:
+    """Refuse a deflated dataset that would inflate beyond `limit` (default MAX_INFLATED_BYTES) bytes,
+    inflating it in bounded steps."""
+    limit = MAX_INFLATED_BYTES if limit is None else limit
+    try:
+        syntax, offset = _meta_and_body(data)
+    except Exception:  # noqa: BLE001 - no usable file meta: parse_instance says why
+        return
+    if syntax != DEFLATED:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total, chunk = 0, memoryview(data)[offset:]
+    try:
+        while True:
+            out = inflater.decompress(chunk, 16 * 1024 * 1024)
+            total += len(out)
+            if total > limit:
+                raise DatasetTooLargeError(f"deflated dataset inflates beyond {limit // (1024 * 1024)} MB")
+            chunk = memoryview(inflater.unconsumed_tail)
+            if not chunk:
+                return
+    except zlib.error as exc:
+        raise UnparseableDatasetError(f"cannot inflate deflated dataset: {exc}") from exc
+
+
 def parse_instance(data: bytes) -> ParsedInstance:
-    """Parse the header of a DICOM file's bytes. Raises UnparseableDatasetError saying why."""
+    """Parse the header of a DICOM file's bytes. Raises UnparseableDatasetError saying why, and
+    DatasetTooLargeError for a deflated dataset that would inflate beyond MAX_INFLATED_BYTES."""
+    check_inflated_size(data)
     try:
         ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
         fields = header_fields(ds)
@@ -155,7 +198,11 @@ def _upsert(
     else:
         study_id, state, generation = row.id, StudyState(row.state), row.generation
 
-    series_id = session.execute(select(series_t.c.id).where(series_t.c.series_uid == parsed.series_uid)).scalar()
+    series_row = session.execute(
+        select(series_t.c.id, series_t.c.study_id).where(series_t.c.series_uid == parsed.series_uid)).first()
+    if series_row is not None and series_row.study_id != study_id:
+        raise ConflictingIdentifiersError(f"series {parsed.series_uid} belongs to another study")
+    series_id = series_row.id if series_row is not None else None
     if series_id is None:
         series_id = session.execute(
             insert(series_t)
@@ -191,8 +238,11 @@ def _upsert(
         "received_at": now,
     }
     existing = session.execute(
-        select(instances.c.id, instances.c.path).where(instances.c.sop_instance_uid == parsed.sop_instance_uid)
+        select(instances.c.id, instances.c.path, instances.c.study_id)
+        .where(instances.c.sop_instance_uid == parsed.sop_instance_uid)
     ).first()
+    if existing is not None and existing.study_id != study_id:
+        raise ConflictingIdentifiersError(f"SOP instance {parsed.sop_instance_uid} belongs to another study")
     new_instance = existing is None
     replaced_path: str | None = None
     if existing is None:

@@ -2,7 +2,10 @@
 
 Handlers stay thin: check access, write the raw bytes durably, index them, answer. Success (0x0000) is
 sent only after the file is fsynced and its rows are committed; a full disk or a database error answers
-0xA700 and leaves no file without a row; bytes that do not parse answer 0xC210 and go to quarantine.
+0xA700 and leaves no file without a row; bytes that do not parse answer 0xC210 and go to quarantine; a
+dataset whose SOP Class is not its presentation context's answers 0xA900, one that would inflate beyond
+the limit 0xA700, and one whose series or instance UID the node holds under another study 0xC212, each
+with one log line saying why.
 """
 
 from __future__ import annotations
@@ -44,7 +47,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Association
-from dicom_node.errors import StoreError, UnparseableDatasetError
+from dicom_node.errors import (
+    ConflictingIdentifiersError,
+    DatasetTooLargeError,
+    StoreError,
+    UnparseableDatasetError,
+)
 from dicom_node.receiver.access import audit, check_association, server_ssl_context
 from dicom_node.receiver.ingest import parse_instance, record_instance
 from dicom_node.store import InstanceStore, instance_relpath
@@ -53,7 +61,9 @@ log = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_SOP_CLASS_MISMATCH = 0xA900  # "Data Set does not match SOP Class"
 STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_CONFLICTING_IDENTIFIERS = 0xC212  # dicom-node: series or instance UID held under another study
 
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
@@ -111,6 +121,11 @@ class _Receiver:
     # -- association life cycle ------------------------------------------------------------------
 
     def on_conn_open(self, event: Event) -> None:
+        ae = event.assoc.ae
+        in_use = len(ae.active_associations)
+        if in_use >= ae.maximum_associations:
+            log.warning("all association slots in use: new connections are refused until one ends",
+                        extra={"slots": ae.maximum_associations, "peer": str(event.assoc.requestor.address)})
         sock = event.assoc.dul.socket
         raw = getattr(sock, "socket", None) if sock is not None else None
         if raw is not None:
@@ -199,6 +214,9 @@ class _Receiver:
         data = event.encoded_dataset()
         try:
             parsed = parse_instance(data)
+        except DatasetTooLargeError as exc:
+            log.warning("store refused: %s", exc, extra={"calling_ae": calling})
+            return STATUS_OUT_OF_RESOURCES
         except UnparseableDatasetError as exc:
             try:
                 self.store.quarantine(data, str(exc), calling)
@@ -207,6 +225,12 @@ class _Receiver:
                 return STATUS_OUT_OF_RESOURCES
             return STATUS_CANNOT_UNDERSTAND
 
+        context_class = str(event.context.abstract_syntax)
+        if parsed.fields["sop_class_uid"] != context_class:
+            log.warning("store refused: dataset's SOP Class does not match the presentation context",
+                        extra={"calling_ae": calling, "sop_class_uid": parsed.fields["sop_class_uid"],
+                               "context": context_class})
+            return STATUS_SOP_CLASS_MISMATCH
         relpath = instance_relpath(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid)
         existed = self.store.exists(relpath)
         try:
@@ -218,6 +242,11 @@ class _Receiver:
             recorded = record_instance(
                 self.db, parsed, relpath, len(data), calling, self.association_id(event)
             )
+        except ConflictingIdentifiersError as exc:
+            if not existed:
+                self.store.remove(relpath)
+            log.warning("store refused: %s", exc, extra={"calling_ae": calling, "study_uid": parsed.study_uid})
+            return STATUS_CONFLICTING_IDENTIFIERS
         except (SQLAlchemyError, OSError) as exc:
             if not existed:  # a duplicate's file is complete and still has its committed row
                 self.store.remove(relpath)
