@@ -1,6 +1,7 @@
 """Hostile and inconsistent input gets the right DICOM status, one log line, and changes nothing:
 a dataset whose SOP Class is not its presentation context's, a deflate bomb, a series or instance UID
-reused in another study, and connections that hold association slots without associating."""
+reused in another study, and connections that hold association slots without associating; and files
+a killed receiver left without a row are indexed at the next start."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from conftest import wait_for
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE, _config
-from receiver_helpers import ct_dataset, ct_series, files_under
+from receiver_helpers import ct_dataset, ct_series, files_under, make_config
 from test_receiver import Running, _echo, _scu_store, _start
 
+from dicom_node.db.engine import Database
 from dicom_node.db.schema import Instance, Series
-from dicom_node.receiver import ingest
+from dicom_node.receiver import ingest, start_receiver
 
 
 @pytest.fixture
@@ -134,3 +136,31 @@ def test_idle_connections_time_out_and_slot_exhaustion_is_logged(
         finally:
             for s in idle:
                 s.close()
+
+
+def test_start_up_indexes_complete_files_without_a_row(tmp_path: Path) -> None:
+    """A receiver killed between fsync and commit leaves a complete file without a row; the next start
+    indexes it (or quarantines it when it does not parse)."""
+    from dicom_node.store import instance_relpath
+
+    config = make_config(tmp_path)
+    ds = ct_series(1)[0]
+    relpath = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    orphan = config.storage.path / relpath
+    orphan.parent.mkdir(parents=True)
+    pydicom.dcmwrite(orphan, ds, enforce_file_format=True)
+    garbage = config.storage.path / "1.2.3" / "4.5.6" / "7.8.9.dcm"
+    garbage.parent.mkdir(parents=True)
+    garbage.write_bytes(b"\x00" * 200)
+    db = Database(config.database_url)
+    handle = start_receiver(config, db)
+    try:
+        with db.read() as s:
+            row = s.query(Instance).one()
+            assert row.sop_instance_uid == ds.SOPInstanceUID and row.path == relpath
+            assert row.calling_ae == "(recovered)"
+        assert not garbage.exists()
+        assert len(list(config.storage.quarantine.glob("*.reason.txt"))) == 1
+    finally:
+        handle.shutdown(grace_seconds=1)
+        db.dispose()

@@ -55,6 +55,7 @@ from dicom_node.errors import (
 )
 from dicom_node.receiver.access import audit, check_association, server_ssl_context
 from dicom_node.receiver.ingest import parse_instance, record_instance
+from dicom_node.receiver.reconcile import reconcile_store
 from dicom_node.store import InstanceStore, instance_relpath
 
 log = logging.getLogger(__name__)
@@ -319,6 +320,7 @@ def start_receiver(
     """Start listening on `config.node.host:port` in background threads and return at once."""
     store = store or InstanceStore(config.storage)
     store.sweep_temporaries()  # nothing receives yet: any temporary there was left by a killed run
+    reconcile_store(store, db)  # and any complete file without a row was never acknowledged
     receiver = _Receiver(config, db, store, on_association_end, observers)
     ae = build_ae(config)
     handlers: list[EventHandlerType] = [
