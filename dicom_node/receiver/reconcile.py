@@ -38,7 +38,7 @@ def reconcile_store(store: InstanceStore, db: Database) -> tuple[int, int]:
     indexed = quarantined = 0
     for path in sorted(store.root.rglob("*.dcm")):
         relpath = path.relative_to(store.root).as_posix()
-        if relpath in known or path.name.startswith(".tmp"):
+        if relpath in known or path.name.startswith(".tmp") or store.quarantine_dir in path.parents:
             continue
         data = path.read_bytes()
         try:
