@@ -32,6 +32,7 @@ from dicom_node.db.schema import (
     Study,
 )
 from dicom_node.safe_text import clean
+from dicom_node.verdicts import SUMMARY_LABEL
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -77,6 +78,7 @@ def study_status(
                 "last_received_at": _iso(s.last_received_at),
                 "completed_at": _iso(s.completed_at),
                 "delivered_at": _iso(delivered_at.get(s.id)),
+                "time_to_result": _elapsed(s.completed_at, delivered_at.get(s.id)),
                 "modalities": modalities.get(s.id, []),
                 "jobs": dict(jobs.get(s.id, {})),
                 "models": models.get(s.id, []),
@@ -91,6 +93,11 @@ def study_status(
 def _count_by(session: Session, column: Any, ids: list[int]) -> dict[int, int]:
     rows = session.execute(select(column, func.count()).where(column.in_(ids)).group_by(column)).all()
     return {int(k): int(n) for k, n in rows}
+
+
+def _elapsed(start: datetime | None, end: datetime | None) -> float | None:
+    """Seconds from the study's completion to its last delivery (None while not delivered)."""
+    return round((end - start).total_seconds(), 3) if start is not None and end is not None and end >= start else None
 
 
 def _modalities(session: Session, ids: list[int]) -> dict[int, list[str]]:
@@ -156,14 +163,22 @@ def _models(session: Session, ids: list[int]) -> dict[int, list[dict[str, Any]]]
                     for f in payload.get("findings", [])
                     if f.get("present")
                 ],
-                "probability": max((float(f["probability"]) for f in payload.get("findings", [])
-                                    if f.get("probability") is not None), default=None),
+                "probability": _headline_probability(payload.get("findings", [])),
                 "analysed_at": _iso(r.created_at) if r is not None else None,
                 "attempts": job.attempts,
                 "generation": job.generation,
             }
         )
     return out
+
+
+def _headline_probability(findings: list[dict[str, Any]]) -> float | None:
+    """The study-level label's probability ("any" of a model with subtypes), else the highest one."""
+    values: dict[Any, float] = {f.get("label"): float(f["probability"]) for f in findings
+                                if f.get("probability") is not None}
+    if SUMMARY_LABEL in values:
+        return values[SUMMARY_LABEL]
+    return max(values.values(), default=None)
 
 
 def _deliveries(session: Session, ids: list[int]) -> dict[int, Counter[str]]:

@@ -7,7 +7,8 @@
 //       {"click": "button[type=submit]"}, {"waitFor": "table.worklist"},
 //       {"text": ["rows", "#rows"]}, {"screenshot": "worklist.png"}]}'
 //
-// Steps run in order on one page; `state` keeps the cookies between runs (a login survives). The JSON
+// Steps run in order on one page; `state` keeps the cookies between runs (a login survives); a `signal`
+// step writes a file the test waits for (to act while the page is open). The JSON
 // written to `out` holds what the `text`, `attr`, `count` and `eval` steps read, the URL after each step,
 // every console message and page error, and any request that left the dashboard's origin.
 import { createRequire } from 'node:module';
@@ -65,6 +66,8 @@ try {
         result.values[step.count[0]] = await page.locator(step.count[1]).count();
       } else if (step.eval) {
         result.values[step.eval[0]] = await page.evaluate(step.eval[1]);
+      } else if (step.signal) {
+        writeFileSync(step.signal, page.url());
       } else if (step.screenshot) {
         await page.screenshot({ path: step.screenshot, fullPage: !!step.fullPage, animations: 'disabled' });
       } else {

@@ -107,24 +107,45 @@ class BrowserRun:
     error: str | None
     raw: dict[str, Any] = field(repr=False)
 
-    def check(self) -> BrowserRun:
+    def check(self, expected: tuple[str, ...] = ()) -> BrowserRun:
+        """No failed step, no console error or warning (but those containing an `expected` text: a form
+        refused with 400 is logged by Chromium), no request off the dashboard's origin."""
         assert self.error is None, f"{self.error}\n--- page ---\n{str(self.values.get('__html', ''))[:4000]}"
-        problems = [m for m in self.console if m["type"] in ("error", "warning")] + self.page_errors
+        problems = [m for m in self.console if m["type"] in ("error", "warning")
+                    and not any(e in m["text"] for e in expected)] + self.page_errors
         assert not problems, f"console errors or warnings: {problems}"
         assert not self.off_origin, f"requests outside the dashboard: {self.off_origin}"
         return self
 
 
+class Browser:
+    """`dashboard_view.mjs` running `steps` in headless Chromium with the cookies kept in `state`."""
+
+    def __init__(self, steps: list[dict[str, Any]], state: Path, name: str, timeout: float = 60.0) -> None:
+        missing = [str(p) for p in (CHROMIUM, NODE, NODE_MODULES / "playwright-core" / "package.json")
+                   if not p.exists()]
+        assert not missing, f"the dashboard browser test needs {missing}: run ./scripts/setup"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.out = state.with_name(f"{name}.json")
+        self.timeout = timeout
+        args = {"chromium": str(CHROMIUM), "nodeModules": str(NODE_MODULES), "state": str(state), "out": str(self.out),
+                "timeoutMs": int(timeout * 1000), "steps": steps,
+                "failureShot": str(SCREENSHOTS / f"{name}-failed.png")}
+        self.process = subprocess.Popen([str(NODE), str(VIEW_SCRIPT), json.dumps(args)], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+    def result(self) -> BrowserRun:
+        try:
+            _out, err = self.process.communicate(timeout=self.timeout * 3 + 60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _out, err = self.process.communicate()
+        assert self.out.exists(), f"dashboard_view.mjs wrote nothing ({self.process.returncode}): {err[-3000:]}"
+        raw = json.loads(self.out.read_text())
+        return BrowserRun(raw["values"], raw["urls"], raw["console"], raw["pageErrors"], raw["offOrigin"], raw["error"],
+                          raw)
+
+
 def browse(steps: list[dict[str, Any]], state: Path, name: str, timeout: float = 60.0) -> BrowserRun:
-    """Run `steps` in headless Chromium with the cookies in `state`; the result of `dashboard_view.mjs`."""
-    missing = [str(p) for p in (CHROMIUM, NODE, NODE_MODULES / "playwright-core" / "package.json") if not p.exists()]
-    assert not missing, f"the dashboard browser test needs {missing}: run ./scripts/setup"
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    out = state.with_name(f"{name}.json")
-    args = {"chromium": str(CHROMIUM), "nodeModules": str(NODE_MODULES), "state": str(state), "out": str(out),
-            "timeoutMs": int(timeout * 1000), "steps": steps, "failureShot": str(SCREENSHOTS / f"{name}-failed.png")}
-    proc = subprocess.run([str(NODE), str(VIEW_SCRIPT), json.dumps(args)], capture_output=True, text=True,
-                          check=False, timeout=timeout * 3 + 60, cwd=REPO)
-    assert out.exists(), f"dashboard_view.mjs wrote nothing ({proc.returncode}): {proc.stderr[-3000:]}"
-    raw = json.loads(out.read_text())
-    return BrowserRun(raw["values"], raw["urls"], raw["console"], raw["pageErrors"], raw["offOrigin"], raw["error"], raw)
+    """Run `steps` in headless Chromium with the cookies in `state` and wait for what it saw."""
+    return Browser(steps, state, name, timeout).result()

@@ -46,7 +46,8 @@ def _models(config: Config) -> list[dict[str, Any]]:
 
 
 async def admin_page(ctx: WebContext, request: Request, problems: list[str] | None = None, status: int = 200,
-                     session: SessionInfo | None = None, done: str = "") -> Response:
+                     session: SessionInfo | None = None, done: str = "", submitted: dict[str, str] | None = None
+                     ) -> Response:
     info = session or require(ctx, request, admin=True)
     path = ctx.config_path
     _text, version = await run_in_threadpool(config_edit.read, path)
@@ -55,6 +56,7 @@ async def admin_page(ctx: WebContext, request: Request, problems: list[str] | No
         request, "admin.html", status=status, session=info, version=version, config=config, models=_models(config),
         users=await run_in_threadpool(accounts.users, ctx.db), problems=problems or [],
         done=done or clean(request.query_params.get("done", ""), 200), config_file=str(path),
+        submitted={k: v for k, v in (submitted or {}).items() if k not in ("csrf", "version", "password")},
     )
 
 
@@ -72,7 +74,7 @@ async def _edit(ctx: WebContext, request: Request, info: SessionInfo, form: dict
     try:
         applied = await run_in_threadpool(config_edit.apply_edit, path, form.get("version", ""), edit)
     except EditRejected as exc:
-        return await admin_page(ctx, request, problems=exc.problems, status=exc.status, session=info)
+        return await admin_page(ctx, request, problems=exc.problems, status=exc.status, session=info, submitted=form)
     await run_in_threadpool(ctx.apply_config, applied.config)
     audit.record_now(ctx.db, audit.CONFIG_CHANGED, actor=actor(info), peer=client(request), subject=what,
                      detail=f"{what}; written to {path.name} ({path.name}{config_edit.PREVIOUS_SUFFIX} kept) and applied",
@@ -92,7 +94,7 @@ async def remove_caller(ctx: WebContext, request: Request) -> Response:
     try:
         index = int(form.get("index", ""))
     except ValueError:
-        return await admin_page(ctx, request, problems=["callers: no caller chosen"], status=400, session=info)
+        return await admin_page(ctx, request, problems=["callers: no caller chosen"], status=400, session=info, submitted=form)
     callers = ctx.config().callers
     label = callers[index].ae_title if 0 <= index < len(callers) else str(index)
     return await _edit(ctx, request, info, form, config_edit.remove_caller(index), f"calling AE {label!r} removed")
@@ -103,7 +105,7 @@ async def add_destination(ctx: WebContext, request: Request) -> Response:
     problems: list[str] = []
     port = _port(form.get("port", ""), "destinations.port", problems)
     if problems:
-        return await admin_page(ctx, request, problems=problems, status=400, session=info)
+        return await admin_page(ctx, request, problems=problems, status=400, session=info, submitted=form)
     name = form.get("name", "").strip()
     edit = config_edit.add_destination(name, form.get("ae_title", "").strip(), form.get("host", "").strip(), port)
     return await _edit(ctx, request, info, form, edit, f"destination {name!r} added")
@@ -120,7 +122,7 @@ async def notifications(ctx: WebContext, request: Request) -> Response:
     problems: list[str] = []
     port = _port(form.get("hl7_port", ""), "notifications.hl7_port", problems, allow_zero=True)
     if problems:
-        return await admin_page(ctx, request, problems=problems, status=400, session=info)
+        return await admin_page(ctx, request, problems=problems, status=400, session=info, submitted=form)
     edit = config_edit.set_notifications(form.get("webhook_url", "").strip(), form.get("hl7_host", "").strip(), port)
     return await _edit(ctx, request, info, form, edit, "notification targets changed")
 
@@ -131,7 +133,7 @@ async def thresholds(ctx: WebContext, request: Request) -> Response:
     known = {m["name"]: m for m in _models(ctx.config())}
     if model not in known:
         return await admin_page(ctx, request, problems=[f"models.enabled: no model named {clean(model, 64)!r}"],
-                                status=400, session=info)
+                                status=400, session=info, submitted=form)
     values: dict[str, float | None] = {}
     problems = []
     for entry in known[model]["labels"]:
@@ -146,7 +148,7 @@ async def thresholds(ctx: WebContext, request: Request) -> Response:
             problems.append(f"models.enabled[{model}].thresholds.{label}: {clean(raw, 40)!r} is not a number "
                             "between 0 and 1")
     if problems:
-        return await admin_page(ctx, request, problems=problems, status=400, session=info)
+        return await admin_page(ctx, request, problems=problems, status=400, session=info, submitted=form)
     changed = ", ".join(f"{k}={v}" for k, v in values.items() if v is not None) or "manifest defaults"
     return await _edit(ctx, request, info, form, config_edit.set_thresholds(model, values),
                        f"{model} thresholds set: {changed}")
@@ -158,7 +160,7 @@ async def add_user(ctx: WebContext, request: Request) -> Response:
     try:
         account = await run_in_threadpool(accounts.add_user, ctx.db, name, role, password)
     except accounts.AccountError as exc:
-        return await admin_page(ctx, request, problems=[str(exc)], status=400, session=info)
+        return await admin_page(ctx, request, problems=[str(exc)], status=400, session=info, submitted=form)
     audit.record_now(ctx.db, audit.USER_ADDED, actor=actor(info), peer=client(request), subject=account.name,
                      detail=f"role {account.role}")
     return redirect(f"/admin?done=user {account.name} ({account.role}) added")

@@ -71,19 +71,11 @@ class Filters:
         return out
 
 
-def _seconds(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    return (datetime.fromisoformat(end.removesuffix("Z")) - datetime.fromisoformat(start.removesuffix("Z"))).total_seconds()
-
-
 def worklist(db: Database, filters: Filters) -> list[dict[str, Any]]:
     """Critical studies first (STAT, then newest), each with the columns of the worklist."""
     rows = study_status(db, WORKLIST_LIMIT, critical_first=True, where=filters.conditions())
     for row in rows:
         row["stage"] = STAGE.get(row["state"], row["state"])
-        analysed = [m["analysed_at"] for m in row["models"] if m.get("analysed_at")]
-        row["time_to_result"] = _seconds(row["completed_at"], row["delivered_at"] or (max(analysed) if analysed else None))
         for m in row["models"]:
             m["labels"] = [codes.finding_concept(p["label"]).display if _known(p["label"]) else p["label"]
                            for p in m["present"] if p["label"] != wording.SUMMARY_LABEL or len(m["present"]) == 1]
