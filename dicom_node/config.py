@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.errors import ConfigError
+from dicom_node.ml.rules import parse_overrides
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no backslash
 
@@ -86,6 +87,7 @@ class ModelSetting:
     version: str
     enabled: bool = True
     thresholds: dict[str, float] = field(default_factory=dict)
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # rule name -> series-rule keys overridden
 
 
 @dataclass(frozen=True)
@@ -361,7 +363,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         if not isinstance(ms, dict):
             r.problems.append(f"{prefix}: must be a table")
             continue
-        _unknown(r, ms, prefix, {"name", "version", "enabled", "thresholds"})
+        _unknown(r, ms, prefix, {"name", "version", "enabled", "thresholds", "rules"})
         name = r.get(ms, prefix, "name", str, "")
         version = r.get(ms, prefix, "version", str, "")
         if not name:
@@ -374,9 +376,9 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
                 r.problems.append(f"{prefix}.thresholds.{label}: must be a number between 0 and 1, got {value!r}")
             else:
                 thresholds[label] = float(value)
-        settings.append(
-            ModelSetting(name=name, version=version, enabled=r.get(ms, prefix, "enabled", bool, True), thresholds=thresholds)
-        )
+        rules = parse_overrides(ms.get("rules", {}), f"{prefix}.rules", r.problems)
+        settings.append(ModelSetting(name=name, version=version, enabled=r.get(ms, prefix, "enabled", bool, True),
+                                     thresholds=thresholds, rules=rules))
     models = ModelsConfig(path=r.path(m, "models", "path", "models", must_exist=True), enabled=tuple(settings))
 
     w = r.table(data, "worker", {"device", "lease_seconds", "max_attempts", "poll_seconds", "batch_size", "torch_threads"})

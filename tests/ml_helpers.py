@@ -3,6 +3,8 @@ with distractor series, and InstanceRef builders for header-only selection tests
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +12,40 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_node.analysis import InstanceRef, instance_ref_from_file
+from dicom_node.ml.manifest import Manifest, load_manifest
+from dicom_node.ml.selection import orientation_of, reject_reason
+
+DEMO_MODELS = Path(__file__).resolve().parents[1] / "models"
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
 SC = "1.2.840.10008.5.1.4.1.1.7"
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+
+
+@functools.cache
+def shipped_manifest(name: str) -> Manifest:
+    """The shipped demo model's manifest (its selection rules are what the node uses)."""
+    return load_manifest(DEMO_MODELS / name / "0.1.0-synthetic-demo")
+
+
+def decide(refs: Sequence[InstanceRef]) -> str:
+    """What the shipped rules decide for one series: "ich", "axial" / "coronal" (SIH), or the refusal reason.
+
+    CT (and anything neither model reads) goes to the ICH rule; MR to the SIH rules, and when both refuse
+    it, the reason of the rule for the series' own orientation.
+    """
+    if refs[0].modality.upper() != "MR":
+        return reject_reason(shipped_manifest("ich").rules["series"], refs) or "ich"
+    rules = shipped_manifest("sih").rules
+    axial, coronal = (reject_reason(rules[name], refs) for name in ("axial", "coronal"))
+    if axial is None:
+        return "axial"
+    if coronal is None:
+        return "coronal"
+    orientation = orientation_of(refs[0])
+    return coronal if orientation is not None and orientation[0] == "coronal" else axial
 
 
 def ref(series_uid: str = "1.2.3.1", n: int = 0, **kw: object) -> InstanceRef:

@@ -17,6 +17,7 @@ from dicom_node.ml.selection import (
     SIH_T1C_AXIAL_RULE,
     has_contrast,
     orientation_of,
+    reject_reason,
     select_series,
     select_sih_images,
     sort_slices,
@@ -24,7 +25,7 @@ from dicom_node.ml.selection import (
 
 
 def reason(**kw: object) -> str | None:
-    return ICH_CT_RULE.reject_reason(series("9.9", 12, **kw))
+    return reject_reason(ICH_CT_RULE, series("9.9", 12, **kw))
 
 
 def test_plain_non_contrast_axial_head_ct_passes() -> None:
@@ -56,7 +57,7 @@ def test_each_ich_rule_rejects_with_its_reason(overrides: dict[str, object], exp
 
 
 def test_too_few_images_rejected() -> None:
-    got = ICH_CT_RULE.reject_reason(series("9.9", 3))
+    got = reject_reason(ICH_CT_RULE, series("9.9", 3))
     assert got is not None and "fewer than 8" in got
 
 
@@ -79,13 +80,22 @@ def test_contrast_from_agent_or_description_with_negations() -> None:
     assert not has_contrast(ref(contrast_agent="NONE"))
 
 
-def test_ties_prefer_more_slices_then_soft_kernel() -> None:
-    thin = series("1.1", 30, series_number=4, convolution_kernel="H31s")
-    thick = series("1.2", 12, series_number=2, convolution_kernel="H30s")
-    assert select_series(thin + thick, ICH_CT_RULE)[0].series_uid == "1.1"
+def test_ranking_prefers_the_thickness_the_model_expects_then_soft_kernel_then_more_slices() -> None:
+    thin = series("1.1", 240, series_number=4, convolution_kernel="H31s", slice_thickness=0.625)
+    thick = series("1.2", 30, series_number=2, convolution_kernel="H31s", slice_thickness=5.0)
+    mid = series("1.3", 60, series_number=3, convolution_kernel="H31s", slice_thickness=2.5)
+    assert ICH_CT_RULE.preferred_thickness_mm == 5.0
+    assert select_series(thin + mid + thick, ICH_CT_RULE)[0].series_uid == "1.2"  # was 1.1: most slices won
+    assert select_series(thin + mid, ICH_CT_RULE)[0].series_uid == "1.3"
+    site = ICH_CT_RULE.replace(preferred_thickness_mm=0.625)
+    assert select_series(thin + mid + thick, site)[0].series_uid == "1.1"
     soft = series("2.1", 12, series_number=5, convolution_kernel="Hr40")
     other = series("2.2", 12, series_number=3, convolution_kernel="FC68")
     assert select_series(other + soft, ICH_CT_RULE)[0].series_uid == "2.1"
+    more = series("3.1", 30, series_number=7, convolution_kernel="H30s")
+    fewer = series("3.2", 12, series_number=2, convolution_kernel="H30s")
+    no_preference = ICH_CT_RULE.replace(preferred_thickness_mm=None)
+    assert select_series(fewer + more, no_preference)[0].series_uid == "3.1"
 
 
 def test_slices_sorted_by_position_not_instance_number() -> None:
@@ -144,4 +154,4 @@ def test_sih_refuses_without_post_contrast_coronal() -> None:
     pre_cor = _mr("5.3", 21, CORONAL, "T1 COR", axis=1, agent="")
     with pytest.raises(SelectionError, match="coronal.*no contrast agent recorded"):
         select_sih_images(axial + pre_cor)
-    assert SIH_T1C_AXIAL_RULE.reject_reason(_mr("5.5", 21, (1, 0, 0, 0, 1, 0), "FLAIR +C", axis=2)) is not None
+    assert reject_reason(SIH_T1C_AXIAL_RULE, _mr("5.5", 21, (1, 0, 0, 0, 1, 0), "FLAIR +C", axis=2)) is not None

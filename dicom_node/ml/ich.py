@@ -1,6 +1,6 @@
 """ICH pipeline: one non-contrast axial head CT series -> per-slice sigmoid outputs -> study findings.
 
-select (selection.ICH_CT_RULE) -> decode + HU + windows (+ context) -> batched inference (AMP on CUDA)
+select (the manifest's "series" rule, ml/selection.py) -> decode + HU + windows (+ context) -> batched inference (AMP on CUDA)
 -> study probability per label (manifest `study_aggregation`: max, or mean of the top k slices)
 -> key slice per label (highest slice probability) -> Grad-CAM on the key slices of present findings.
 """
@@ -15,23 +15,23 @@ import numpy as np
 import torch
 
 from dicom_node.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, StudyAnalysis
-from dicom_node.ml.device import Device, inference_mode
+from dicom_node.ml.device import inference_mode
 from dicom_node.ml.gradcam import grad_cam, peak_region, to_source
-from dicom_node.ml.manifest import Manifest
 from dicom_node.ml.pipeline import Pipeline, load_network
 from dicom_node.ml.preprocess import Placement, ct_input, read_image
-from dicom_node.ml.selection import ICH_CT_RULE, select_series
+from dicom_node.ml.selection import select_series
 
 log = logging.getLogger(__name__)
 
 
 class IchPipeline(Pipeline):
-    def __init__(self, manifest: Manifest, device: Device, batch_size: int, thresholds: dict[str, float]) -> None:
-        super().__init__(manifest, device, batch_size, thresholds)
-        self.net = load_network(manifest, manifest.component("slice"), len(manifest.labels), device)
+    net: torch.nn.Module
+
+    def load_networks(self) -> None:
+        self.net = load_network(self.manifest, self.manifest.component("slice"), len(self.manifest.labels), self.device)
 
     def select(self, instances: Sequence[InstanceRef]) -> list[InstanceRef]:
-        return select_series(instances, ICH_CT_RULE)
+        return select_series(instances, self.rules["series"])
 
     def inputs(self, slices: Sequence[InstanceRef]) -> tuple[np.ndarray, list[Placement]]:
         """Decode and preprocess a sorted series: (N, C, size, size) float32 and each slice's placement."""

@@ -15,6 +15,8 @@ from typing import Any
 
 from dicom_node.errors import ModelError
 from dicom_node.ml.nets import ARCHITECTURES
+from dicom_node.ml.rules import SeriesRule, parse_rule
+from dicom_node.ml.selection import DEFAULT_RULES
 
 MANIFEST_NAME = "manifest.json"
 ICH_LABELS: tuple[str, ...] = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
@@ -70,6 +72,7 @@ class Manifest:
     ensemble: Ensemble | None = None
     synthetic_demo: bool = False
     intended_use: str = ""
+    rules: dict[str, SeriesRule] = field(default_factory=dict)  # "selection": rule name -> series rule
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def component(self, role: str) -> Component:
@@ -151,6 +154,7 @@ def _parse(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) ->
     ensemble = None
     if task == "sih-mr":
         ensemble = _ensemble(d.get("ensemble"), problems)
+    rules = _selection(task, d.get("selection"), problems)
     tags = d.get("tags", [])
     synthetic = bool(d.get("synthetic_demo", False)) or "synthetic-demo" in tags
     if problems:
@@ -160,8 +164,27 @@ def _parse(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) ->
         display_name=str(d.get("display_name") or name), task=task, labels=labels,
         thresholds={label: float(thresholds[label]) for label in labels}, critical_labels=critical,
         input=spec, components=components, aggregation=aggregation, aggregation_k=k, ensemble=ensemble,
-        synthetic_demo=synthetic, intended_use=str(d.get("intended_use", "")), raw=d,
+        synthetic_demo=synthetic, intended_use=str(d.get("intended_use", "")), rules=rules, raw=d,
     )
+
+
+def _selection(task: str, raw: Any, problems: list[str]) -> dict[str, SeriesRule]:
+    """The manifest's series rules; a manifest without "selection" gets the task's default rules."""
+    defaults = DEFAULT_RULES[task]
+    if raw is None:
+        return dict(defaults)
+    if not isinstance(raw, dict) or sorted(raw) != sorted(defaults):
+        problems.append(f"selection: must be an object with the rules {sorted(defaults)} that {task} reads")
+        return {}
+    rules: dict[str, SeriesRule] = {}
+    for name, data in raw.items():
+        if not isinstance(data, dict):
+            problems.append(f"selection.{name}: must be an object of rule keys")
+            continue
+        rule = parse_rule(data, f"selection.{name}", problems)
+        if rule is not None:
+            rules[name] = rule
+    return rules
 
 
 def _input_spec(task: str, i: dict[str, Any], problems: list[str]) -> InputSpec:

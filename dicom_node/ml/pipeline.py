@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from dicom_node.errors import ModelError, PixelDataError, SelectionError
 from dicom_node.ml.device import Device
 from dicom_node.ml.manifest import Component, Manifest, verify_weights
 from dicom_node.ml.nets import build_model
+from dicom_node.ml.rules import SeriesRule
 from dicom_node.verdicts import reconcile
 
 log = logging.getLogger(__name__)
@@ -22,13 +24,31 @@ log = logging.getLogger(__name__)
 class Pipeline(abc.ABC):
     """A loaded model: `analyse(instances)` turns one study's instances into a `StudyAnalysis`."""
 
-    def __init__(self, manifest: Manifest, device: Device, batch_size: int, thresholds: dict[str, float]) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        device: Device,
+        batch_size: int,
+        thresholds: dict[str, float],
+        rules: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         unknown = sorted(set(thresholds) - set(manifest.labels))
         if unknown:
             raise ModelError(
                 f"threshold override(s) for {unknown} but model {manifest.name} {manifest.version} "
                 f"has labels {list(manifest.labels)}"
             )
+        rules = rules or {}
+        unknown = sorted(set(rules) - set(manifest.rules))
+        if unknown:
+            raise ModelError(
+                f"models.enabled rules for {unknown} but model {manifest.name} {manifest.version} "
+                f"has the selection rules {sorted(manifest.rules)}"
+            )
+        # the manifest's series rules with the site's keys (config.toml) laid over them
+        self.rules: dict[str, SeriesRule] = {
+            name: rule.replace(**rules.get(name, {})) for name, rule in manifest.rules.items()
+        }
         self.manifest = manifest
         self.device = device
         self.batch_size = max(1, batch_size)
@@ -43,6 +63,11 @@ class Pipeline(abc.ABC):
             intended_use=manifest.intended_use,
         )
         self.modalities: frozenset[str] = frozenset({manifest.input.modality})
+        self.load_networks()
+
+    @abc.abstractmethod
+    def load_networks(self) -> None:
+        """Build the manifest's networks with their checked weights on `self.device` (once, at load)."""
 
     def analyse(self, instances: Sequence[InstanceRef]) -> StudyAnalysis:
         """Final verdicts (`verdicts.reconcile`); never raises for unsuitable input (no suitable series,

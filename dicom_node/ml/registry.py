@@ -4,14 +4,16 @@
     pipelines = load_pipelines(config)
 
 Loading refuses (ModelError) a missing manifest or weight file, a weight file whose sha256 differs from
-the manifest's, an input spec or label set the pipelines do not support, and threshold overrides for
-labels the model does not have.
+the manifest's, an input spec or label set the pipelines do not support, threshold overrides for
+labels the model does not have, and selection-rule overrides (`[models.enabled.rules.<rule>]`) for rules
+the model does not have.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from dicom_node.config import Config
 from dicom_node.errors import ModelError
@@ -38,6 +40,7 @@ def load_pipeline(
     device: Device,
     batch_size: int = 16,
     thresholds: dict[str, float] | None = None,
+    rules: dict[str, dict[str, Any]] | None = None,
 ) -> Pipeline:
     """Load one model folder into its pipeline on `device`."""
     manifest = load_manifest(model_folder(models_dir, name, version))
@@ -48,11 +51,11 @@ def load_pipeline(
     if manifest.task == "ich-ct":
         from dicom_node.ml.ich import IchPipeline
 
-        pipeline: Pipeline = IchPipeline(manifest, device, batch_size, thresholds or {})
+        pipeline: Pipeline = IchPipeline(manifest, device, batch_size, thresholds or {}, rules)
     else:
         from dicom_node.ml.sih import SihPipeline
 
-        pipeline = SihPipeline(manifest, device, batch_size, thresholds or {})
+        pipeline = SihPipeline(manifest, device, batch_size, thresholds or {}, rules)
     log.info("model loaded", extra={"model": name, "version": version, "task": manifest.task,
                                     "synthetic_demo": manifest.synthetic_demo, "device": str(device.torch_device)})
     return pipeline
@@ -62,7 +65,9 @@ def load_pipelines(config: Config) -> list[Pipeline]:
     """Every enabled model of `config.models`, each loaded once on the device of `config.worker.device`."""
     device = choose_device(config.worker.device, config.worker.torch_threads)
     return [
-        load_pipeline(config.models.path, s.name, s.version, device, config.worker.batch_size, dict(s.thresholds))
+        load_pipeline(
+            config.models.path, s.name, s.version, device, config.worker.batch_size, dict(s.thresholds), dict(s.rules)
+        )
         for s in config.models.enabled
         if s.enabled
     ]

@@ -1,11 +1,14 @@
-"""Declarative series and image selection, on indexed headers only (`InstanceRef`), never on pixels.
+"""Series and image selection on indexed headers only (`InstanceRef`), never on pixels.
 
-A `SeriesRule` is data: each of its criteria either passes a series or gives the reason it does not.
-`select_series` returns the best passing series or raises `SelectionError` naming every series and
-why it was rejected, so a study that nothing suits gets a readable "not analysed" reason.
+The rules are data (`ml/rules.py`): each model's manifest declares them under `"selection"` and a site
+overrides their keys in `config.toml`; the constants below are the defaults for a manifest that has none
+(and what `train` writes into a new one). `reject_reason(rule, series)` passes a series or names the first
+criterion it fails; `select_series` returns the best passing series, ranked by closeness to the rule's
+preferred slice thickness, then soft kernel, then most slices, or raises `SelectionError` naming every
+series and why it was rejected, so a study that nothing suits gets a readable "not analysed" reason.
 
 Rules shipped here:
-- `ICH_CT_RULE`: one non-contrast axial head CT series (no scouts, no bone kernels, no dose reports).
+- `ICH_CT_RULE`: one non-contrast axial head CT series (no scouts, bone kernels, dose reports, 3D/MIP).
 - `SIH_T1C_AXIAL_RULE` / `SIH_T1C_CORONAL_RULE`: post-contrast T1 brain MR, axial and coronal.
 `select_sih_images` then picks one axial and two coronal images (see docs/models.md, "Selection").
 """
@@ -16,131 +19,162 @@ import logging
 import math
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dicom_node.analysis import InstanceRef
 from dicom_node.errors import SelectionError
+from dicom_node.ml.rules import Contrast, Orientation, SeriesRule
 
 log = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
-# Sharp/bone reconstruction kernels of the main vendors (Siemens H6x-H9x/Hr6x+/J70+, GE BONE/BONEPLUS/EDGE/LUNG,
-# Philips D/E/YC/YD, Canon FC3x/FC8x): a hemorrhage classifier trained on soft kernels must not read them.
-BONE_KERNEL_RE = r"(?i)(\bH[6-9]\d|Hr[6-9]\d|Br6\d|J[7-9]\d|BONE|EDGE|LUNG|SHARP|\bFC[38]\d|^Y[CD]$|^[DE]$)"
-CONTRAST_DESCRIPTION_RE = r"(?i)(\bpost\b|\bpost[-_ ]?(contrast|gd|c)\b|\+\s*c\b|\bc\+|\bgd\b|gado|contrast|\bce\b|\bkm\b)"
-NO_CONTRAST_DESCRIPTION_RE = r"(?i)(non[-_ ]?contrast|without|w/o|\bnc\b|nativ|\bpre\b|pre[-_ ]?(contrast|gd))"
-
-
-@dataclass(frozen=True)
-class SeriesRule:
-    """What a series must look like. Empty/None criteria accept anything."""
-
-    name: str
-    modalities: frozenset[str]
-    sop_classes: frozenset[str] = frozenset()
-    body_part_re: str | None = None  # applied only when BodyPartExamined is present
-    description_include_re: str | None = None
-    description_exclude_re: str | None = None
-    image_type_require: frozenset[str] = frozenset()  # every value must appear in ImageType
-    image_type_exclude: frozenset[str] = frozenset()  # none may appear
-    kernel_exclude_re: str | None = None
-    orientation: str | None = None  # "axial" | "coronal" | "sagittal"
-    max_tilt_degrees: float = 35.0  # how far the slice normal may lean from the orientation's axis
-    slice_thickness_mm: tuple[float, float] | None = None
-    contrast: str | None = None  # "present" | "absent"
-    min_images: int = 1
-
-    def reject_reason(self, series: Sequence[InstanceRef]) -> str | None:
-        """None when the series passes, else the first criterion it fails, in words."""
-        first = series[0]
-        if first.modality.upper() not in self.modalities:
-            return f"modality {first.modality or '(none)'} is not {'/'.join(sorted(self.modalities))}"
-        image_type = {v.upper() for r in series for v in r.image_type}
-        bad = sorted(image_type & self.image_type_exclude)
-        if bad:
-            return f"ImageType contains {'/'.join(bad)}"
-        missing = sorted(self.image_type_require - image_type)
-        if missing:
-            return f"ImageType lacks {'/'.join(missing)}"
-        if self.sop_classes and first.sop_class_uid not in self.sop_classes:
-            return f"SOP class {first.sop_class_uid} is not a single-frame image class this model reads"
-        if self.body_part_re and first.body_part and not re.search(self.body_part_re, first.body_part, re.IGNORECASE):
-            return f"body part {first.body_part} is not a head"
-        desc = first.series_description
-        if self.description_include_re and not re.search(self.description_include_re, desc):
-            return f"description {desc!r} does not match {self.description_include_re!r}"
-        if self.description_exclude_re and re.search(self.description_exclude_re, desc):
-            return f"description {desc!r} matches excluded pattern {self.description_exclude_re!r}"
-        if self.kernel_exclude_re and first.convolution_kernel and re.search(
-            self.kernel_exclude_re, first.convolution_kernel
-        ):
-            return f"kernel {first.convolution_kernel} is a bone/sharp kernel"
-        if self.orientation:
-            actual = orientation_of(first)
-            if actual is None:
-                return "no ImageOrientationPatient"
-            if actual[0] != self.orientation or actual[1] > self.max_tilt_degrees:
-                return f"orientation is {actual[0]} (tilt {actual[1]:.0f} deg), not {self.orientation}"
-        if self.slice_thickness_mm and first.slice_thickness is not None:
-            lo, hi = self.slice_thickness_mm
-            if not lo <= first.slice_thickness <= hi:
-                return f"slice thickness {first.slice_thickness:g} mm outside {lo:g}-{hi:g} mm"
-        if self.contrast:
-            has = has_contrast(first)
-            if self.contrast == "present" and not has:
-                return "no contrast agent recorded (ContrastBolusAgent empty, description says nothing)"
-            if self.contrast == "absent" and has:
-                return f"contrast given ({first.contrast_agent or desc!r})"
-        if len(series) < self.min_images:
-            return f"{len(series)} image(s), fewer than {self.min_images}"
-        return None
-
+# Descriptions are matched with "_" read as a space (`description_text`), so \b separates t1_mprage_Gd.
+# "Without contrast" wins over "with": CT HEAD WO CONTRAST, HEAD NO CONTRAST, HEAD C-, T1 PRE, NATIV, SIN CONTRASTE.
+NO_CONTRAST_DESCRIPTION_RE = (
+    r"(?i)(\bnon[- ]?(contrast|con|enh\w*|ce)\b|\bnoncon\w*|\bunenhanced\b|\bwithout\b|\bw/o\b|\bwo\b"
+    r"|\bno[- ]?(contrast|con|iv|gd|gad\w*)\b|\bncc?t?\b|\bnativ\w*|\bplain\b|\bpre\b"
+    r"|\bpre[- ]?(contrast|con|gd|gad\w*|c)\b|\bc-(?![a-z0-9])|\b(sin|ohne|sans|senza)\b)"
+)
+# Post-contrast: POST (not post fossa / post-op), +C, C+, GD, GAD, gadolinium, CE, KM, contrast, agent names.
+CONTRAST_DESCRIPTION_RE = (
+    r"(?i)(\bpost(?:[- ]?(?:contrast|con|gd|gad\w*|c))?\b(?![- ]?(?:fossa|op\b|operative|surg))"
+    r"|\+\s?(c|gd|gad\w*|contrast)\b|(?<![a-z0-9])c\s?\+|\bgd\b|\bgad\b|gado\w*|gadolin"
+    r"|contrast|kontrast|\bce\b|\bkm\b|gadovist|dotarem|magnevist|multihance|prohance|clariscan"
+    r"|omnipaque|visipaque|iomeron|ultravist|isovue)"
+)
+NO_AGENT = frozenset({"", "NONE", "NO", "N/A", "NA", "-", "0", "NIL"})
+SOFT_KERNEL_RE = r"(?i)(H[1-4]\d|HR[1-4]\d|BR[1-4]\d|J[1-4]\d|SOFT|STANDARD|STND|BRAIN|FC[0-2]\d|^UB$|^[BC]$)"
 
 ICH_CT_RULE = SeriesRule(
-    name="non-contrast axial head CT",
-    modalities=frozenset({"CT"}),
-    sop_classes=frozenset({CT_IMAGE_STORAGE}),
-    body_part_re=r"head|brain|skull|cranium|neuro",
-    description_exclude_re=r"(?i)(scout|topo|locali[sz]er|surview|dose|bone|\bcta\b|angio|perfusion|mip)",
-    image_type_exclude=frozenset({"LOCALIZER", "SECONDARY", "SCREEN SAVE", "DOSE INFO"}),
-    kernel_exclude_re=BONE_KERNEL_RE,
-    orientation="axial",
+    label="non-contrast axial head CT",
+    modalities=("CT",),
+    sop_classes=(CT_IMAGE_STORAGE,),
+    body_part=r"head|brain|skull|cranium|neuro",
+    description_exclude=(
+        r"scout|topo|scano|locali[sz]er|surview|survey|\bloc\b",
+        r"dose (report|info|record|summary|check)|^dose$|patient protocol",
+        r"bone",
+        r"\bcta\b|angio",
+        r"perfusion|\bperf\b",
+        r"\b(mip|minip|maxip)\b",
+        r"\bvrt?\b|volume render|\b3d (recon|vr|vrt|volume|render)|\bssd\b",  # not "AIDR 3D" (Canon recon)
+    ),
+    image_type_exclude=("LOCALIZER", "SECONDARY", "SCREEN SAVE", "DOSE INFO", "MPR", "REFORMATTED",
+                        "PROJECTION IMAGE", "VOLUME RENDER", "MIP"),
+    # sharp/bone kernels: Siemens H6x-H9x/Hr6x+/Br6x/J70+, GE BONE/BONEPLUS/EDGE/LUNG, Philips D/E/YC/YD, Canon FC3x/FC8x
+    kernel_exclude=(r"\bH[6-9]\d", r"\bHr[6-9]\d", r"\bBr6\d", r"\bJ[7-9]\d", r"bone|edge|lung|sharp", r"\bFC[38]\d",
+                    r"^Y[CD]$", r"^[DE]$"),
+    orientation=Orientation.AXIAL,
     slice_thickness_mm=(0.5, 10.0),
-    contrast="absent",
+    preferred_thickness_mm=5.0,
+    contrast=Contrast.ABSENT,
     min_images=8,
 )
 
-_T1_INCLUDE = r"(?i)(t1|mprage|spgr|bravo|vibe|tfe|fspgr)"
-_T1_EXCLUDE = r"(?i)(t2|flair|swi|dwi|adc|trace|perf|pre\b|pre[-_ ]?contrast|native|nativ|localizer|scout|survey)"
-
 SIH_T1C_AXIAL_RULE = SeriesRule(
-    name="post-contrast T1 brain MR, axial",
-    modalities=frozenset({"MR"}),
-    sop_classes=frozenset({MR_IMAGE_STORAGE}),
-    body_part_re=r"head|brain|skull|neuro",
-    description_include_re=_T1_INCLUDE,
-    description_exclude_re=_T1_EXCLUDE,
-    image_type_exclude=frozenset({"LOCALIZER", "SECONDARY", "DERIVED"}),
-    orientation="axial",
+    label="post-contrast T1 brain MR, axial",
+    modalities=("MR",),
+    sop_classes=(MR_IMAGE_STORAGE,),
+    body_part=r"head|brain|skull|neuro",
+    description_include=(r"t1", r"mprage|spgr|bravo|vibe|tfe|fspgr"),
+    description_exclude=(
+        r"t2",
+        r"^(?!.*t1).*flair",  # T2 FLAIR; GE's T1 FLAIR is a T1
+        r"\bswi|\bswan\b",
+        r"\bdwi\b|\badc\b|trace|diffusion|\bdti\b",
+        r"perf|\bdsc\b|\bdce\b",
+        r"\bpre\b|pre ?contrast|\bnativ",
+        r"locali[sz]er|scout|survey|\bloc\b|3 ?plane",
+        r"\bsub\b|subtract",
+    ),
+    image_type_exclude=("LOCALIZER", "SECONDARY", "MPR", "REFORMATTED", "PROJECTION IMAGE", "MIP", "SUB"),
+    orientation=Orientation.AXIAL,
     slice_thickness_mm=(0.4, 7.0),
-    contrast="present",
+    preferred_thickness_mm=5.0,
+    contrast=Contrast.PRESENT,
     min_images=5,
 )
 
-SIH_T1C_CORONAL_RULE = SeriesRule(**{**SIH_T1C_AXIAL_RULE.__dict__, "name": "post-contrast T1 brain MR, coronal",
-                                     "orientation": "coronal"})
+SIH_T1C_CORONAL_RULE = SIH_T1C_AXIAL_RULE.replace(label="post-contrast T1 brain MR, coronal",
+                                                  orientation=Orientation.CORONAL)
+
+# The rules each task's pipeline reads, by name: a manifest's "selection" has exactly these keys.
+DEFAULT_RULES: dict[str, dict[str, SeriesRule]] = {
+    "ich-ct": {"series": ICH_CT_RULE},
+    "sih-mr": {"axial": SIH_T1C_AXIAL_RULE, "coronal": SIH_T1C_CORONAL_RULE},
+}
+
+
+def default_selection(task: str) -> dict[str, dict[str, object]]:
+    """A manifest's "selection" object for a task's default rules (what `train` writes)."""
+    return {name: rule.to_json() for name, rule in DEFAULT_RULES[task].items()}
+
+
+def description_text(description: str) -> str:
+    """A SeriesDescription as the rules read it: underscores as spaces (t1_mprage_tra_Gd -> t1 mprage tra Gd)."""
+    return description.replace("_", " ")
+
+
+def _first_match(patterns: Iterable[str], text: str) -> str | None:
+    return next((p for p in patterns if re.search(p, text, re.IGNORECASE)), None)
+
+
+def reject_reason(rule: SeriesRule, series: Sequence[InstanceRef]) -> str | None:
+    """None when the series passes `rule`, else the first criterion it fails, in words."""
+    first = series[0]
+    if first.modality.upper() not in rule.modalities:
+        return f"modality {first.modality or '(none)'} is not {'/'.join(sorted(rule.modalities))}"
+    image_type = {v.strip().upper() for r in series for v in r.image_type}
+    bad = sorted(image_type & set(rule.image_type_exclude))
+    if bad:
+        return f"ImageType contains {'/'.join(bad)}"
+    missing = sorted(set(rule.image_type_include) - image_type)
+    if missing:
+        return f"ImageType lacks {'/'.join(missing)}"
+    if rule.sop_classes and first.sop_class_uid not in rule.sop_classes:
+        return f"SOP class {first.sop_class_uid} is not a single-frame image class this model reads"
+    if rule.body_part and first.body_part and not re.search(rule.body_part, first.body_part, re.IGNORECASE):
+        return f"body part {first.body_part} does not match {rule.body_part!r}"
+    desc = description_text(first.series_description)
+    if rule.description_include and _first_match(rule.description_include, desc) is None:
+        return f"description {first.series_description!r} matches none of {list(rule.description_include)!r}"
+    hit = _first_match(rule.description_exclude, desc)
+    if hit is not None:
+        return f"description {first.series_description!r} matches excluded pattern {hit!r}"
+    if first.convolution_kernel and _first_match(rule.kernel_exclude, first.convolution_kernel) is not None:
+        return f"kernel {first.convolution_kernel} is a bone/sharp kernel"
+    if rule.orientation != Orientation.ANY:
+        actual = orientation_of(first)
+        if actual is None:
+            return "no ImageOrientationPatient"
+        if actual[0] != rule.orientation.value or actual[1] > rule.max_tilt_degrees:
+            return f"orientation is {actual[0]} (tilt {actual[1]:.0f} deg), not {rule.orientation.value}"
+    if rule.slice_thickness_mm and first.slice_thickness is not None:
+        lo, hi = rule.slice_thickness_mm
+        if not lo <= first.slice_thickness <= hi:
+            return f"slice thickness {first.slice_thickness:g} mm outside {lo:g}-{hi:g} mm"
+    if rule.contrast != Contrast.ANY:
+        has = has_contrast(first)
+        if rule.contrast == Contrast.PRESENT and not has:
+            return "no contrast agent recorded (ContrastBolusAgent empty, description says nothing)"
+        if rule.contrast == Contrast.ABSENT and has:
+            return f"contrast given ({first.contrast_agent or first.series_description!r})"
+    if len(series) < rule.min_images:
+        return f"{len(series)} image(s), fewer than {rule.min_images}"
+    return None
 
 
 def has_contrast(ref: InstanceRef) -> bool:
-    agent = ref.contrast_agent.strip().upper()
-    if agent and agent not in ("NONE", "NO", "N/A"):
+    """ContrastBolusAgent when it names an agent; else the description (a negation wins)."""
+    if ref.contrast_agent.strip().upper() not in NO_AGENT:
         return True
-    if re.search(NO_CONTRAST_DESCRIPTION_RE, ref.series_description):
+    desc = description_text(ref.series_description)
+    if re.search(NO_CONTRAST_DESCRIPTION_RE, desc):
         return False
-    return bool(re.search(CONTRAST_DESCRIPTION_RE, ref.series_description))
+    return bool(re.search(CONTRAST_DESCRIPTION_RE, desc))
 
 
 def normal_of(ref: InstanceRef) -> tuple[float, float, float] | None:
@@ -199,29 +233,34 @@ def _label(series: Sequence[InstanceRef]) -> str:
     return f"series {number} {first.series_description!r} ({first.modality}, {len(series)} images)"
 
 
+def rank(rule: SeriesRule, series: Sequence[InstanceRef]) -> tuple[float, int, int, int]:
+    """Higher is better: closest to the preferred thickness, then soft kernel, most slices, lowest number."""
+    first = series[0]
+    closeness = 0.0
+    if rule.preferred_thickness_mm is not None:
+        t = first.slice_thickness
+        closeness = -abs(t - rule.preferred_thickness_mm) if t is not None else -math.inf
+    soft = 1 if re.search(SOFT_KERNEL_RE, first.convolution_kernel) else 0
+    number = first.series_number if first.series_number is not None else 1 << 30
+    return (round(closeness, 3), soft, len(series), -number)
+
+
 def select_series(instances: Sequence[InstanceRef], rule: SeriesRule) -> list[InstanceRef]:
-    """The best series passing `rule`, its slices sorted; ties: most slices, then soft kernel, then lowest number."""
+    """The best series passing `rule` (see `rank`), its slices sorted."""
     if not instances:
-        raise SelectionError(f"no {rule.name} series: the study has no instances")
+        raise SelectionError(f"no {rule.label} series: the study has no instances")
     candidates: list[list[InstanceRef]] = []
     reasons: list[str] = []
     for series in group_series(instances).values():
-        reason = rule.reject_reason(series)
+        reason = reject_reason(rule, series)
         if reason is None:
             candidates.append(series)
         else:
             reasons.append(f"{_label(series)}: {reason}")
     if not candidates:
-        raise SelectionError(f"no {rule.name} series in the study; " + "; ".join(sorted(reasons)))
-
-    def rank(series: list[InstanceRef]) -> tuple[int, int, int]:
-        kernel = series[0].convolution_kernel.upper()
-        soft = 1 if re.search(r"(H[1-4]\d|HR[1-4]\d|BR[1-4]\d|J[1-4]\d|SOFT|STANDARD|STND|BRAIN|FC[0-2]\d)", kernel) else 0
-        number = series[0].series_number if series[0].series_number is not None else 1 << 30
-        return (len(series), soft, -number)
-
-    best = max(candidates, key=rank)
-    log.debug("series selected", extra={"rule": rule.name, "series_uid": best[0].series_uid, "n": len(best)})
+        raise SelectionError(f"no {rule.label} series in the study; " + "; ".join(sorted(reasons)))
+    best = max(candidates, key=lambda series: rank(rule, series))
+    log.debug("series selected", extra={"rule": rule.label, "series_uid": best[0].series_uid, "n": len(best)})
     return sort_slices(best)
 
 
@@ -251,14 +290,18 @@ def image_at_fraction(slices: Sequence[InstanceRef], fraction: float) -> Instanc
     return min(slices, key=lambda r: abs(slice_position(r) - target))
 
 
-def select_sih_images(instances: Sequence[InstanceRef]) -> SihImages:
+def select_sih_images(
+    instances: Sequence[InstanceRef],
+    axial_rule: SeriesRule = SIH_T1C_AXIAL_RULE,
+    coronal_rule: SeriesRule = SIH_T1C_CORONAL_RULE,
+) -> SihImages:
     """One axial and two coronal post-contrast T1 images (see the fractions above).
 
     Axial slices sort inferior to superior (LPS +z is superior); coronal slices sort anterior to
     posterior (LPS +y is posterior), whatever order the scanner stored them in.
     """
-    axial = select_series(instances, SIH_T1C_AXIAL_RULE)
-    coronal = select_series(instances, SIH_T1C_CORONAL_RULE)
+    axial = select_series(instances, axial_rule)
+    coronal = select_series(instances, coronal_rule)
     axial = _along_axis(axial, axis=2)
     coronal = _along_axis(coronal, axis=1)
     return SihImages(

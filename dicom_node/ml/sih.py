@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from dicom_node.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, StudyAnalysis
-from dicom_node.ml.device import Device, inference_mode
+from dicom_node.ml.device import inference_mode
 from dicom_node.ml.gradcam import grad_cam, peak_region, to_source
-from dicom_node.ml.manifest import SIH_ROLES, Manifest
+from dicom_node.ml.manifest import SIH_ROLES
 from dicom_node.ml.pipeline import Pipeline, load_network
 from dicom_node.ml.preprocess import Placement, mr_input, read_image
 from dicom_node.ml.selection import SihImages, select_sih_images
@@ -32,12 +32,13 @@ def ensemble_probability(logits: dict[str, float], coefficients: dict[str, float
 
 
 class SihPipeline(Pipeline):
-    def __init__(self, manifest: Manifest, device: Device, batch_size: int, thresholds: dict[str, float]) -> None:
-        super().__init__(manifest, device, batch_size, thresholds)
-        self.nets = {role: load_network(manifest, manifest.component(role), 1, device) for role in SIH_ROLES}
+    nets: dict[str, torch.nn.Module]
+
+    def load_networks(self) -> None:
+        self.nets = {role: load_network(self.manifest, self.manifest.component(role), 1, self.device) for role in SIH_ROLES}
 
     def select(self, instances: Sequence[InstanceRef]) -> SihImages:
-        return select_sih_images(instances)
+        return select_sih_images(instances, self.rules["axial"], self.rules["coronal"])
 
     def inputs(self, images: SihImages) -> dict[str, tuple[np.ndarray, Placement]]:
         spec = self.manifest.input

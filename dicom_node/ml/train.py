@@ -26,6 +26,7 @@ from dicom_node.ml.manifest import ICH_LABELS, SIH_LABELS, SIH_ROLES, InputSpec,
 from dicom_node.ml.metrics import auroc, youden_threshold
 from dicom_node.ml.nets import build_model
 from dicom_node.ml.preprocess import ICH_WINDOW_NAMES, ICH_WINDOWS
+from dicom_node.ml.selection import default_selection
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ def train_ich(opts: TrainOptions) -> Path:
                   "windows": [list(w) for w in ICH_WINDOWS], "context_slices": opts.context_slices},
         "preprocessing": {"hu": "RescaleSlope/RescaleIntercept", "resize": "aspect-preserving, zero pad, centred",
                           "study_aggregation": "max", "top_k": 1},
+        "selection": default_selection("ich-ct"),
         "components": [{"role": "slice", "architecture": opts.architecture, **weights}],
         **_common(opts, {"validation_study_level": validation, "train_slices": int(train_mask.sum()),
                          "validation_slices": int(val_mask.sum())}),
@@ -201,6 +203,7 @@ def train_sih(opts: TrainOptions) -> Path:
         "preprocessing": {"normalisation": "1st-99th percentile of non-zero pixels to [0, 1]",
                           "resize": "aspect-preserving, zero pad, centred",
                           "image_selection": "selection.select_sih_images (axial 0.30, coronal 0.45 and 0.70)"},
+        "selection": default_selection("sih-mr"),
         "components": components,
         "ensemble": {"method": "logistic", "inputs": "logits",
                      "coefficients": {r: round(float(c), 6) for r, c in zip(SIH_ROLES, lr.coef_[0], strict=True)},
