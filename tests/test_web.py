@@ -23,6 +23,7 @@ from dicom_node import audit
 from dicom_node.config import StorageConfig, load_config
 from dicom_node.node import Node
 from dicom_node.services import build_node
+from dicom_node.status import study_status
 from dicom_node.web import accounts
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -232,6 +233,19 @@ def test_metrics_parse_and_move_when_a_study_is_sent(running: Running, tmp_path:
     assert after['dicom_node_model_enabled{model="ich",version="0.1.0-synthetic-demo"}'] == 1.0
     assert after["dicom_node_disk_free_bytes"] > 0
 
+    # an admin asks for the study to be analysed again: a new generation, its job queued, audited
+    admin = running.admin()
+    [study] = study_status(running.node.db)
+    uid = study["study_uid"]
+    reply = admin.post(f"/studies/{uid}/reanalyse", admin.form_fields(f"/studies/{uid}"))
+    assert reply.status == 303 and reply.headers["location"].endswith("done=reanalyse"), reply.body
+    assert "Queued for analysis again" in admin.get(reply.headers["location"]).body
+    assert metrics(client)["dicom_node_studies_completed_total"] == 2
+    reply = admin.post(f"/studies/{uid}/resend", admin.form_fields(f"/studies/{uid}"))
+    assert reply.status == 303 and reply.headers["location"].endswith("done=nothing-to-resend")
+    events = [e for e in audit.recent(running.node.db, 50) if e.kind == "reanalyse"]
+    assert [(e.actor, e.subject, e.detail) for e in events] == [("root", uid, "generation 2")]
+
 
 def test_healthz_fails_when_the_database_is_locked_or_the_disk_is_low(running: Running) -> None:
     client = running.client()
@@ -265,6 +279,32 @@ def test_healthz_fails_when_the_database_is_locked_or_the_disk_is_low(running: R
     assert reply.status == 503 and '"disk":{"ok":false' in reply.body and "min_free_mb" in reply.body
     running.node.apply_config(config)
     assert client.get("/healthz").status == 200
+
+
+def test_json_log_lines(tmp_path: Path) -> None:
+    """`--log-format json`: one JSON object per line, the `extra=` context as keys, values escaped."""
+    import json
+
+    path = write_config(tmp_path, callers=[{"ae_title": "BAD\\NAME"}])
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "dicom-node"), "--log-format", "json", "user", "list",
+                           "--config", str(path)], capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 1 and "is not a valid AE title" in proc.stderr
+    import contextlib
+    import io
+    import logging
+
+    from dicom_node.logs import setup_logging
+
+    stream = io.StringIO()
+    with contextlib.redirect_stderr(stream):
+        setup_logging("INFO", json_lines=True)
+        logging.getLogger("dicom_node.test").warning("study\nforged line", extra={"study_uid": "1.2\n3", "n": 3})
+    setup_logging("WARNING")
+    [line] = stream.getvalue().splitlines()
+    doc = json.loads(line)
+    assert doc["level"] == "WARNING" and doc["logger"] == "dicom_node.test" and doc["n"] == 3
+    assert doc["message"] == "study\\x0aforged line" and doc["study_uid"] == "1.2\\x0a3"
+    assert doc["time"].endswith("Z")
 
 
 def test_user_add_command(tmp_path: Path) -> None:
