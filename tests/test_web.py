@@ -337,3 +337,20 @@ def test_user_add_command(tmp_path: Path) -> None:
         assert all(h.startswith("$argon2id$") and PASSWORD not in h for h in hashes)
     finally:
         db.dispose()
+
+
+def test_echo_button_and_unknown_things(running: Running) -> None:
+    reader = running.client()
+    assert reader.login("reader1").status == 303
+    fields = reader.form_fields("/operations")
+    reply = reader.post("/operations/echo", {**fields, "destination": "pacs"})  # nobody listens there
+    assert reply.status == 303
+    page = reader.get(reply.headers["location"]).body
+    assert "C-ECHO pacs (PACS@127.0.0.1:" in page and "failed" in page
+    reply = reader.post("/operations/echo", {**fields, "destination": "nowhere"})
+    assert reply.status == 400 and "No destination named" in reply.body
+    echo = [e for e in audit.recent(running.node.db, 20) if e.kind == "echo"]
+    assert [(e.actor, e.subject) for e in echo] == [("reader1", "pacs")] and "failed" in echo[0].detail
+    assert reader.get("/studies/1.2.3.4").status == 404
+    assert reader.get("/studies/1.2.3.4/images/5.6.7.png").status == 404
+    assert reader.post("/studies/1.2.3.4/reanalyse", fields).status == 403  # readers change nothing

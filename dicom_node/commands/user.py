@@ -55,16 +55,23 @@ def run(args: argparse.Namespace) -> int:
             for problem in problems:
                 print(problem, file=sys.stderr)
             return 1
+        existing = {a.name: a for a in accounts.users(db)}
         try:
-            if password is None:
+            if password is None and args.name in existing:
+                account = existing[args.name]  # a new login link for an existing user
+            elif password is None:
                 account = accounts.ensure_user(db, args.name, args.role)
             else:
                 account = accounts.add_user(db, args.name, args.role, password)
         except accounts.AccountError as exc:
             print(str(exc), file=sys.stderr)
             return 1
-        audit.record_now(db, audit.USER_ADDED, actor="command line", subject=account.name, detail=f"role {account.role}")
-        print(f"user {account.name!r} ({account.role}) added")
+        if account.name in existing:
+            print(f"user {account.name!r} ({account.role}) exists")
+        else:
+            audit.record_now(db, audit.USER_ADDED, actor="command line", subject=account.name,
+                             detail=f"role {account.role}")
+            print(f"user {account.name!r} ({account.role}) added")
         if args.login_link:
             token = accounts.login_link_token(db, account)
             print(f"one-time login (24 h): {dashboard_url(config, f'/login/once/{token}')}")
