@@ -1,8 +1,10 @@
-"""`dicom-node config check FILE`: validate a configuration, one line per problem naming the key."""
+"""`dicom-node config check FILE`: validate a configuration, one line per problem naming the key: the
+file's shape and values (config.py), then what serve needs of the machine (preflight.py)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dicom_node.commands import load_config_or_report
 
@@ -16,6 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config_or_report(args.file)
     if cfg is None:
+        return 1
+    from dicom_node.preflight import problems
+
+    found = problems(cfg)  # models, storage and database as serve will use them
+    for problem in found:
+        print(f"{args.file}: {problem}", file=sys.stderr)
+    if found:
         return 1
     print(
         f"{cfg.source}: valid (AE {cfg.node.ae_title} on {cfg.node.host}:{cfg.node.port}, "

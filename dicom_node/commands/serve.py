@@ -19,6 +19,13 @@ def run(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config)
     if config is None:
         return 1
+    from dicom_node.preflight import problems
+
+    found = problems(config, ports=True)  # refuse to start, one line per problem, instead of a traceback
+    for problem in found:
+        print(f"{args.config}: {problem}", file=sys.stderr)
+    if found:
+        return 1
     from dicom_node.errors import ModelError
     from dicom_node.services import build_node
 
