@@ -1,8 +1,13 @@
 """Study assembly: decide when a study being received is complete.
 
 A RECEIVING study becomes COMPLETE when it has been quiet for `assembly.quiet_seconds`, or (with
-`assembly.complete_on_release`) when the association that brought its last instance is released and no
-other open association has contributed to it. Each completion increments the study's `generation` and
+`assembly.complete_on_release`) when the association that brought its last instance was released at least
+`assembly.release_grace_seconds` ago and no other open association has contributed to it. The grace
+period is for senders that open one association per series: the next series' association brings an
+instance within it, becomes the study's last association, and keeps the study open; the quiet timer stays
+the fallback (an aborted association, a sender that pauses longer). With a grace of 0 the study completes
+in the release callback itself (`association_released`). Both live in the database (association
+`ended_at`, study `last_association_id`), so a restart loses no pending completion. Each completion increments the study's `generation` and
 calls `on_complete(session, study)` inside the same transaction, so whatever it queues is committed
 together with the state change or not at all.
 """
@@ -14,7 +19,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from apscheduler.schedulers.base import BaseScheduler
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -35,50 +40,40 @@ class Assembler:
         self.on_complete = on_complete
 
     def check(self, now: datetime | None = None) -> list[str]:
-        """Complete every RECEIVING study quiet for `quiet_seconds`. Returns their Study Instance UIDs."""
+        """Complete every RECEIVING study quiet for `quiet_seconds`, or whose last association was released
+        `release_grace_seconds` ago (see the module). Returns their Study Instance UIDs."""
         now = now or utcnow()
         cutoff = now - timedelta(seconds=self.config.assembly.quiet_seconds)
-        try:
-            with self.db.read() as session:
-                candidates = session.scalars(
-                    select(Study.id).where(Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff)
-                ).all()
-        except SQLAlchemyError as exc:
-            log.error("assembler cannot read studies", extra={"error": str(exc)})
-            return []
-        done: list[str] = []
-        for study_id in candidates:
-            uid = self._complete_one(study_id, now, "quiet", lambda s: s.last_received_at <= cutoff)
-            if uid:
-                done.append(uid)
+        quiet = select(Study.id).where(Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff)
+        done = self._complete_all(quiet, now, "quiet", lambda s: s.last_received_at <= cutoff)
+        assembly = self.config.assembly
+        if assembly.complete_on_release and assembly.release_grace_seconds > 0:
+            released_by = now - timedelta(seconds=assembly.release_grace_seconds)
+            released = (
+                select(Study.id)
+                .join(Association, Association.id == Study.last_association_id)
+                .where(Study.state == StudyState.RECEIVING, Association.released.is_(True),
+                       Association.ended_at <= released_by)
+            )
+            done += self._complete_all(released, now, "association released, grace period over",
+                                       lambda s: self._released_before(s, released_by))
         return done
 
     def association_released(self, association_id: str, now: datetime | None = None) -> list[str]:
-        """Complete the studies whose last instance came with this (released) association."""
-        if not self.config.assembly.complete_on_release:
+        """With no grace period, complete at once the studies whose last instance came with this (released)
+        association; with one, `check()` completes them once it has passed."""
+        assembly = self.config.assembly
+        if not assembly.complete_on_release or assembly.release_grace_seconds > 0:
             return []
-        now = now or utcnow()
-        try:
-            with self.db.read() as session:
-                candidates = session.scalars(
-                    select(Study.id).where(
-                        Study.state == StudyState.RECEIVING, Study.last_association_id == association_id
-                    )
-                ).all()
-        except SQLAlchemyError as exc:
-            log.error("assembler cannot read studies", extra={"error": str(exc), "association_id": association_id})
-            return []
-        done: list[str] = []
-        for study_id in candidates:
-            uid = self._complete_one(
-                study_id,
-                now,
-                "association released",
-                lambda s: s.last_association_id == association_id and not self._other_open_senders(s, association_id),
-            )
-            if uid:
-                done.append(uid)
-        return done
+        candidates = select(Study.id).where(
+            Study.state == StudyState.RECEIVING, Study.last_association_id == association_id
+        )
+        return self._complete_all(
+            candidates,
+            now or utcnow(),
+            "association released",
+            lambda s: s.last_association_id == association_id and not self._other_open_senders(s, association_id),
+        )
 
     def reanalyse(self, study_uid: str, now: datetime | None = None) -> int | None:
         """Analyse a received study again (a dashboard request): a new generation, its jobs queued in the
@@ -110,6 +105,32 @@ class Assembler:
             coalesce=True,
             replace_existing=True,
         )
+
+    def _complete_all(
+        self, candidates: Select[tuple[int]], now: datetime, why: str, still_due: Callable[[Study], bool]
+    ) -> list[str]:
+        try:
+            with self.db.read() as session:
+                study_ids = session.scalars(candidates).all()
+        except SQLAlchemyError as exc:
+            log.error("assembler cannot read studies", extra={"error": str(exc), "trigger": why})
+            return []
+        done: list[str] = []
+        for study_id in study_ids:
+            uid = self._complete_one(study_id, now, why, still_due)
+            if uid:
+                done.append(uid)
+        return done
+
+    def _released_before(self, study: Study, released_by: datetime) -> bool:
+        """The association that brought the study's last instance was released by `released_by`, and no
+        other association that sent to the study is still open."""
+        session = Session.object_session(study)
+        assert session is not None
+        assoc = session.get(Association, study.last_association_id) if study.last_association_id else None
+        if assoc is None or not assoc.released or assoc.ended_at is None or assoc.ended_at > released_by:
+            return False
+        return not self._other_open_senders(study, assoc.id)
 
     def _other_open_senders(self, study: Study, association_id: str) -> bool:
         """True if another association that is still open has sent instances of this study."""

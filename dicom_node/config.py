@@ -78,6 +78,7 @@ class StorageConfig:
 class AssemblyConfig:
     quiet_seconds: float = 30.0
     complete_on_release: bool = True
+    release_grace_seconds: float = 2.0  # after a release, how long a new association may still extend the study
     check_interval_seconds: float = 1.0
 
 
@@ -349,10 +350,12 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         min_free_mb=r.positive(s, "storage", "min_free_mb", int, 500, zero_ok=True),
     )
 
-    a = r.table(data, "assembly", {"quiet_seconds", "complete_on_release", "check_interval_seconds"})
+    a = r.table(data, "assembly", {"quiet_seconds", "complete_on_release", "release_grace_seconds",
+                                   "check_interval_seconds"})
     assembly = AssemblyConfig(
         quiet_seconds=r.positive(a, "assembly", "quiet_seconds", float, 30.0, zero_ok=True),
         complete_on_release=r.get(a, "assembly", "complete_on_release", bool, True),
+        release_grace_seconds=r.positive(a, "assembly", "release_grace_seconds", float, 2.0, zero_ok=True),
         check_interval_seconds=r.positive(a, "assembly", "check_interval_seconds", float, 1.0),
     )
 

@@ -1,13 +1,15 @@
-"""Study assembly: quiet timer, completion on association release, late instances re-open a study."""
+"""Study assembly: quiet timer, completion on association release (at once, or after a grace period in
+which a new association for the study keeps it open), late instances re-open a study."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import wait_for
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from receiver_helpers import ct_dataset, ct_series, make_config, storescu, write_series
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,7 +27,8 @@ T0 = datetime(2024, 1, 1, 12, 0, 0)
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return make_config(tmp_path, assembly={"quiet_seconds": 30, "complete_on_release": True})
+    """Completion at the release itself (no grace period)."""
+    return make_config(tmp_path, assembly={"quiet_seconds": 30, "complete_on_release": True, "release_grace_seconds": 0})
 
 
 @pytest.fixture
@@ -47,10 +50,17 @@ def _study(db: Database, uid: str) -> Study:
         return s.scalars(select(Study).where(Study.study_uid == uid)).one()
 
 
-def _open_association(db: Database, aid: str, ended: bool = False) -> None:
+def _open_association(db: Database, aid: str, ended: bool = False, at: datetime = T0) -> None:
     with db.write() as s:
-        s.add(Association(id=aid, calling_ae="PACS", peer_address="127.0.0.1", started_at=T0,
-                          ended_at=T0 if ended else None, released=ended))
+        s.add(Association(id=aid, calling_ae="PACS", peer_address="127.0.0.1", started_at=at,
+                          ended_at=at if ended else None, released=ended))
+
+
+def _end_association(db: Database, aid: str, at: datetime, released: bool = True) -> None:
+    with db.write() as s:
+        assoc = s.get(Association, aid)
+        assert assoc is not None
+        assoc.ended_at, assoc.released = at, released
 
 
 def test_quiet_timer_completes_once(config: Config, db: Database) -> None:
@@ -131,3 +141,73 @@ def test_association_release_completes_over_the_network(config: Config, db: Data
         assert _study(db, uid).generation == 1
     finally:
         handle.shutdown(grace_seconds=2)
+
+
+def _seconds(n: float) -> datetime:
+    return T0 + timedelta(seconds=n)
+
+
+def test_default_grace_period_is_a_few_seconds(tmp_path: Path) -> None:
+    assert make_config(tmp_path).assembly.release_grace_seconds == 2.0
+
+
+@pytest.fixture
+def graced(tmp_path: Path) -> Iterator[tuple[Database, Assembler]]:
+    """An assembler with a 3 s release grace period and a 30 s quiet timer."""
+    config = make_config(tmp_path, assembly={"quiet_seconds": 30, "release_grace_seconds": 3})
+    database = Database(config.database_url)
+    yield database, Assembler(config, database)
+    database.dispose()
+
+
+def test_release_completes_only_after_the_grace_period(graced: tuple[Database, Assembler]) -> None:
+    db, assembler = graced
+    _open_association(db, "a1")
+    _receive(db, "5.5", 0, T0, "a1")
+    _end_association(db, "a1", _seconds(1))
+    assert assembler.association_released("a1") == []  # the grace period starts
+    assert assembler.check(now=_seconds(3.9)) == []
+    assert assembler.check(now=_seconds(4.1)) == ["5.5"]
+    assert _study(db, "5.5").generation == 1
+
+
+def test_association_per_series_keeps_the_study_open_until_the_last_one(graced: tuple[Database, Assembler]) -> None:
+    db, assembler = graced
+    for n, aid in enumerate(("scout", "axial", "bone")):  # one association per series, 2 s apart
+        start = _seconds(4 * n)
+        _open_association(db, aid, at=start)
+        _receive(db, "6.6", n, start + timedelta(seconds=0.5), aid)
+        assert assembler.check(now=start + timedelta(seconds=1)) == []  # the previous release is not due
+        _end_association(db, aid, start + timedelta(seconds=2))
+        assert assembler.check(now=start + timedelta(seconds=3.5)) == []  # within the grace period
+    assert assembler.check(now=_seconds(8 + 2 + 3.1)) == ["6.6"]
+    assert _study(db, "6.6").generation == 1
+
+
+def test_aborted_association_waits_for_the_quiet_timer(graced: tuple[Database, Assembler]) -> None:
+    db, assembler = graced
+    _open_association(db, "a1")
+    _receive(db, "7.1", 0, T0, "a1")
+    _end_association(db, "a1", _seconds(1), released=False)
+    assert assembler.check(now=_seconds(10)) == []
+    assert assembler.check(now=_seconds(31)) == ["7.1"]
+
+
+def test_grace_period_over_the_network(tmp_path: Path) -> None:
+    config = make_config(tmp_path, assembly={"quiet_seconds": 300, "release_grace_seconds": 3})
+    db = Database(config.database_url)
+    assembler = Assembler(config, db)
+    handle = start_receiver(config, db, lambda aid, released: released and assembler.association_released(aid))
+    try:
+        study_uid = generate_uid()
+        first, second = ct_series(3, study_uid=study_uid), ct_series(3, study_uid=study_uid)
+        for n, datasets in enumerate((first, second)):
+            result = storescu(handle.port, write_series(tmp_path / f"in{n}", datasets))
+            assert result.returncode == 0, result.stderr
+            assert assembler.check() == [], "completed within the grace period"
+        wait_for(lambda: assembler.check() == [study_uid] or _study(db, study_uid).state == StudyState.COMPLETE,
+                 timeout=10, interval=0.1, msg="complete after the grace period")
+        assert _study(db, study_uid).generation == 1
+    finally:
+        handle.shutdown(grace_seconds=2)
+        db.dispose()
