@@ -33,9 +33,9 @@ class NodeConfig:
     ae_title: str = "DICOMNODE"
     host: str = "127.0.0.1"
     port: int = 11112
-    max_associations: int = 10
+    max_associations: int = 32  # more than one PACS fills; idle peers time out after acse_timeout
     max_pdu: int = 0  # 0: unlimited
-    acse_timeout: float = 30.0
+    acse_timeout: float = 10.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -285,9 +285,9 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         ae_title=r.ae_title(n, "node", "ae_title", "DICOMNODE"),
         host=r.get(n, "node", "host", str, "127.0.0.1"),
         port=r.port(n, "node", "port", 11112),
-        max_associations=r.positive(n, "node", "max_associations", int, 10),
+        max_associations=r.positive(n, "node", "max_associations", int, 32),
         max_pdu=r.positive(n, "node", "max_pdu", int, 0, zero_ok=True),
-        acse_timeout=r.positive(n, "node", "acse_timeout", float, 30.0),
+        acse_timeout=r.positive(n, "node", "acse_timeout", float, 10.0),
         dimse_timeout=r.positive(n, "node", "dimse_timeout", float, 60.0),
         network_timeout=r.positive(n, "node", "network_timeout", float, 60.0),
         tls=r.tls(n, "node"),
@@ -435,7 +435,6 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         tls=r.tls(wb, "web"),
         session_hours=r.positive(wb, "web", "session_hours", float, 12.0),
     )
-
 
     if r.problems:
         raise ConfigError(r.problems)

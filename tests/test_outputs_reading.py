@@ -225,3 +225,18 @@ def test_outputs_from_real_world_headers_validate(tmp_path: Path, kind: str, pos
         assert all("PatientBirthDate" not in ds for ds in series)
     if kind == "empty-charset":
         assert all(ds.SpecificCharacterSet == "" for ds in series)
+
+
+def test_a_study_without_any_image_still_gets_a_valid_report(tmp_path: Path) -> None:
+    """E.g. only a dose report or a header with Rows 0 reached the node: no region can be drawn."""
+    series = make_series("CT", n=1)
+    header = Dataset(dict(series[0].items()))
+    del header.PixelData
+    header.Rows = 0
+    analysis = replace(not_analysed(series), status=AnalysisStatus.FAILED, reason="no image")
+    out = build_outputs(analysis, {header.SOPInstanceUID: header}, 1)
+    path = tmp_path / "sr.dcm"
+    sr = roundtrip(out[0].dataset, path)
+    assert dciodvfy_errors(path) == []
+    assert not [i for i in sr.ContentSequence if i.ValueType == "SCOORD"]
+    assert {f.presence for f in sr_findings(sr)} == {"Undetermined"}

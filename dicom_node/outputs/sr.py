@@ -47,7 +47,7 @@ def _findings(analysis: StudyAnalysis) -> list[Finding]:
     """Findings to report; every one Undetermined when the study was not analysed (never a silent negative)."""
     if analysis.status == AnalysisStatus.ANALYSED and analysis.findings:
         return list(analysis.findings)
-    labels = [f.label for f in analysis.findings] or list(
+    labels = [f.label for f in analysis.findings] or list(analysis.model.labels) or list(
         codes.labels_for_task(analysis.model.task, analysis.model.name))
     return [Finding(label=label, probability=0.0, threshold=0.0, present=None) for label in labels]
 
@@ -76,9 +76,10 @@ def _group(analysis: StudyAnalysis, finding: Finding, image: Dataset, located: b
     """
     model = analysis.model
     concept = codes.finding_concept(finding.label)
+    instance = f" {finding.instance}" if finding.instance else ""  # one finding of several with this label
     tracking = hd.sr.TrackingIdentifier(
-        uid=uids.tracking_uid(analysis.study_uid, model.name, model.version, finding.label),
-        identifier=f"{model.name} {finding.label}",
+        uid=uids.tracking_uid(analysis.study_uid, model.name, model.version, finding.label + instance),
+        identifier=f"{model.name} {finding.label}{instance}",
     )
     (x, y), radius = marker(finding if located else None, image)
     circle = np.array([(x, y), (x + radius, y)], dtype=np.float32)
@@ -88,12 +89,17 @@ def _group(analysis: StudyAnalysis, finding: Finding, image: Dataset, located: b
         coordinates = hd.sr.CoordinatesForMeasurement(
             graphic_type=hd.sr.GraphicTypeValues.CIRCLE, graphic_data=circle,
             source_image=hd.sr.SourceImageForRegion.from_source_image(image))
+        # the finding's own measurements (a lesion's diameter) first, the first of them inferred from the region
+        measured = [hd.sr.Measurement(name=name, value=float(m.value), unit=unit,
+                                      referenced_coordinates=[coordinates] if k == 0 else None)
+                    for k, (m, (name, unit)) in enumerate((m, codes.measurement(m.concept))
+                                                          for m in finding.measurements)]
         probability = hd.sr.Measurement(
             name=codes.PROBABILITY, value=wording.percent(finding.probability), unit=codes.UNIT_PERCENT,
-            referenced_coordinates=[coordinates])
+            referenced_coordinates=None if measured else [coordinates])
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking, finding_type=concept.code, algorithm_id=_algorithm(analysis, finding),
-            measurements=[probability], qualitative_evaluations=evaluations)
+            measurements=[*measured, probability], qualitative_evaluations=evaluations)
     else:
         region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.CIRCLE, graphic_data=circle,
                                    source_image=hd.sr.SourceImageForRegion.from_source_image(image))
@@ -110,6 +116,22 @@ def _group(analysis: StudyAnalysis, finding: Finding, image: Dataset, located: b
     return group
 
 
+def _unplaced_group(analysis: StudyAnalysis, finding: Finding) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The study-level finding without a region, for a study whose instances hold no image."""
+    model = analysis.model
+    concept = codes.finding_concept(finding.label)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=uids.tracking_uid(analysis.study_uid, model.name, model.version, finding.label),
+            identifier=f"{model.name} {finding.label}"),
+        finding_type=concept.code, algorithm_id=_algorithm(analysis, finding),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=concept.code, value=codes.presence(finding.present))])
+    group[0].ContinuityOfContent = "SEPARATE"
+    for note in [*wording.viewer_lines(finding), wording.summary(analysis)]:
+        group[0].ContentSequence.append(_comment(note))
+    return group
+
+
 def _qualitative_evaluations(analysis: StudyAnalysis, findings: Sequence[Finding]) -> hd.sr.ContainerContentItem:
     """TID 1500 "Qualitative Evaluations": the AI statement, the impression, and each ungrouped finding."""
     container = hd.sr.ContainerContentItem(
@@ -120,6 +142,9 @@ def _qualitative_evaluations(analysis: StudyAnalysis, findings: Sequence[Finding
         hd.sr.TextContentItem(name=codes.IMPRESSION, value=wording.summary(analysis)[:1024],
                               relationship_type=REL.CONTAINS),
     ]
+    for m in analysis.measurements if analysis.status == AnalysisStatus.ANALYSED else ():  # study level: counts
+        name, unit = codes.measurement(m.concept)
+        items.append(hd.sr.NumContentItem(name=name, value=float(m.value), unit=unit, relationship_type=REL.CONTAINS))
     for finding in findings:
         concept = codes.finding_concept(finding.label)
         item = hd.sr.CodeContentItem(name=concept.code, value=codes.presence(finding.present),
@@ -213,11 +238,13 @@ def _groups(analysis: StudyAnalysis, findings: list[Finding], sources: Mapping[s
         grouped.add(finding.label)
     if not groups and findings:
         anchor = _anchor_image(analysis, sources)
+        study_level = next((f for f in findings if f.label == wording.SUMMARY_LABEL), findings[0])
         if anchor is not None:
-            study_level = next((f for f in findings if f.label == wording.SUMMARY_LABEL), findings[0])
             groups.append(_group(analysis, study_level, anchor, located=False))
             marked.append(anchor)
-            grouped.add(study_level.label)
+        else:  # no image to mark (TID 1500 needs one group): a viewer has nothing to show anyway
+            groups.append(_unplaced_group(analysis, study_level))
+        grouped.add(study_level.label)
     return groups, [f for f in findings if f.label not in grouped], marked
 
 
