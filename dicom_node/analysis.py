@@ -29,6 +29,17 @@ class ModelInfo:
     manifest_sha256: str  # sha256 of manifest.json: changes whenever weights or thresholds change
     synthetic_demo: bool  # demo weights trained on generated phantoms: never clinically valid
     intended_use: str = ""
+    labels: tuple[str, ...] = ()  # what the model reports (a "not analysed" report names each as Undetermined)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A number the report states: `concept` names it (a key of `outputs.codes.MEASUREMENTS`, e.g.
+    "diameter", "microbleed_count"), `unit` is its UCUM code ("mm", "{count}")."""
+
+    concept: str
+    value: float
+    unit: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,10 @@ class Finding:
     # Peak of the explanation map on the key image, (row, column) in source pixel coordinates.
     region_center: tuple[float, float] | None = None
     region_radius: float | None = None
+    # A label reported once per lesion (microbleeds) numbers its findings 1..n; 0 for one finding per label.
+    instance: int = 0
+    detail: str = ""  # a short qualifier shown with the finding, e.g. "lobar"
+    measurements: tuple[Measurement, ...] = ()  # of this lesion (e.g. its diameter), shown with its region
 
 
 @dataclass
@@ -67,6 +82,7 @@ class StudyAnalysis:
     # Lesion masks of present findings: label -> SOP Instance UID -> bool (rows, columns) array in source
     # pixel coordinates. Like heat maps they travel in memory only (the SEG is built from them).
     masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    measurements: list[Measurement] = field(default_factory=list)  # study level, e.g. lesion counts
 
     @property
     def critical(self) -> bool:
@@ -82,6 +98,7 @@ class StudyAnalysis:
             "evaluated_sop_instance_uids": list(self.evaluated_sop_instance_uids),
             "findings": [asdict(f) for f in self.findings],
             "key_images": [{"sop_instance_uid": k.sop_instance_uid, "labels": list(k.labels)} for k in self.key_images],
+            **({"measurements": [asdict(m) for m in self.measurements]} if self.measurements else {}),
         }
 
     @classmethod
@@ -91,9 +108,11 @@ class StudyAnalysis:
             f = dict(f)
             if f.get("region_center") is not None:
                 f["region_center"] = tuple(f["region_center"])
+            if f.get("measurements"):
+                f["measurements"] = tuple(Measurement(**m) for m in f["measurements"])
             findings.append(Finding(**f))
         return cls(
-            model=ModelInfo(**data["model"]),
+            model=ModelInfo(**{**data["model"], "labels": tuple(data["model"].get("labels", ()))}),
             status=AnalysisStatus(data["status"]),
             reason=data.get("reason", ""),
             study_uid=data.get("study_uid", ""),
@@ -101,6 +120,7 @@ class StudyAnalysis:
             evaluated_sop_instance_uids=list(data.get("evaluated_sop_instance_uids", [])),
             findings=findings,
             key_images=[KeyImage(k["sop_instance_uid"], list(k["labels"])) for k in data.get("key_images", [])],
+            measurements=[Measurement(**m) for m in data.get("measurements", [])],
         )
 
 

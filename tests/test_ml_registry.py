@@ -92,7 +92,7 @@ def test_missing_weights_refused(trained: Path, tmp_path: Path) -> None:
         (lambda d: d["input"].update(windows=[[40, 80]]), "input.windows"),
         (lambda d: d["input"].update(context_slices=9), "input.context_slices"),
         (lambda d: d["input"].update(spacing_mm=0.5), "unsupported keys"),
-        (lambda d: d.update(task="cmb-swi"), "task: 'cmb-swi' is not supported"),
+        (lambda d: d.update(task="tumour-ct"), "task: 'tumour-ct' is not supported"),
         (lambda d: d.update(labels=["any", "contusion"]), "labels"),
         (lambda d: d["components"][0].update(architecture="vit_b_16"), "architecture: 'vit_b_16' not supported"),
         (lambda d: d["thresholds"].update(any=1.5), "thresholds.any"),

@@ -10,7 +10,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, choices=["ich", "sih"], help="which task to train")
+    parser.add_argument("--model", required=True, choices=["ich", "sih", "cmb"], help="which task to train")
     parser.add_argument("--data", required=True, type=Path, help="folder of DICOM files with labels.csv")
     parser.add_argument("--out", required=True, type=Path,
                         help="model folder to write (weights + manifest.json), e.g. models/ich/1.0.0")
@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default="", help="model version (default: the folder's name)")
     parser.add_argument("--synthetic-demo", action="store_true", help="tag the model as trained on generated phantoms")
     parser.add_argument("--training-data", default="", help="description of the training data for the manifest")
+    parser.add_argument("--crop", type=int, default=128,
+                        help="cmb: detector training crop in pixels (--arch maskrcnn_tiny_fpn, the default for cmb, "
+                        "or maskrcnn_resnet50_fpn)")
+    parser.add_argument("--mil-epochs", type=int, default=150, help="cmb: epochs of the MIL classifier")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
 
 
@@ -44,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, val_fraction=args.val_fraction, batch_size=args.batch_size, learning_rate=args.lr,
         context_slices=args.context_slices, name=args.name or out.parent.name, version=args.version or out.name,
         synthetic_demo=args.synthetic_demo, training_data=args.training_data,
+        extra={"crop": args.crop, "mil_epochs": args.mil_epochs},
     )
     try:
         folder = train(opts)

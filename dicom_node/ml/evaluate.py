@@ -32,6 +32,12 @@ def evaluate(pipeline: Pipeline, data_dir: Path, out_dir: Path, n_boot: int = 10
         result = _evaluate_ich(pipeline, data_dir, out_dir, n_boot, seed)
     elif isinstance(pipeline, SihPipeline):
         result = _evaluate_sih(pipeline, data_dir, out_dir, n_boot, seed)
+    elif pipeline.info.task == "cmb-swi":
+        from dicom_node.ml.cmb_pipeline import CmbPipeline
+        from dicom_node.ml.evaluate_cmb import evaluate_cmb
+
+        assert isinstance(pipeline, CmbPipeline)
+        result = evaluate_cmb(pipeline, data_dir, out_dir, n_boot, seed, _header(pipeline, data_dir))
     else:
         raise TypeError(f"no evaluation for {type(pipeline).__name__}")
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -113,6 +119,10 @@ def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, se
 
 def format_table(result: dict[str, Any]) -> str:
     """A readable table of the per-label metrics (and the study-level AUROC for ICH)."""
+    if result.get("model", {}).get("task") == "cmb-swi":
+        from dicom_node.ml.evaluate_cmb import format_cmb_table
+
+        return format_cmb_table(result)
 
     def f(v: Any) -> str:
         return "  n/a" if v is None else f"{v:.3f}"

@@ -123,6 +123,10 @@ def _parse(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) ->
             return kind()
         return value
 
+    if d.get("task") == "cmb-swi":  # microbleeds: its own parser (detector, classifier, location)
+        from dicom_node.ml.cmb_manifest import parse_cmb
+
+        return parse_cmb(folder, digest, d, problems)
     name, version, task = req("name", str), req("version", str), req("task", str)
     if task not in TASKS:
         problems.append(f"task: {task!r} is not supported (supported: {', '.join(TASKS)})")

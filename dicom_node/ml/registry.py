@@ -52,6 +52,10 @@ def load_pipeline(
         from dicom_node.ml.ich import IchPipeline
 
         pipeline: Pipeline = IchPipeline(manifest, device, batch_size, thresholds or {}, rules)
+    elif manifest.task == "cmb-swi":
+        from dicom_node.ml.cmb_pipeline import CmbPipeline
+
+        pipeline = CmbPipeline(manifest, device, batch_size, thresholds or {}, rules)
     else:
         from dicom_node.ml.sih import SihPipeline
 

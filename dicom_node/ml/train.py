@@ -241,4 +241,8 @@ def train(opts: TrainOptions) -> Path:
         return train_ich(opts)
     if opts.task == "sih":
         return train_sih(opts)
-    raise ValueError(f"task must be ich or sih, got {opts.task!r}")
+    if opts.task == "cmb":
+        from dicom_node.ml.train_cmb import train_cmb
+
+        return train_cmb(opts)
+    raise ValueError(f"task must be ich, sih or cmb, got {opts.task!r}")

@@ -63,7 +63,9 @@ def build_outputs(
             log.warning("key image not among the sources: no overlay",
                         extra={"study_uid": analysis.study_uid, "label": finding.label,
                                "sop_instance_uid": finding.key_sop_instance_uid})
-    for index, finding in enumerate(located_findings(analysis.findings, sources), start=1):
+    # one overlay per located finding; a label reported per lesion (instance 1..n) gets one, for its first
+    overlaid = [f for f in located_findings(analysis.findings, sources) if f.instance <= 1]
+    for index, finding in enumerate(overlaid, start=1):
         key = finding.key_sop_instance_uid or ""
         outputs.append(build_overlay(analysis, finding, heatmaps.get(key), sources[key], index, generation,
                                      lineage.sop_instance_uid, device))

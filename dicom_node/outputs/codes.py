@@ -42,12 +42,12 @@ INTRAPARENCHYMAL_HEMORRHAGE = _code("449020009", "SCT", "Intraparenchymal hemorr
 EPIDURAL_HEMORRHAGE = _code("DN-0001", PRIVATE_SCHEME, "Epidural intracranial hemorrhage")
 SPONTANEOUS_INTRACRANIAL_HYPOTENSION = _code("DN-0002", PRIVATE_SCHEME, "Spontaneous intracranial hypotension")
 # Cerebral microbleeds and the small-vessel-disease classes: no verified SNOMED CT concept in DICOM part 16
-# (pydicom's concept dictionaries list none for microbleeds, CAA or CADASIL): private codes.
+# (pydicom's concept dictionaries list none for microbleeds, CAA or CADASIL): private codes. DN-0007 is
+# retired unused (it named "no small vessel disease", which the report states as every class Absent).
 CEREBRAL_MICROBLEED = _code("DN-0003", PRIVATE_SCHEME, "Cerebral microbleed")
 ARTERIOLOSCLEROTIC_SVD = _code("DN-0004", PRIVATE_SCHEME, "Arteriolosclerotic small vessel disease")
 CEREBRAL_AMYLOID_ANGIOPATHY = _code("DN-0005", PRIVATE_SCHEME, "Cerebral amyloid angiopathy")
 CADASIL = _code("DN-0006", PRIVATE_SCHEME, "CADASIL")
-NO_SMALL_VESSEL_DISEASE = _code("DN-0007", PRIVATE_SCHEME, "No cerebral small vessel disease")
 
 FINDINGS: dict[str, FindingConcept] = {
     c.label: c
@@ -61,7 +61,6 @@ FINDINGS: dict[str, FindingConcept] = {
         FindingConcept("sih", SPONTANEOUS_INTRACRANIAL_HYPOTENSION, "Spontaneous intracranial hypotension", "SIH"),
         FindingConcept("microbleeds", CEREBRAL_MICROBLEED, "Cerebral microbleeds", "CMB"),  # study level
         FindingConcept("microbleed", CEREBRAL_MICROBLEED, "Microbleed", "CMB"),  # one per bleed (instance 1..n)
-        FindingConcept("no_svd", NO_SMALL_VESSEL_DISEASE, "No small vessel disease", "no SVD"),
         FindingConcept("asvd", ARTERIOLOSCLEROTIC_SVD, "Arteriolosclerotic SVD", "aSVD"),
         FindingConcept("caa", CEREBRAL_AMYLOID_ANGIOPATHY, "Cerebral amyloid angiopathy", "CAA"),
         FindingConcept("cadasil", CADASIL, "CADASIL", "CADASIL"),
@@ -70,7 +69,6 @@ FINDINGS: dict[str, FindingConcept] = {
 
 ICH_LABELS: tuple[str, ...] = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 SIH_LABELS: tuple[str, ...] = ("sih",)
-CMB_LABELS: tuple[str, ...] = ("microbleeds", "no_svd", "asvd", "caa", "cadasil")
 
 # --- segmentation (DICOM SEG): property category for lesions (CID 7150) --------------------------------------
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = _code("49755003", "SCT", "Morphologically abnormal structure")
@@ -119,6 +117,14 @@ def finding_concept(label: str) -> FindingConcept:
         raise ValueError(f"no coded concept for model label {label!r}; known: {sorted(FINDINGS)}") from None
 
 
+def measurement(key: str) -> tuple[CodedConcept, CodedConcept]:
+    """(concept, UCUM unit) of a measurement key (`analysis.Measurement.concept`); ValueError if unknown."""
+    try:
+        return MEASUREMENTS[key]
+    except KeyError:
+        raise ValueError(f"no coded concept for measurement {key!r}; known: {sorted(MEASUREMENTS)}") from None
+
+
 def presence(present: bool | None) -> CodedConcept:
     """CID 240 value for a finding: Present, Absent, or Undetermined when it was not analysed."""
     if present is None:
@@ -133,8 +139,6 @@ def labels_for_task(task: str, model_name: str = "") -> tuple[str, ...]:
         return ICH_LABELS
     if "sih" in key:
         return SIH_LABELS
-    if "cmb" in key:
-        return CMB_LABELS
     raise ValueError(f"unknown model task {task!r} (model {model_name!r}): cannot name its findings")
 
 

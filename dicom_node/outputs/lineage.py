@@ -51,9 +51,13 @@ def content_digest(analysis: StudyAnalysis) -> str:
              f.key_sop_instance_uid,
              [round(float(v)) for v in f.region_center] if f.region_center else None,
              round(float(f.region_radius)) if f.region_radius else None]
+            + ([f.instance, f.detail, [[m.concept, m.value, m.unit] for m in f.measurements]]
+               if f.instance or f.detail or f.measurements else [])
             for f in analysis.findings
         ],
     }
+    if analysis.measurements:  # study-level numbers (lesion counts) are part of what the report says
+        content["measurements"] = [[m.concept, m.value, m.unit] for m in analysis.measurements]
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

@@ -93,3 +93,17 @@ def sr_text(ds: Dataset) -> list[str]:
 
     walk(list(ds.get("ContentSequence", [])))
     return texts
+
+
+def sr_counts(ds: Dataset) -> dict[str, float]:
+    """The study-level numbers in Qualitative Evaluations other than probabilities (e.g. lesion counts),
+    by code meaning: {"Number of cerebral microbleeds": 3.0, ...}."""
+    out: dict[str, float] = {}
+    for container in ds.get("ContentSequence", []):
+        if container.get("ValueType") != "CONTAINER" or _concept(container) != _QUALITATIVE_EVALUATIONS:
+            continue
+        for item in container.get("ContentSequence", []):
+            if item.ValueType == "NUM" and _concept(item) != _PROBABILITY and item.get("MeasuredValueSequence"):
+                out[str(item.ConceptNameCodeSequence[0].CodeMeaning)] = float(
+                    item.MeasuredValueSequence[0].NumericValue)
+    return out

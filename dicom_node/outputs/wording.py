@@ -37,7 +37,10 @@ def viewer_lines(finding: Finding) -> list[str]:
     """The short lines a viewer shows beside a region (OHIF: one per Comment, ~8.5 px a character, and a
     text box that starts at the region's right edge and is not kept on screen: the shorter the better).
     The demo marking is in the series description and the report's statement, not here."""
-    return [codes.finding_concept(finding.label).display, f"{verdict(finding)}, unverified AI"]
+    name = codes.finding_concept(finding.label).display
+    if finding.instance:  # one of several findings with this label: "Microbleed 3 (lobar)"
+        name += f" {finding.instance}" + (f" ({finding.detail})" if finding.detail else "")
+    return [name, f"{verdict(finding)}, unverified AI"]
 
 
 def ai_statement(analysis: StudyAnalysis) -> str:
@@ -58,7 +61,7 @@ def summary(analysis: StudyAnalysis) -> str:
         return f"Not analysed: {analysis.reason or 'no reason given'}"
     if analysis.status == AnalysisStatus.FAILED:
         return f"Analysis failed: {analysis.reason or 'no reason given'}"
-    present = [f for f in analysis.findings if f.present]
+    present = [f for f in analysis.findings if f.present and not f.instance]  # lesions: counted below
     absent = [f for f in analysis.findings if f.present is not None and not f.present]
     parts = []
     if present:
@@ -67,11 +70,14 @@ def summary(analysis: StudyAnalysis) -> str:
             for f in present))
     if absent:
         parts.append("Absent: " + ", ".join(codes.finding_concept(f.label).display for f in absent))
+    if analysis.measurements:
+        parts.append("; ".join(f"{codes.measurement(m.concept)[0].meaning}: {m.value:g}"
+                               for m in analysis.measurements))
     return ". ".join(parts) + "." if parts else "No findings reported."
 
 
 def _present_subtypes(analysis: StudyAnalysis) -> list[Finding]:
-    return [f for f in analysis.findings if f.present and f.label != SUMMARY_LABEL]
+    return [f for f in analysis.findings if f.present and f.label != SUMMARY_LABEL and not f.instance]
 
 
 def _fit(head: str, names: list[str], short: list[str], tail: str) -> str:

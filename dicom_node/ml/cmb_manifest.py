@@ -1,0 +1,172 @@
+"""The manifest of a microbleed model (task `cmb-swi`), parsed into the common `Manifest` plus `CmbSettings`.
+
+    {"name": "cmb", "version": "...", "task": "cmb-swi",
+     "labels": ["microbleeds", "asvd", "caa", "cadasil"], "critical_labels": [],
+     "thresholds": {"microbleeds": 0.5},                  # a bleed is reported at this detection score
+     "input": {"modality": "MR", "size": 256, "channels": ["swi_below", "swi", "swi_above"],
+               "percentiles": [1, 99]},
+     "selection": {"swi": {rule}, "mip": {rule}},         # optional; default microbleeds.DEFAULT_RULES
+     "detector": {"architecture": "maskrcnn_tiny_fpn", "anchor_sizes": [4, 8, 16, 32, 64],
+                  "score_min": 0.1, "mask_threshold": 0.5, "tube_factor": 1.6},
+     "location": {"deep_min_depth_mm": 38.0},
+     "classifier": {"architecture": "attention_mil", "in_features": 136, "hidden": 64,
+                    "classes": ["none", "asvd", "caa", "cadasil"]},
+     "components": [{"role": "detector", ...}, {"role": "classifier", ...}], ...}
+
+The SVD class is the most probable of the classifier's classes (argmax); "none" reports every class Absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dicom_node.ml.cmb_detector import DEFAULT_ANCHORS, DETECTORS
+from dicom_node.ml.manifest import Component, InputSpec, Manifest
+from dicom_node.ml.microbleeds import CLASSES, DEFAULT_RULES, LABELS, CmbSettings
+from dicom_node.ml.rules import SeriesRule, parse_rule
+
+TASK = "cmb-swi"
+CHANNELS = ("swi_below", "swi", "swi_above")
+ROLES = ("detector", "classifier")
+CLASSIFIERS = ("attention_mil",)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_cmb(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) -> Manifest | None:
+    name, version = d.get("name"), d.get("version")
+    for key, value in (("name", name), ("version", version)):
+        if not isinstance(value, str) or not value:
+            problems.append(f"{key}: required, str")
+    labels = tuple(d.get("labels", []))
+    if labels != LABELS:
+        problems.append(f"labels: {TASK} reports {list(LABELS)}, got {list(labels)}")
+    thresholds = d.get("thresholds", {})
+    t = thresholds.get("microbleeds") if isinstance(thresholds, dict) else None
+    if not _number(t) or not 0.0 < float(t) < 1.0:  # type: ignore[arg-type]
+        problems.append(f"thresholds.microbleeds: must be a number between 0 and 1, got {t!r}")
+    if isinstance(thresholds, dict) and set(thresholds) - {"microbleeds"}:
+        problems.append(f"thresholds: only 'microbleeds' (the class is the most probable one), got {sorted(thresholds)}")
+    critical = frozenset(d.get("critical_labels", []))
+    if not critical <= set(LABELS):
+        problems.append(f"critical_labels: {sorted(critical - set(LABELS))} are not model labels")
+    spec = _input(d.get("input"), problems)
+    components = _components(d.get("components"), d, problems)
+    rules = _selection(d.get("selection"), problems)
+    settings = cmb_settings(d, problems)
+    if problems or spec is None or settings is None:
+        return None
+    tags = d.get("tags", [])
+    return Manifest(
+        folder=folder, sha256=digest, name=str(name), version=str(version),
+        display_name=str(d.get("display_name") or name), task=TASK, labels=LABELS,
+        thresholds={"microbleeds": float(t)}, critical_labels=critical, input=spec,  # type: ignore[arg-type]
+        components=components, synthetic_demo=bool(d.get("synthetic_demo", False)) or "synthetic-demo" in tags,
+        intended_use=str(d.get("intended_use", "")), rules=rules, raw=d)
+
+
+def _input(i: Any, problems: list[str]) -> InputSpec | None:
+    if not isinstance(i, dict):
+        problems.append("input: required, object")
+        return None
+    if i.get("modality") != "MR":
+        problems.append(f"input.modality: {TASK} reads MR, got {i.get('modality')!r}")
+    size = i.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 64 <= size <= 1024:
+        problems.append(f"input.size: must be an integer 64-1024, got {size!r}")
+        size = 64
+    if tuple(i.get("channels", [])) != CHANNELS:
+        problems.append(f"input.channels: {TASK} reads {list(CHANNELS)}, got {i.get('channels')!r}")
+    p = i.get("percentiles", [1.0, 99.0])
+    if not (isinstance(p, list) and len(p) == 2 and all(_number(v) for v in p) and 0 <= p[0] < p[1] <= 100):
+        problems.append(f"input.percentiles: must be [low, high] within 0-100, got {p!r}")
+        p = [1.0, 99.0]
+    unknown = sorted(set(i) - {"modality", "size", "channels", "percentiles"})
+    if unknown:
+        problems.append(f"input: unsupported keys {unknown}")
+    return InputSpec(modality="MR", size=size, channels=CHANNELS, percentiles=(float(p[0]), float(p[1])))
+
+
+def _components(items: Any, d: dict[str, Any], problems: list[str]) -> tuple[Component, ...]:
+    if not isinstance(items, list):
+        problems.append("components: required, list")
+        return ()
+    out = []
+    expected = {"detector": (d.get("detector") or {}).get("architecture"),
+                "classifier": (d.get("classifier") or {}).get("architecture")}
+    for n, c in enumerate(items):
+        if not isinstance(c, dict):
+            problems.append(f"components[{n}]: must be an object")
+            continue
+        role, arch = c.get("role"), c.get("architecture")
+        if role in expected and arch != expected[role]:
+            problems.append(f"components[{n}].architecture: {arch!r} is not the {role} architecture {expected[role]!r}")
+        if not isinstance(c.get("weights"), str) or "/" in c["weights"] or not c["weights"]:
+            problems.append(f"components[{n}].weights: a file name inside the model folder is required")
+        sha = c.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64:
+            problems.append(f"components[{n}].sha256: 64 hex digits required")
+        out.append(Component(str(role), str(arch), str(c.get("weights", "")), str(sha or "").lower()))
+    if sorted(c.role for c in out) != sorted(ROLES):
+        problems.append(f"components: roles {[c.role for c in out]} do not match {TASK}'s {list(ROLES)}")
+    return tuple(out)
+
+
+def _selection(raw: Any, problems: list[str]) -> dict[str, SeriesRule]:
+    if raw is None:
+        return dict(DEFAULT_RULES)
+    if not isinstance(raw, dict) or sorted(raw) != sorted(DEFAULT_RULES):
+        problems.append(f"selection: must be an object with the rules {sorted(DEFAULT_RULES)} that {TASK} reads")
+        return {}
+    rules: dict[str, SeriesRule] = {}
+    for name, data in raw.items():
+        rule = parse_rule(data, f"selection.{name}", problems) if isinstance(data, dict) else None
+        if rule is None and not isinstance(data, dict):
+            problems.append(f"selection.{name}: must be an object of rule keys")
+        if rule is not None:
+            rules[name] = rule
+    return rules
+
+
+def cmb_settings(d: dict[str, Any], problems: list[str] | None = None) -> CmbSettings | None:
+    """The task's settings from a manifest's JSON (problems appended; None when any)."""
+    problems = problems if problems is not None else []
+    start = len(problems)
+    det = d.get("detector")
+    if not isinstance(det, dict) or det.get("architecture") not in DETECTORS:
+        problems.append(f"detector.architecture: one of {list(DETECTORS)} required")
+        det = {"architecture": DETECTORS[0]}
+    anchors = det.get("anchor_sizes", list(DEFAULT_ANCHORS.get(str(det.get("architecture")), ())))
+    if not (isinstance(anchors, list) and len(anchors) == 5 and all(isinstance(a, int) and a > 0 for a in anchors)):
+        problems.append(f"detector.anchor_sizes: five positive integers required, got {anchors!r}")
+    values: dict[str, float] = {}
+    for key, lo, hi, default in (("score_min", 0.0, 1.0, 0.1), ("mask_threshold", 0.0, 1.0, 0.5),
+                                 ("tube_factor", 0.5, 10.0, 1.6)):
+        v = det.get(key, default)
+        if not _number(v) or not lo < float(v) < hi:
+            problems.append(f"detector.{key}: must be a number between {lo:g} and {hi:g}, got {v!r}")
+            v = default
+        values[key] = float(v)
+    loc = d.get("location", {})
+    depth = loc.get("deep_min_depth_mm", 38.0) if isinstance(loc, dict) else None
+    if not _number(depth) or not 0 < float(depth) < 200:  # type: ignore[arg-type]
+        problems.append(f"location.deep_min_depth_mm: must be a depth in mm (0-200), got {depth!r}")
+        depth = 38.0
+    cls = d.get("classifier")
+    if not isinstance(cls, dict) or cls.get("architecture") not in CLASSIFIERS:
+        problems.append(f"classifier.architecture: one of {list(CLASSIFIERS)} required")
+    elif tuple(cls.get("classes", [])) != CLASSES or not isinstance(cls.get("in_features"), int) \
+            or not isinstance(cls.get("hidden", 64), int):
+        problems.append(f"classifier: needs classes {list(CLASSES)}, integer in_features and hidden")
+    spec: dict[str, Any] = d["input"] if isinstance(d.get("input"), dict) else {}
+    p = spec.get("percentiles", [1.0, 99.0])
+    thresholds: dict[str, Any] = d["thresholds"] if isinstance(d.get("thresholds"), dict) else {}
+    t = thresholds.get("microbleeds", 0.5)
+    if len(problems) > start:
+        return None
+    return CmbSettings(size=int(spec.get("size", 256)), percentiles=(float(p[0]), float(p[1])),
+                       threshold=float(t), score_min=values["score_min"], mask_threshold=values["mask_threshold"],
+                       tube_factor=values["tube_factor"], deep_min_depth_mm=float(depth))  # type: ignore[arg-type]

@@ -1,0 +1,67 @@
+"""The microbleed pipeline the worker runs: a `Pipeline` over `microbleeds.CmbModel`.
+
+A study without an axial SWI magnitude or mIP series gets NOT_ANALYSED with the reason (every series and why
+it was not read), like the other tasks. Findings: "microbleeds" (present when any bleed is reported; its
+probability is the best non-vessel candidate's score), one "microbleed" per bleed (instance 1..n, best
+first, region on the slice where it is largest, diameter, lobar/deep), and "asvd" / "caa" / "cadasil"
+(the most probable class present; "none" leaves all three absent); counts as study measurements.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+
+from dicom_node.analysis import InstanceRef, StudyAnalysis
+from dicom_node.errors import ModelError
+from dicom_node.ml.cmb_detector import build_detector
+from dicom_node.ml.cmb_manifest import cmb_settings
+from dicom_node.ml.manifest import Manifest, verify_weights
+from dicom_node.ml.microbleeds import CLASSES, CmbModel, analysis_of, read_swi_volume, select_swi
+from dicom_node.ml.mil import AttentionMIL
+from dicom_node.ml.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def load_cmb_networks(manifest: Manifest, device: torch.device) -> tuple[torch.nn.Module, AttentionMIL]:
+    """The detector and the classifier with their checked weights, in eval mode on `device`."""
+    raw = manifest.raw
+    det, cls = raw["detector"], raw["classifier"]
+    detector = build_detector(det["architecture"], manifest.input.size, det.get("anchor_sizes"))
+    classifier = AttentionMIL(int(cls["in_features"]), len(CLASSES), hidden=int(cls.get("hidden", 64)))
+    for role, net in (("detector", detector), ("classifier", classifier)):
+        path = verify_weights(manifest, manifest.component(role))
+        try:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # a state dict of another shape or file
+            raise ModelError(f"model {manifest.name} {manifest.version}: {path.name} does not fit the {role} "
+                             f"described in the manifest: {exc}") from exc
+        net.eval().to(device)
+    return detector, classifier
+
+
+class CmbPipeline(Pipeline):
+    def load_networks(self) -> None:
+        # the labels travel with every result, so "not analysed" and "failed" reports name them (Undetermined)
+        self.info = replace(self.info, labels=self.manifest.labels)
+        extra = sorted(set(self.thresholds) - {"microbleeds"})
+        if extra:
+            raise ModelError(f"model {self.manifest.name}: thresholds for {extra} cannot be set; the class is the "
+                             "most probable one (only 'microbleeds', the bleed score, has a threshold)")
+        settings = cmb_settings(self.manifest.raw)
+        assert settings is not None  # validated when the manifest was loaded
+        detector, classifier = load_cmb_networks(self.manifest, self.device.torch_device)
+        self.model = CmbModel(settings, detector, classifier, self.device.torch_device, self.batch_size)
+
+    def _analyse(self, instances: Sequence[InstanceRef]) -> StudyAnalysis:
+        slices, which = select_swi(instances, self.rules)
+        volume = read_swi_volume(slices)
+        threshold = self.thresholds["microbleeds"]
+        result = self.model.run(volume, threshold)
+        log.info("study analysed", extra={"model": self.info.name, "study_uid": slices[0].study_uid,
+                                          "microbleeds": len(result.bleeds), "class": result.svd_class})
+        return analysis_of(result, volume, which, self.info, threshold)

@@ -1,0 +1,310 @@
+"""Training a microbleed model (`dicom-node train --model cmb`): a folder the registry loads as it is.
+
+1. **Detector** (Mask R-CNN, `--arch maskrcnn_tiny_fpn` or `maskrcnn_resnet50_fpn`) on crops of the SWI
+   slices (`crop` px square): every slice with a ground-truth bleed, its crop placed so that one of its bleeds
+   lies inside, plus as many crops of slices and places drawn at random (veins, calcification and air-bone
+   artefact are everywhere); left-right and up-down flips, intensity scaled by 0.9-1.1. AdamW, one-cycle.
+2. **Location threshold**: the depth below the head's surface that best separates the training bleeds
+   labelled lobar from those labelled deep (`location.deep_min_depth_mm`).
+3. **Bleed threshold**: the detector runs on the validation studies; the score at which reported bleeds
+   have the best F1 against the ground truth becomes `thresholds.microbleeds`.
+4. **Classifier** (attention MIL) on the bleeds the trained detector reports on the training studies (at
+   the chosen threshold and 0.1 either side, so it sees what the node will show it, false bleeds included),
+   instances dropped at random; cross-entropy, AdamW.
+
+Seeded (`--seed`); `torch.set_num_threads` is the caller's (the command's `--threads`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dicom_node.errors import ModelError
+from dicom_node.ml.cmb_data import CmbStudy, load_cmb
+from dicom_node.ml.cmb_detector import DEFAULT_ANCHORS, DETECTORS, build_detector, feature_size
+from dicom_node.ml.cmb_metrics import class_metrics, match
+from dicom_node.ml.manifest import write_manifest
+from dicom_node.ml.microbleeds import (
+    CLASSES,
+    DEFAULT_RULES,
+    INSTANCE_FEATURES,
+    LABELS,
+    Candidate,
+    CmbModel,
+    CmbSettings,
+    bag,
+    head_depth,
+)
+from dicom_node.ml.mil import BAG_FEATURES, AttentionMIL, bag_features
+from dicom_node.ml.preprocess import resize_pad
+from dicom_node.ml.train import TrainOptions, _common, _save_weights, seed_everything, split_studies
+
+log = logging.getLogger(__name__)
+
+
+def _architecture(opts: TrainOptions) -> str:
+    if opts.architecture in DETECTORS:
+        return opts.architecture
+    if opts.architecture == "narrow_resnet":  # the command's default for every task
+        return DETECTORS[0]
+    raise ModelError(f"--arch {opts.architecture!r} is not a microbleed detector ({', '.join(DETECTORS)})")
+
+
+def _slice_stack(study: CmbStudy, i: int, size: int) -> np.ndarray:
+    n = len(study.norm)
+    stack = study.norm[[max(0, i - 1), i, min(n - 1, i + 1)]].astype(np.float32)
+    return resize_pad(stack, size)[0]
+
+
+def _sample(study: CmbStudy, i: int, size: int, crop: int, rng: np.random.Generator,
+            positive: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One training crop and its target (boxes, labels, masks in crop pixels)."""
+    image = _slice_stack(study, i, size)
+    masks = []
+    for bleed in study.bleeds:
+        if i in bleed:
+            masks.append(resize_pad(bleed[i][None].astype(np.float32), size)[0][0] >= 0.5)
+    if positive and masks:
+        rows, cols = np.nonzero(masks[int(rng.integers(len(masks)))])
+        cr, cc = float(rows.mean()), float(cols.mean())
+        top = int(np.clip(cr - rng.uniform(0.15, 0.85) * crop, 0, size - crop))
+        left = int(np.clip(cc - rng.uniform(0.15, 0.85) * crop, 0, size - crop))
+    else:
+        rows, cols = np.nonzero(image[1] > 0.08)
+        if len(rows):
+            top = int(np.clip(rng.integers(rows.min(), rows.max() + 1) - crop // 2, 0, size - crop))
+            left = int(np.clip(rng.integers(cols.min(), cols.max() + 1) - crop // 2, 0, size - crop))
+        else:
+            top = left = 0
+    image = image[:, top: top + crop, left: left + crop] * np.float32(rng.uniform(0.9, 1.1))
+    kept = [m[top: top + crop, left: left + crop] for m in masks]
+    kept = [m for m in kept if m.any()]
+    flips = [axis for axis, p in ((2, 0.5), (1, 0.5)) if rng.random() < p]
+    if flips:
+        image = np.flip(image, axis=tuple(flips)).copy()
+        kept = [np.flip(m, axis=tuple(a - 1 for a in flips)).copy() for m in kept]
+    boxes = []
+    for m in kept:
+        r, c = np.nonzero(m)
+        boxes.append([c.min(), r.min(), max(c.max() + 1, c.min() + 1), max(r.max() + 1, r.min() + 1)])
+    target = {"boxes": torch.tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+              "labels": torch.ones(len(kept), dtype=torch.int64),
+              "masks": torch.from_numpy(np.asarray(kept, np.uint8).reshape(-1, crop, crop))}
+    return torch.from_numpy(np.ascontiguousarray(image, np.float32)), target
+
+
+def train_detector(detector: torch.nn.Module, studies: list[CmbStudy], opts: TrainOptions, crop: int) -> None:
+    rng = np.random.default_rng(opts.seed)
+    positives = [(s, i) for s, st in enumerate(studies) for i in range(len(st.norm))
+                 if any(i in b for b in st.bleeds)]
+    n_neg = max(len(positives), opts.batch_size)
+    steps_per_epoch = max(1, -(-(len(positives) + n_neg) // opts.batch_size))
+    optim = torch.optim.AdamW(detector.parameters(), lr=opts.learning_rate, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=opts.learning_rate,
+                                                total_steps=opts.epochs * steps_per_epoch, pct_start=0.1)
+    transform: Any = detector.transform
+    transform.min_size, transform.max_size = (crop,), crop
+    detector.train()
+    with tqdm(total=opts.epochs * steps_per_epoch, desc="train cmb detector", unit="batch") as bar:
+        for epoch in range(opts.epochs):
+            negatives = [(int(rng.integers(len(studies))), -1) for _ in range(n_neg)]
+            items = [(s, i, True) for s, i in positives] + [(s, i, False) for s, i in negatives]
+            order = rng.permutation(len(items))
+            total = 0.0
+            for step in range(steps_per_epoch):
+                batch = [items[k] for k in order[step * opts.batch_size: (step + 1) * opts.batch_size]]
+                if not batch:
+                    continue
+                images, targets = [], []
+                for s, i, pos in batch:
+                    st = studies[s]
+                    if i < 0:
+                        i = int(rng.integers(len(st.norm)))
+                    img, tgt = _sample(st, i, opts.size, crop, rng, pos)
+                    images.append(img)
+                    targets.append(tgt)
+                losses = detector(images, targets)
+                loss = sum(losses.values())
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                sched.step()
+                total += float(loss.detach())
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
+            log.info("epoch done", extra={"model": "cmb detector", "epoch": epoch + 1,
+                                          "loss": round(total / steps_per_epoch, 4)})
+    transform.min_size, transform.max_size = (opts.size,), opts.size
+    detector.eval()
+
+
+def fit_depth_threshold(studies: list[CmbStudy], default: float = 38.0) -> tuple[float, float | None]:
+    """(threshold, training accuracy) separating lobar from deep bleeds by depth below the head's surface."""
+    depths, deep = [], []
+    for st in studies:
+        if not any(st.locations):
+            continue
+        depth = head_depth(st.norm.astype(np.float32), st.volume)
+        for voxels, where in zip(st.bleeds, st.locations, strict=True):
+            if where not in ("lobar", "deep"):
+                continue
+            i = max(voxels, key=lambda k: int(voxels[k].sum()))
+            r, c = np.nonzero(voxels[i])
+            depths.append(float(depth[i, round(r.mean()), round(c.mean())]))
+            deep.append(where == "deep")
+    if not depths or all(deep) or not any(deep):
+        return default, None
+    d, y = np.asarray(depths), np.asarray(deep)
+    cuts = np.unique(d)
+    cuts = (cuts[:-1] + cuts[1:]) / 2
+    accuracy = [float(np.mean((d >= t) == y)) for t in cuts]
+    best = int(np.argmax(accuracy))
+    return round(float(cuts[best]), 2), round(accuracy[best], 4)
+
+
+def _relocate(candidates: list[Candidate], depth_mm: float) -> None:
+    for c in candidates:
+        c.location = "deep" if c.depth_mm >= depth_mm else "lobar"
+        c.instance[1] = 1.0 if c.location == "deep" else 0.0
+
+
+def _reported(candidates: list[Candidate], threshold: float) -> list[Candidate]:
+    return [c for c in candidates if not c.tubular and c.score >= threshold]
+
+
+def choose_threshold(studies: list[CmbStudy], candidates: list[list[Candidate]]) -> tuple[float, dict[str, Any]]:
+    """The bleed score with the best F1 on `studies` (0.5 when they hold no bleed)."""
+    best: tuple[float, float, dict[str, Any]] = (0.5, -1.0, {})
+    for t in np.round(np.arange(0.2, 0.96, 0.05), 2):
+        tp = fp = fn = 0
+        for st, cands in zip(studies, candidates, strict=True):
+            m = match(st.bleeds, [c.masks for c in _reported(cands, float(t))])
+            tp += len(m.matched)
+            fp += m.false_bleeds
+            fn += m.n_truth - len(m.matched)
+        f1 = 2 * tp / max(1, 2 * tp + fp + fn)
+        if f1 > best[1]:
+            best = (float(t), f1, {"f1": round(f1, 4), "recall": round(tp / max(1, tp + fn), 4),
+                                   "false_bleeds_per_study": round(fp / max(1, len(studies)), 4)})
+    return best[0], best[2]
+
+
+def train_classifier(bags: list[tuple[np.ndarray, list[float], int]], in_features: int, opts: TrainOptions,
+                     epochs: int) -> AttentionMIL:
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed + 1)
+    net = AttentionMIL(in_features, len(CLASSES))
+    instances = np.concatenate([x for x, _, _ in bags if len(x)]) if any(len(x) for x, _, _ in bags) else None
+    if instances is not None:
+        net.mean.copy_(torch.from_numpy(instances.mean(axis=0)))
+        net.std.copy_(torch.from_numpy(np.maximum(instances.std(axis=0), 1e-3)))
+    optim = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
+    counts = np.bincount([y for _, _, y in bags], minlength=len(CLASSES)).astype(np.float32)
+    weight = torch.tensor(len(bags) / np.maximum(counts, 1) / len(CLASSES), dtype=torch.float32)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    net.train()
+    for _ in tqdm(range(epochs), desc="train cmb classifier", unit="epoch"):
+        order = rng.permutation(len(bags))
+        for start in range(0, len(order), 16):
+            xs, bfs, ys = [], [], []
+            for k in order[start: start + 16]:
+                x, _, y = bags[k]
+                if len(x) > 1:  # drop instances at random, never all of a bag
+                    keep = rng.random(len(x)) >= 0.15
+                    keep[int(rng.integers(len(x)))] = True
+                    x = x[keep]
+                x = x + rng.normal(0, 0.03, x.shape).astype(np.float32) * net.std.numpy()
+                n_deep = round(float(x[:, 1].sum())) if len(x) else 0
+                xs.append(torch.from_numpy(x.reshape(-1, in_features).astype(np.float32)))
+                bfs.append(bag_features(len(x), n_deep))
+                ys.append(y)
+            logits = net(xs, torch.tensor(bfs, dtype=torch.float32))
+            loss = loss_fn(logits, torch.tensor(ys))
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+    return net.eval()
+
+
+def _bags(model: CmbModel, studies: list[CmbStudy], candidates: list[list[Candidate]], thresholds: list[float],
+          width: int) -> list[tuple[np.ndarray, list[float], int]]:
+    out = []
+    for st, cands in zip(studies, candidates, strict=True):
+        for t in thresholds:
+            x, bf = bag(_reported(cands, t))
+            out.append((x if len(x) else np.zeros((0, width), np.float32), bf, st.svd_class))
+    return out
+
+
+def train_cmb(opts: TrainOptions) -> Path:
+    seed_everything(opts.seed)
+    arch = _architecture(opts)
+    crop = min(int(opts.extra.get("crop", 128)), opts.size)
+    mil_epochs = int(opts.extra.get("mil_epochs", 150))
+    studies = load_cmb(opts.data)
+    train_s, val_s = split_studies(len(studies), opts.val_fraction, opts.seed)
+    train_set, val_set = [studies[i] for i in train_s], [studies[i] for i in val_s]
+    detector = build_detector(arch, opts.size, DEFAULT_ANCHORS[arch])
+    train_detector(detector, train_set, opts, crop)
+    depth_mm, depth_accuracy = fit_depth_threshold(train_set)
+    width = len(INSTANCE_FEATURES) + feature_size(detector)
+    settings = CmbSettings(size=opts.size, percentiles=(1.0, 99.0), threshold=0.5, deep_min_depth_mm=depth_mm)
+    placeholder = AttentionMIL(width, len(CLASSES))
+    model = CmbModel(settings, detector, placeholder, torch.device("cpu"), opts.batch_size)
+
+    def run_all(subset: list[CmbStudy], desc: str) -> list[list[Candidate]]:
+        out = []
+        for st in tqdm(subset, desc=desc, unit="study"):
+            cands, _ = model.candidates(st.volume, st.norm)
+            _relocate(cands, depth_mm)
+            out.append(cands)
+        return out
+
+    train_c = run_all(train_set, "cmb candidates (training)")
+    val_c = run_all(val_set, "cmb candidates (validation)") if val_set else []
+    threshold, detection = choose_threshold(val_set, val_c) if val_set else (0.5, {})
+    bags = _bags(model, train_set, train_c, [max(0.1, threshold - 0.1), threshold, min(0.95, threshold + 0.1)], width)
+    classifier = train_classifier(bags, width, opts, mil_epochs)
+    validation: dict[str, Any] = {"detection": detection}
+    if val_set:
+        model.classifier = classifier
+        probs = np.asarray([[model.classify(_reported(c, threshold))[k] for k in CLASSES] for c in val_c])
+        validation["classification"] = class_metrics(np.asarray([s.svd_class for s in val_set]), probs, n_boot=200,
+                                                     seed=opts.seed)
+    files = [{"role": "detector", "architecture": arch, **_save_weights(detector, opts.out, "detector.pt")},
+             {"role": "classifier", "architecture": "attention_mil",
+              **_save_weights(classifier, opts.out, "classifier.pt")}]
+    manifest = {
+        "name": opts.name or "cmb",
+        "version": opts.version,
+        "display_name": "dicom-node microbleed detector" + (" (synthetic demo)" if opts.synthetic_demo else ""),
+        "task": "cmb-swi",
+        "labels": list(LABELS),
+        "critical_labels": [],
+        "thresholds": {"microbleeds": threshold},
+        "input": {"modality": "MR", "size": opts.size, "channels": ["swi_below", "swi", "swi_above"],
+                  "percentiles": [1.0, 99.0]},
+        "selection": {name: rule.to_json() for name, rule in DEFAULT_RULES.items()},
+        "detector": {"architecture": arch, "anchor_sizes": list(DEFAULT_ANCHORS[arch]), "score_min": settings.score_min,
+                     "mask_threshold": settings.mask_threshold, "tube_factor": settings.tube_factor},
+        "location": {"deep_min_depth_mm": depth_mm, "fitted_accuracy": depth_accuracy},
+        "classifier": {"architecture": "attention_mil", "in_features": width, "hidden": 64,
+                       "classes": list(CLASSES), "instance_features": list(INSTANCE_FEATURES),
+                       "detector_features": feature_size(detector), "bag_features": BAG_FEATURES,
+                       "decision": "argmax"},
+        "preprocessing": {"normalisation": "1st-99th percentile of the series' non-zero voxels to [0, 1]",
+                          "slices": "each slice with its neighbours as three channels",
+                          "resize": "aspect-preserving, zero pad, centred"},
+        "components": files,
+        **_common(opts, {"validation": validation, "train_studies": len(train_set), "validation_studies": len(val_set),
+                         "crop": crop, "classifier_epochs": mil_epochs}),
+    }
+    write_manifest(opts.out, manifest)
+    log.info("cmb model written", extra={"out": str(opts.out), "threshold": threshold, "deep_min_depth_mm": depth_mm})
+    return opts.out

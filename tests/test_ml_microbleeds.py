@@ -1,0 +1,259 @@
+"""Microbleeds on SWI: series selection, merging detections into bleeds, lobar/deep placement, the MIL
+classifier, the manifest, and train -> registry -> analyse -> SR/SEG -> evaluate on generated studies with a
+tiny model (the shipped demo weights are checked in test_ml_microbleeds_demo)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from dicom_node.analysis import AnalysisStatus
+from dicom_node.errors import ModelError, SelectionError
+from dicom_node.ml.cmb_metrics import class_metrics, match
+from dicom_node.ml.datasets import by_study, scan_dicom
+from dicom_node.ml.device import choose_device
+from dicom_node.ml.microbleeds import (
+    CmbSettings,
+    SwiVolume,
+    _Detection,
+    head_depth,
+    merge,
+    normalise,
+    read_swi_volume,
+    select_swi,
+)
+from dicom_node.ml.mil import AttentionMIL
+from dicom_node.ml.registry import load_pipeline
+from dicom_node.ml.train import TrainOptions, train
+from dicom_node.outputs import build_outputs
+from dicom_node.outputs.readback import sr_counts, sr_findings
+from dicom_node.outputs.validate import dciodvfy_errors
+from dicom_node.synth import generate
+from dicom_node.synth.swi_study import VENDORS, write_mr_swi_study
+
+SIZE = 96
+SLICES = 10
+
+
+@pytest.fixture(scope="module")
+def swi_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cmb-data")
+    generate("mr-swi", 8, seed=21, out=out, size=SIZE, n_slices=SLICES)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(swi_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    models = tmp_path_factory.mktemp("cmb-models")
+    opts = TrainOptions(task="cmb", data=swi_data, out=models / "cmb" / "0.0.1-test", epochs=1, size=SIZE,
+                        batch_size=4, learning_rate=1e-3, name="cmb", version="0.0.1-test", seed=0,
+                        extra={"crop": 64, "mil_epochs": 3})
+    train(opts)
+    return models
+
+
+def _study_refs(data: Path) -> list[list]:
+    return [[r for r in refs if r.modality == "MR"] for _, refs in sorted(by_study(scan_dicom(data)).items())]
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_selection_reads_the_swi_image_of_each_vendor_then_the_mip(tmp_path: Path, vendor: str) -> None:
+    st = write_mr_swi_study(tmp_path, seed=1, svd_class="caa", size=64, n_slices=8, vendor=vendor,
+                            ground_truth=False)
+    refs = scan_dicom(st.folder)
+    slices, which = select_swi(refs)
+    assert which == "swi" and {r.series_uid for r in slices} == {st.series_uids["swi"]}
+    assert [r.image_position[2] for r in slices] == sorted(r.image_position[2] for r in slices)  # type: ignore[index]
+    without = [r for r in refs if r.series_uid != st.series_uids["swi"]]
+    slices, which = select_swi(without)
+    assert which == "mip" and {r.series_uid for r in slices} == {st.series_uids["mip"]}
+    with pytest.raises(SelectionError, match="no SWI series") as err:
+        select_swi([r for r in without if r.series_uid != st.series_uids["mip"]])
+    assert "T1 AX" in str(err.value)  # every series is named with its reason
+
+
+def test_a_coronal_swi_is_not_read(tmp_path: Path) -> None:
+    st = write_mr_swi_study(tmp_path, seed=1, svd_class="none", size=64, n_slices=8, vendor="ge",
+                            ground_truth=False)
+    refs = [replace(r, image_orientation=(1.0, 0.0, 0.0, 0.0, 0.0, -1.0)) if r.series_uid in (
+        st.series_uids["swi"], st.series_uids["mip"]) else r for r in scan_dicom(st.folder)]
+    with pytest.raises(SelectionError, match="orientation is coronal"):
+        select_swi(refs)
+
+
+def _volume(n: int, size: int = 64) -> SwiVolume:
+    return SwiVolume([], np.zeros((n, size, size), np.float32), 1.0, 1.0, 3.0, np.array([[0.0, 0.0, 3.0 * i]
+                     for i in range(n)]), np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))
+
+
+def _disc(center: tuple[int, int], radius: float, size: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius ** 2
+
+
+def test_detections_merge_into_bleeds_and_a_long_chain_is_a_vessel() -> None:
+    volume = _volume(12)
+    feature = np.zeros(4, np.float32)
+    found = [_Detection(3, 0.9, _disc((20, 20), 2.5), np.zeros((64, 64)), feature),  # a bleed on two slices
+             _Detection(4, 0.7, _disc((21, 20), 2.0), np.zeros((64, 64)), feature),
+             _Detection(4, 0.6, _disc((40, 40), 2.0), np.zeros((64, 64)), feature)]  # another, same slice
+    found += [_Detection(i, 0.8, _disc((50, 10 + i), 1.0), np.zeros((64, 64)), feature) for i in range(2, 9)]
+    cands = merge(found, volume, CmbSettings(size=64, percentiles=(1, 99), threshold=0.5))
+    assert len(cands) == 3
+    bleed = next(c for c in cands if c.score == 0.9)
+    assert sorted(bleed.masks) == [3, 4] and bleed.key_slice == 3 and not bleed.tubular
+    assert bleed.diameter_mm == pytest.approx(2 * math.sqrt(_disc((20, 20), 2.5).sum() / math.pi))
+    assert 3.0 < bleed.center_mm[2] < 12.0
+    vessel = next(c for c in cands if len(c.masks) == 7)
+    assert vessel.tubular  # 21 mm along the slice normal for a 2 mm cross-section
+    assert not next(c for c in cands if c.score == 0.6).tubular
+
+
+def test_depth_places_deep_and_lobar_bleeds(swi_data: Path) -> None:
+    from dicom_node.ml.cmb_data import load_cmb
+
+    checked = 0
+    for st in load_cmb(swi_data, progress=False):
+        depth = head_depth(st.norm.astype(np.float32), st.volume)
+        for voxels, where in zip(st.bleeds, st.locations, strict=True):
+            i = max(voxels, key=lambda k: int(voxels[k].sum()))
+            r, c = (round(float(v.mean())) for v in np.nonzero(voxels[i]))
+            d = float(depth[i, r, c])
+            assert (d >= 30.0) == (where == "deep") or abs(d - 30.0) < 8, (where, d)
+            checked += 1
+    assert checked >= 10
+
+
+def test_mil_pools_any_number_of_bleeds_in_any_order() -> None:
+    torch.manual_seed(0)
+    net = AttentionMIL(6, 4).eval()
+    bag = torch.randn(5, 6)
+    bf = torch.tensor([[1.5, 0.4]])
+    a = net([bag], bf)
+    b = net([bag[torch.tensor([4, 2, 0, 1, 3])]], bf)
+    assert torch.allclose(a, b, atol=1e-6)
+    empty = net([torch.zeros(0, 6)], torch.zeros(1, 2))
+    assert empty.shape == (1, 4) and torch.isfinite(empty).all()
+    assert torch.allclose(net.attention(bag).sum(), torch.tensor(1.0))
+
+
+def test_metrics_match_bleeds_one_to_one() -> None:
+    t = [{1: _disc((10, 10), 3)}, {5: _disc((40, 40), 3)}]
+    r = [{1: _disc((11, 10), 3)}, {1: _disc((10, 11), 3)}, {8: _disc((30, 30), 2)}]
+    m = match(t, r)
+    assert len(m.matched) == 1 and m.recall == 0.5 and m.false_bleeds == 2
+    assert m.per_truth()[1] == (0.0, 0.0)
+    y = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    probs = np.eye(4)[y] * 0.7 + 0.075
+    cm = class_metrics(y, probs, n_boot=20)
+    assert cm["weighted_auc"] == 1.0 and cm["accuracy"] == 1.0 and cm["weighted_f1"] == 1.0
+
+
+def test_trained_model_loads_analyses_and_reports(tiny_model: Path, swi_data: Path, tmp_path: Path) -> None:
+    manifest = json.loads((tiny_model / "cmb" / "0.0.1-test" / "manifest.json").read_text())
+    assert manifest["task"] == "cmb-swi" and 0 < manifest["thresholds"]["microbleeds"] < 1
+    assert manifest["detector"]["architecture"] == "maskrcnn_tiny_fpn"
+    assert sorted(manifest["selection"]) == ["mip", "swi"]
+    p = load_pipeline(tiny_model, "cmb", "0.0.1-test", choose_device("cpu", 1))
+    assert p.modalities == frozenset({"MR"}) and p.info.labels == ("microbleeds", "asvd", "caa", "cadasil")
+    refs = _study_refs(swi_data)[0]
+    analysis = p.analyse(refs)
+    assert analysis.status == AnalysisStatus.ANALYSED
+    labels = [f.label for f in analysis.findings]
+    bleeds = [f for f in analysis.findings if f.label == "microbleed"]
+    assert labels[0] == "microbleeds" and labels[-3:] == ["asvd", "caa", "cadasil"]
+    assert [f.instance for f in bleeds] == list(range(1, len(bleeds) + 1))
+    assert sum(f.present for f in analysis.findings if f.label in ("asvd", "caa", "cadasil")) <= 1
+    counts = {m.concept: m.value for m in analysis.measurements}
+    assert counts["microbleed_count"] == len(bleeds) == counts["lobar_microbleed_count"] + counts[
+        "deep_microbleed_count"]
+    by_uid = {r.sop_instance_uid: r for r in refs}
+    keys = {f.key_sop_instance_uid for f in bleeds} | {k.sop_instance_uid for k in analysis.key_images}
+    sources = {uid: pydicom.dcmread(by_uid[uid].path, stop_before_pixels=uid not in keys)
+               for uid in [*keys, *analysis.evaluated_sop_instance_uids] if uid}
+    outputs = build_outputs(analysis, sources, 1)
+    kinds = [o.kind for o in outputs]
+    assert kinds[0] == "sr" and kinds.count("overlay") == (1 if bleeds else 0) and kinds.count("seg") == (
+        1 if bleeds else 0)
+    for o in outputs:
+        path = tmp_path / f"{o.kind}-{o.sop_instance_uid}.dcm"
+        o.dataset.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], o.kind
+    sr = outputs[0].dataset
+    assert sr_counts(sr)["Number of cerebral microbleeds"] == len(bleeds)
+    reported = sr_findings(sr)
+    assert sum(f.finding == "Cerebral microbleed" for f in reported) == len(bleeds) + 1
+
+
+def test_a_study_without_swi_is_not_analysed(tiny_model: Path, swi_data: Path) -> None:
+    p = load_pipeline(tiny_model, "cmb", "0.0.1-test", choose_device("cpu", 1))
+    refs = [r for r in _study_refs(swi_data)[0] if r.series_description in ("T1 AX", "T2 AX", "FLAIR AX")]
+    analysis = p.analyse(refs)
+    assert analysis.status == AnalysisStatus.NOT_ANALYSED and "no SWI series" in analysis.reason
+    sr = build_outputs(analysis, {refs[0].sop_instance_uid: pydicom.dcmread(refs[0].path)}, 1)[0].dataset
+    assert "NOT ANALYSED" in sr.SeriesDescription
+    assert {f.presence for f in sr_findings(sr)} == {"Undetermined"}
+    assert {f.finding for f in sr_findings(sr)} == {"Cerebral microbleed", "Arteriolosclerotic small vessel disease",
+                                                    "Cerebral amyloid angiopathy", "CADASIL"}
+
+
+def test_evaluate_writes_the_seed_paper_metrics(tiny_model: Path, swi_data: Path, tmp_path: Path) -> None:
+    from dicom_node.ml.evaluate import evaluate, format_table
+
+    p = load_pipeline(tiny_model, "cmb", "0.0.1-test", choose_device("cpu", 1))
+    result = evaluate(p, swi_data, tmp_path / "eval", n_boot=20)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["n_studies"] == 8 and saved["bleeds"]["n_bleeds"] > 0
+    for key in ("recall", "iou", "dice"):
+        assert key in saved["bleeds"]["per_study"]
+    assert {"weighted_auc", "weighted_auc_ci", "accuracy", "weighted_f1", "confusion"} <= set(saved["classification"])
+    assert set(saved["labels"]) == {"microbleeds", "none", "asvd", "caa", "cadasil"}
+    table = format_table(result)
+    assert "seed paper" in table and "0.908" in table
+
+
+def test_registry_refuses_bad_cmb_manifests(tiny_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "cmb" / "x"
+    shutil.copytree(tiny_model / "cmb" / "0.0.1-test", folder)
+    good = json.loads((folder / "manifest.json").read_text())
+
+    def load_with(change: dict) -> None:
+        (folder / "manifest.json").write_text(json.dumps({**good, "version": "x", **change}))
+        load_pipeline(tmp_path, "cmb", "x", choose_device("cpu", 1))
+
+    with pytest.raises(ModelError, match="labels"):
+        load_with({"labels": ["microbleeds"]})
+    with pytest.raises(ModelError, match="thresholds"):
+        load_with({"thresholds": {"microbleeds": 0.5, "caa": 0.5}})
+    with pytest.raises(ModelError, match="detector.architecture"):
+        load_with({"detector": {**good["detector"], "architecture": "yolo"}})
+    with pytest.raises(ModelError, match="input.channels"):
+        load_with({"input": {**good["input"], "channels": ["swi"]}})
+    (folder / "detector.pt").write_bytes(b"not the weights")
+    with pytest.raises(ModelError, match="sha256"):
+        load_with({})
+
+
+def test_normalise_is_percentile_scaling() -> None:
+    x = np.arange(1, 1001, dtype=np.float32).reshape(10, 10, 10)
+    n = normalise(x)
+    assert n.min() == 0.0 and n.max() == 1.0 and 0.4 < float(np.median(n)) < 0.6
+
+
+def test_read_swi_volume_geometry(swi_data: Path) -> None:
+    slices, _ = select_swi(_study_refs(swi_data)[0])
+    v = read_swi_volume(slices)
+    assert v.pixels.shape == (SLICES, SIZE, SIZE) and v.slice_spacing == pytest.approx(3.0)
+    ds = pydicom.dcmread(slices[2].path)
+    p = v.patient(2, 10, 20)
+    expected = np.asarray(ds.ImagePositionPatient, float) + np.array([20 * float(ds.PixelSpacing[1]),
+                                                                      10 * float(ds.PixelSpacing[0]), 0.0])
+    assert np.allclose(p, expected)
