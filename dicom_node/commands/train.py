@@ -10,12 +10,14 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, choices=["ich", "sih", "cmb"], help="which task to train")
+    parser.add_argument("--model", required=True, choices=["ich", "sih", "ich-ensemble", "cmb"],
+                        help="which task to train; ich-ensemble fits the weights of trained ICH members (--members)")
     parser.add_argument("--data", required=True, type=Path, help="folder of DICOM files with labels.csv")
     parser.add_argument("--out", required=True, type=Path,
                         help="model folder to write (weights + manifest.json), e.g. models/ich/1.0.0")
     parser.add_argument("--arch", default="narrow_resnet",
-                        help="resnet18|resnet34|resnet50|resnext50_32x4d|narrow_resnet|narrow_resnet_w8")
+                        help="resnet18|resnet34|resnet50|resnext50_32x4d|narrow_resnet|narrow_resnet_w8, or "
+                        "narrow_resnet_seg|narrow_resnet_w8_seg (ICH with a segmentation head)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--size", type=int, default=128, help="model input size in pixels (square)")
     parser.add_argument("--seed", type=int, default=0)
@@ -23,10 +25,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     parser.add_argument("--context-slices", type=int, default=0, help="ICH: neighbouring slices on each side")
+    parser.add_argument("--annotations", default="auto", choices=["auto", "seg", "boxes", "none"],
+                        help="ICH strong annotations: DICOM SEG files under --data, its boxes.csv, or none (weak: "
+                        "slice labels only); auto takes SEG, then boxes, then none")
+    parser.add_argument("--subset", default="all", choices=["all", "subdural", "subarachnoid", "small-lesion"],
+                        help="ICH: train a specialist on the matching training studies (plus the normal ones)")
+    parser.add_argument("--neg-ratio", type=float, default=1.0,
+                        help="ICH: negative slices per positive slice drawn for each epoch")
+    parser.add_argument("--seg-weight", type=float, default=1.0,
+                        help="ICH: weight of the mask loss for *_seg architectures (0: classifier only)")
     parser.add_argument("--name", default="", help="model name in the manifest (default: the folder's parent name)")
     parser.add_argument("--version", default="", help="model version (default: the folder's name)")
     parser.add_argument("--synthetic-demo", action="store_true", help="tag the model as trained on generated phantoms")
     parser.add_argument("--training-data", default="", help="description of the training data for the manifest")
+    parser.add_argument("--members", default="",
+                        help="ich-ensemble: comma-separated member models NAME/VERSION under --models-dir")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="ich-ensemble: where the members are")
     parser.add_argument("--crop", type=int, default=128,
                         help="cmb: detector training crop in pixels (--arch maskrcnn_tiny_fpn, the default for cmb, "
                         "or maskrcnn_resnet50_fpn)")
@@ -46,12 +60,24 @@ def run(args: argparse.Namespace) -> int:
     opts = TrainOptions(
         task=args.model, data=args.data, out=out, architecture=args.arch, epochs=args.epochs, size=args.size,
         seed=args.seed, val_fraction=args.val_fraction, batch_size=args.batch_size, learning_rate=args.lr,
-        context_slices=args.context_slices, name=args.name or out.parent.name, version=args.version or out.name,
+        context_slices=args.context_slices, annotations=args.annotations, subset=args.subset,
+        neg_ratio=args.neg_ratio, seg_weight=args.seg_weight, name=args.name or out.parent.name,
+        version=args.version or out.name,
         synthetic_demo=args.synthetic_demo, training_data=args.training_data,
         extra={"crop": args.crop, "mil_epochs": args.mil_epochs},
     )
     try:
-        folder = train(opts)
+        if args.model == "ich-ensemble":
+            from dicom_node.ml.train_ensemble import train_ensemble
+
+            members = [m.strip() for m in args.members.split(",") if m.strip()]
+            if len(members) < 2:
+                log.error("ich-ensemble needs --members NAME/VERSION,NAME/VERSION[,...]")
+                return 2
+            folder = train_ensemble(args.data, args.models_dir, members, out, opts.name, opts.version,
+                                    args.synthetic_demo, args.seed)
+        else:
+            folder = train(opts)
     except DicomNodeError as exc:
         log.error("training failed: %s", exc)
         return 1

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from dicom_node.analysis import InstanceRef, instance_ref_from_file
 from dicom_node.errors import PixelDataError, SelectionError
 from dicom_node.ml.manifest import ICH_LABELS, SIH_ROLES, InputSpec
-from dicom_node.ml.preprocess import ct_input, mr_input, read_image
+from dicom_node.ml.preprocess import ct_input, mr_input, read_image, resize_pad
 from dicom_node.ml.selection import ICH_CT_RULE, select_series, select_sih_images
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,58 @@ class IchData:
     study: np.ndarray  # (N,) index into study_uids
     study_uids: list[str]
     sop_uids: list[str]
+    # strong annotations: (N, 5, S/2, S/2) uint8 (255 = covered), subtype order of ICH_LABELS[1:]; None: weak
+    masks: np.ndarray | None = None
+    annotation: str = "none"  # "seg" (DICOM SEG files under the data folder), "boxes" (boxes.csv) or "none"
+
+
+MASK_LABELS = ICH_LABELS[1:]
+
+
+def find_annotations(data_dir: Path, refs: Iterable[InstanceRef], wanted: str
+                     ) -> tuple[str, dict[str, dict[str, np.ndarray]], dict[str, dict[str, list[tuple[int, int, int, int]]]]]:
+    """("seg" | "boxes" | "none", SEG masks by SOP {sop: {label: mask}}, boxes by SOP) for `wanted`
+    ("auto": SEG files when there are any, else boxes.csv when present, else none)."""
+    from dicom_node.ml.annotations import BOXES_CSV, box_masks, seg_masks
+
+    segs = [r.path for r in refs if r.modality == "SEG"]
+    boxes = Path(data_dir) / BOXES_CSV
+    kind = wanted
+    if wanted == "auto":
+        kind = "seg" if segs else "boxes" if boxes.is_file() else "none"
+    if kind == "seg":
+        if not segs:
+            raise SelectionError(f"--annotations seg: no DICOM SEG file under {data_dir}")
+        by_sop: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+        for path in tqdm(segs, desc="reading SEG annotations", unit="file"):
+            for label, masks in seg_masks(path)[1].items():
+                for sop, m in masks.items():
+                    by_sop[sop][label] = m
+        return kind, dict(by_sop), {}
+    if kind == "boxes":
+        if not boxes.is_file():
+            raise SelectionError(f"--annotations boxes: no {BOXES_CSV} in {data_dir}")
+        return kind, {}, box_masks(boxes)
+    return "none", {}, {}
+
+
+def _slice_masks(shape: tuple[int, int], size: int, segs: dict[str, np.ndarray] | None,
+                 boxes: dict[str, list[tuple[int, int, int, int]]] | None) -> np.ndarray:
+    """One slice's annotation in model space at half resolution, (5, S/2, S/2) uint8."""
+    from dicom_node.ml.annotations import fill_boxes
+
+    half = size // 2
+    if not segs and not boxes:
+        return np.zeros((len(MASK_LABELS), half, half), np.uint8)
+    src = np.zeros((len(MASK_LABELS), *shape), np.float32)
+    for k, label in enumerate(MASK_LABELS):
+        if segs and label in segs:
+            src[k] = segs[label]
+        elif boxes and label in boxes:
+            src[k] = fill_boxes(boxes[label], shape)
+    square, _ = resize_pad(src, size)
+    pooled = square.reshape(len(MASK_LABELS), half, 2, half, 2).mean(axis=(2, 4))
+    return np.round(pooled * 255).astype(np.uint8)
 
 
 @dataclass
@@ -83,13 +135,17 @@ class SihData:
     study_uids: list[str]
 
 
-def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None) -> IchData:
+def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, annotations: str = "none") -> IchData:
+    """Preprocessed labelled slices; `annotations` ("auto", "seg", "boxes", "none") adds their masks."""
     labels = read_rsna_labels(labels_csv or Path(data_dir) / "labels.csv")
-    studies = by_study(scan_dicom(data_dir))
+    refs_all = scan_dicom(data_dir)
+    kind, seg_by_sop, boxes_by_sop = find_annotations(data_dir, refs_all, annotations)
+    studies = by_study(r for r in refs_all if r.modality != "SEG")
     # One float16 buffer for every labelled file (its pages are committed only as they are filled):
     # per-slice arrays stacked at the end need twice the memory, and fragment the heap on top.
     bound = sum(ref.sop_instance_uid in labels for refs in studies.values() for ref in refs)
     inputs = np.empty((bound, spec.in_channels, spec.size, spec.size), dtype=np.float16)
+    masks = np.zeros((bound if kind != "none" else 0, len(MASK_LABELS), spec.size // 2, spec.size // 2), np.uint8)
     ys, study_idx, sops = [], [], []
     n = 0
     study_uids: list[str] = []
@@ -107,6 +163,9 @@ def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None) ->
                 continue
             x, _ = ct_input(hu, i, spec.size, spec.windows, spec.context_slices)
             inputs[n] = x
+            if kind != "none":
+                masks[n] = _slice_masks(hu[i].shape, spec.size, seg_by_sop.get(ref.sop_instance_uid),
+                                        boxes_by_sop.get(ref.sop_instance_uid))
             n += 1
             ys.append([labels[ref.sop_instance_uid].get(label, 0) for label in ICH_LABELS])
             study_idx.append(len(study_uids))
@@ -114,8 +173,10 @@ def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None) ->
         study_uids.append(study_uid)
     if n == 0:
         raise SelectionError(f"no labelled slices of a usable head CT series under {data_dir} ({skipped} studies skipped)")
-    log.info("ICH data loaded", extra={"slices": n, "studies": len(study_uids), "skipped": skipped})
-    return IchData(inputs[:n], np.asarray(ys, dtype=np.float32), np.asarray(study_idx), study_uids, sops)
+    log.info("ICH data loaded", extra={"slices": n, "studies": len(study_uids), "skipped": skipped,
+                                       "annotation": kind})
+    return IchData(inputs[:n], np.asarray(ys, dtype=np.float32), np.asarray(study_idx), study_uids, sops,
+                   masks[:n] if kind != "none" else None, kind)
 
 
 def load_sih(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None) -> SihData:

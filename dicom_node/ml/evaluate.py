@@ -1,8 +1,11 @@
 """Evaluation of a loaded pipeline on a labelled folder: metrics.json, ROC/PR PNGs, a printable table.
 
 ICH: per-slice metrics over the labelled slices of the selected series (as in the RSNA challenge,
-with its weighted log loss), plus study-level metrics (study label: any labelled slice positive; study
-probability: the pipeline's aggregation). SIH: per-study metrics of the ensemble probability.
+with its weighted log loss; AUROC CIs resample studies, not slices), plus study-level metrics (study
+label: any labelled slice positive; study probability: the pipeline's own `series_outputs`, i.e. the
+worker's selection, preprocessing and study aggregation, then the worker's final verdicts
+(`verdicts.reconcile`), so a served SR states the same probabilities), and each study's probabilities and
+present findings under `studies`. SIH: per-study metrics of the ensemble probability.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from dicom_node.analysis import AnalysisStatus, Finding, StudyAnalysis
 from dicom_node.errors import PixelDataError, SelectionError
 from dicom_node.ml.datasets import by_study, read_rsna_labels, read_study_labels, scan_dicom
 from dicom_node.ml.ich import IchPipeline
+from dicom_node.ml.ich_ensemble import IchEnsemblePipeline
 from dicom_node.ml.metrics import label_metrics, plot_curves, rsna_weighted_log_loss
 from dicom_node.ml.pipeline import Pipeline
 from dicom_node.ml.sih import SihPipeline, ensemble_probability
+from dicom_node.verdicts import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +34,7 @@ log = logging.getLogger(__name__)
 def evaluate(pipeline: Pipeline, data_dir: Path, out_dir: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Run the pipeline over every labelled study under `data_dir`; write metrics.json and curves to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(pipeline, IchPipeline):
+    if isinstance(pipeline, (IchPipeline, IchEnsemblePipeline)):
         result = _evaluate_ich(pipeline, data_dir, out_dir, n_boot, seed)
     elif isinstance(pipeline, SihPipeline):
         result = _evaluate_sih(pipeline, data_dir, out_dir, n_boot, seed)
@@ -51,43 +57,68 @@ def _header(pipeline: Pipeline, data_dir: Path) -> dict[str, Any]:
             "data": str(data_dir)}
 
 
-def _evaluate_ich(p: IchPipeline, data_dir: Path, out_dir: Path, n_boot: int, seed: int) -> dict[str, Any]:
+def _evaluate_ich(p: IchPipeline | IchEnsemblePipeline, data_dir: Path, out_dir: Path, n_boot: int, seed: int
+                  ) -> dict[str, Any]:
     labels = read_rsna_labels(data_dir / "labels.csv")
     names = p.manifest.labels
-    ys, ps, study_y, study_p, skipped = [], [], [], [], []
-    for study_uid, refs in tqdm(sorted(by_study(scan_dicom(data_dir)).items()), desc="evaluating", unit="study"):
+    ys: list[np.ndarray] = []
+    ps: list[np.ndarray] = []
+    groups: list[np.ndarray] = []
+    study_y: list[np.ndarray] = []
+    study_p: list[np.ndarray] = []
+    studies: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    refs_all = [r for r in scan_dicom(data_dir) if r.modality != "SEG"]  # ground-truth SEGs are not input
+    for study_uid, refs in tqdm(sorted(by_study(refs_all).items()), desc="evaluating", unit="study"):
         try:
-            slices = p.select(refs)
-            probs = p.predict(p.inputs(slices)[0])
+            out = p.series_outputs(p.select(refs))  # the worker's selection, preprocessing and aggregation
         except (SelectionError, PixelDataError) as exc:
             skipped.append({"study_uid": study_uid, "reason": str(exc)})
             continue
-        keep = [i for i, r in enumerate(slices) if r.sop_instance_uid in labels]
+        keep = [i for i, r in enumerate(out.slices) if r.sop_instance_uid in labels]
         if not keep:
             continue
-        y = np.array([[labels[slices[i].sop_instance_uid].get(n, 0) for n in names] for i in keep], dtype=np.float32)
+        y = np.array([[labels[out.slices[i].sop_instance_uid].get(n, 0) for n in names] for i in keep],
+                     dtype=np.float32)
         ys.append(y)
-        ps.append(probs[keep])
+        ps.append(out.slice_probs[keep])
+        groups.append(np.full(len(keep), len(study_y)))
         study_y.append(y.max(axis=0))
-        study_p.append(p.aggregate(probs))
+        final = _final_verdicts(p, out.study)
+        study_p.append(np.array([f.probability for f in final]))
+        studies.append({"study_uid": study_uid, "probabilities": {f.label: f.probability for f in final},
+                        "present": [f.label for f in final if f.present],
+                        "labels": {n: int(v) for n, v in zip(names, y.max(axis=0), strict=True)}})
     if not ys:
         raise SelectionError(f"no labelled, analysable CT study under {data_dir}")
-    y, prob = np.concatenate(ys), np.concatenate(ps)
+    y, prob, group = np.concatenate(ys), np.concatenate(ps), np.concatenate(groups)
     sy, sp = np.stack(study_y), np.stack(study_p)
     result = _header(p, data_dir)
     result.update({
         "level": "slice",
         "n_images": len(y),
         "n_studies": len(sy),
-        "labels": {n: label_metrics(y[:, j], prob[:, j], p.thresholds[n], n_boot, seed) for j, n in enumerate(names)},
+        "bootstrap": "resampling studies (slices of a study are not independent)",
+        "labels": {n: label_metrics(y[:, j], prob[:, j], p.thresholds[n], n_boot, seed, groups=group)
+                   for j, n in enumerate(names)},
         "rsna_weighted_log_loss": round(rsna_weighted_log_loss(y, prob, names), 6),
         "study_level": {n: label_metrics(sy[:, j], sp[:, j], p.thresholds[n], n_boot, seed) for j, n in enumerate(names)},
+        "studies": studies,
         "skipped_studies": skipped,
     })
     for j, n in enumerate(names):
         plot_curves(y[:, j], prob[:, j], n, out_dir, f"{p.info.name} {p.info.version} (slices)")
         plot_curves(sy[:, j], sp[:, j], f"study_{n}", out_dir, f"{p.info.name} {p.info.version} (studies)")
     return result
+
+
+def _final_verdicts(p: Pipeline, study: np.ndarray) -> list[Finding]:
+    """The study's findings as the worker reports them: thresholds, then `verdicts.reconcile` (a present
+    subtype makes "any" present with at least its probability)."""
+    names = p.manifest.labels
+    findings = [Finding(label=n, probability=float(v), threshold=p.thresholds[n], present=bool(v >= p.thresholds[n]),
+                        critical=n in p.manifest.critical_labels) for n, v in zip(names, study, strict=True)]
+    return reconcile(StudyAnalysis(model=p.info, status=AnalysisStatus.ANALYSED, findings=findings)).findings
 
 
 def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, seed: int) -> dict[str, Any]:
@@ -118,7 +149,8 @@ def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, se
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A readable table of the per-label metrics (and the study-level AUROC for ICH)."""
+    """A readable table of the per-label metrics (and, for ICH, the study-level AUROC, sensitivity and
+    specificity at the threshold, which are what the node's verdicts are)."""
     if result.get("model", {}).get("task") == "cmb-swi":
         from dicom_node.ml.evaluate_cmb import format_cmb_table
 
@@ -130,7 +162,7 @@ def format_table(result: dict[str, Any]) -> str:
     study = result.get("study_level", {})
     head = f"{'label':<18}{'AUROC':>7}  {'95% CI':<15}{'sens':>7}{'spec':>7}{'logloss':>9}{'thr':>7}{'pos/n':>11}"
     if study:
-        head += f"{'study AUROC':>13}"
+        head += f"{'study AUROC':>13}{'study sens':>12}{'study spec':>12}{'pos/n':>8}"
     lines = [f"{result['model']['name']} {result['model']['version']} on {result['data']} ({result['level']} level)",
              head]
     for label, m in result["labels"].items():
@@ -138,7 +170,9 @@ def format_table(result: dict[str, Any]) -> str:
         line = (f"{label:<18}{f(m['auroc']):>7}  {ci:<15}{f(m['sensitivity']):>7}{f(m['specificity']):>7}"
                 f"{f(m['log_loss']):>9}{m['threshold']:>7.3f}{str(m['n_positive']) + '/' + str(m['n']):>11}")
         if study:
-            line += f"{f(study[label]['auroc']):>13}"
+            st = study[label]
+            line += (f"{f(st['auroc']):>13}{f(st['sensitivity']):>12}{f(st['specificity']):>12}"
+                     f"{str(st['n_positive']) + '/' + str(st['n']):>8}")
         lines.append(line)
     if "rsna_weighted_log_loss" in result:
         lines.append(f"RSNA weighted log loss: {result['rsna_weighted_log_loss']:.4f}")

@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.errors import ModelError
-from dicom_node.ml.nets import ARCHITECTURES
+from dicom_node.ml.nets import ARCHITECTURES, SEGMENTATION_ARCHITECTURES
 from dicom_node.ml.rules import SeriesRule, parse_rule
 from dicom_node.ml.selection import DEFAULT_RULES
+from dicom_node.ml.study_model import StudyModel
 
 MANIFEST_NAME = "manifest.json"
 ICH_LABELS: tuple[str, ...] = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 SIH_LABELS: tuple[str, ...] = ("sih",)
 SIH_ROLES: tuple[str, ...] = ("axial", "coronal1", "coronal2")
 TASKS = {"ich-ct": "CT", "sih-mr": "MR"}
-AGGREGATIONS = ("max", "topk_mean")
+AGGREGATIONS = ("max", "topk_mean", "study_model")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Manifest:
     ensemble: Ensemble | None = None
     synthetic_demo: bool = False
     intended_use: str = ""
+    study_model: StudyModel | None = None  # aggregation "study_model": the study-level logistic model
+    operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> how its threshold was chosen
     rules: dict[str, SeriesRule] = field(default_factory=dict)  # "selection": rule name -> series rule
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -155,6 +158,19 @@ def _parse(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) ->
     if not isinstance(k, int) or k < 1:
         problems.append(f"preprocessing.top_k: must be an integer >= 1, got {k!r}")
         k = 1
+    study_model = None
+    if aggregation == "study_model":
+        study_model = StudyModel.from_json(pre.get("study_model"), labels, problems)
+    seg = [c.architecture for c in components if c.architecture in SEGMENTATION_ARCHITECTURES]
+    if seg and (task != "ich-ct" or labels[:1] != ("any",)):
+        problems.append(f"components: {seg[0]} outputs one mask per label after 'any'; it needs task ich-ct with "
+                        "'any' as the first label")
+    if study_model is not None and "log_extent" in study_model.features and not seg:
+        problems.append("preprocessing.study_model: mask features need a segmentation architecture (*_seg)")
+    points = d.get("operating_points", {})
+    if not isinstance(points, dict):
+        problems.append("operating_points: must be an object (label -> how its threshold was chosen)")
+        points = {}
     ensemble = None
     if task == "sih-mr":
         ensemble = _ensemble(d.get("ensemble"), problems)
@@ -168,7 +184,8 @@ def _parse(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) ->
         display_name=str(d.get("display_name") or name), task=task, labels=labels,
         thresholds={label: float(thresholds[label]) for label in labels}, critical_labels=critical,
         input=spec, components=components, aggregation=aggregation, aggregation_k=k, ensemble=ensemble,
-        synthetic_demo=synthetic, intended_use=str(d.get("intended_use", "")), rules=rules, raw=d,
+        synthetic_demo=synthetic, intended_use=str(d.get("intended_use", "")),
+        study_model=study_model, operating_points=points, rules=rules, raw=d,
     )
 
 

@@ -23,15 +23,26 @@ def auroc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p))
 
 
-def auroc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the AUROC (resampling cases; resamples with one class are skipped)."""
+def auroc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+             groups: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile bootstrap CI of the AUROC (resamples with one class are skipped).
+
+    Resamples cases, or with `groups` (e.g. each slice's study) whole groups: slices of one study are
+    not independent, so a CI for a claim about studies must resample studies."""
     y, p = np.asarray(y), np.asarray(p)
     if y.min() == y.max():
         return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
+    members: list[np.ndarray] | None = None
+    if groups is not None:
+        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        members = [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)]
     values = []
     for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
+        if members is None:
+            idx = rng.integers(0, len(y), len(y))
+        else:
+            idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
         if y[idx].min() != y[idx].max():
             values.append(roc_auc_score(y[idx], p[idx]))
     alpha = (1 - level) / 2
@@ -60,11 +71,14 @@ def rsna_weighted_log_loss(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) 
     return float(np.mean((bce * w).sum(axis=1) / w.sum()))
 
 
-def label_metrics(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def label_metrics(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0,
+                  groups: np.ndarray | None = None) -> dict[str, Any]:
+    """AUROC with its bootstrap CI (resampling `groups` when given), sensitivity/specificity at `threshold`,
+    log loss and counts."""
     sens, spec = sensitivity_specificity(y, p, threshold)
     return {
         "auroc": _clean(auroc(y, p)),
-        "auroc_ci": [_clean(v) for v in auroc_ci(y, p, n_boot, seed)],
+        "auroc_ci": [_clean(v) for v in auroc_ci(y, p, n_boot, seed, groups=groups)],
         "sensitivity": _clean(sens),
         "specificity": _clean(spec),
         "log_loss": _clean(log_loss(y, p)),

@@ -1,7 +1,10 @@
 """Classifier networks by name: torchvision's ResNet family and a narrow ResNet for the shipped demo weights.
 
 All networks take `in_channels` input channels and return `num_outputs` logits, and expose their last
-convolutional block as `.layer4` (where Grad-CAM hooks in).
+convolutional block as `.layer4` (where Grad-CAM hooks in). The `*_seg` architectures add a segmentation
+head (a small U-Net decoder over the encoder's stages): `forward` still returns the classification
+logits, `forward_with_masks` also returns mask logits at half the input resolution, one channel per
+output except the first (ICH: the five subtypes, in manifest label order after "any").
 """
 
 from __future__ import annotations
@@ -48,6 +51,49 @@ class NarrowResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class _Up(nn.Module):
+    """Upsample x2, concatenate the skip connection, two 3x3 convolutions."""
+
+    def __init__(self, cin: int, skip: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin + skip, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([x, skip], dim=1))
+
+
+class SegNarrowResNet(NarrowResNet):
+    """NarrowResNet + a U-Net decoder: class logits from the pooled last stage (as NarrowResNet) and
+    `num_masks` mask logits at half the input resolution from the decoder (strong annotation)."""
+
+    def __init__(self, in_channels: int, num_outputs: int, num_masks: int,
+                 widths: tuple[int, int, int, int] = (16, 32, 64, 128)) -> None:
+        super().__init__(in_channels, num_outputs, widths)
+        w0, w1, w2, w3 = widths
+        self.up3 = _Up(w3, w2, w2)
+        self.up2 = _Up(w2, w1, w1)
+        self.up1 = _Up(w1, w0, w0)
+        self.up0 = _Up(w0, w0, w0)
+        self.mask_head = nn.Conv2d(w0, num_masks, 1)
+
+    def forward_with_masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f0 = self.relu(self.bn1(self.conv1(x)))
+        f1 = self.layer1(self.maxpool(f0))
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        f4 = self.layer4(f3)
+        logits = self.fc(torch.flatten(self.avgpool(f4), 1))
+        d = self.up0(self.up1(self.up2(self.up3(f4, f3), f2), f1), f0)
+        return logits, self.mask_head(d)
+
+
+def has_masks(model: nn.Module) -> bool:
+    return isinstance(model, SegNarrowResNet)
+
+
 def _torchvision(factory: Callable[..., resnet.ResNet]) -> Callable[[int, int], nn.Module]:
     def build(in_channels: int, num_outputs: int) -> nn.Module:
         model = factory(weights=None, num_classes=num_outputs)
@@ -65,7 +111,10 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "resnext50_32x4d": _torchvision(resnet.resnext50_32x4d),
     "narrow_resnet": lambda c, n: NarrowResNet(c, n),
     "narrow_resnet_w8": lambda c, n: NarrowResNet(c, n, widths=(8, 16, 32, 64)),
+    "narrow_resnet_seg": lambda c, n: SegNarrowResNet(c, n, n - 1),
+    "narrow_resnet_w8_seg": lambda c, n: SegNarrowResNet(c, n, n - 1, widths=(8, 16, 32, 64)),
 }
+SEGMENTATION_ARCHITECTURES = frozenset(a for a in ARCHITECTURES if a.endswith("_seg"))
 
 
 def build_model(architecture: str, in_channels: int, num_outputs: int) -> nn.Module:

@@ -7,6 +7,10 @@ Loading refuses (ModelError) a missing manifest or weight file, a weight file wh
 the manifest's, an input spec or label set the pipelines do not support, threshold overrides for
 labels the model does not have, and selection-rule overrides (`[models.enabled.rules.<rule>]`) for rules
 the model does not have.
+
+An ensemble folder (`ich_ensemble`) names its members by name, version and manifest sha256; each member
+is loaded from its own folder under the same models directory, and a member whose manifest's sha256
+differs from the ensemble's is refused.
 """
 
 from __future__ import annotations
@@ -42,8 +46,19 @@ def load_pipeline(
     thresholds: dict[str, float] | None = None,
     rules: dict[str, dict[str, Any]] | None = None,
 ) -> Pipeline:
-    """Load one model folder into its pipeline on `device`."""
-    manifest = load_manifest(model_folder(models_dir, name, version))
+    """Load one model folder into its pipeline on `device` (an ensemble folder: its checked members too)."""
+    folder = model_folder(models_dir, name, version)
+    from dicom_node.ml.ich_ensemble import is_ensemble, load_ich_ensemble
+
+    if is_ensemble(folder):
+        ensemble = load_ich_ensemble(Path(models_dir), folder, device, batch_size, thresholds or {}, rules)
+        if (ensemble.info.name, ensemble.info.version) != (name, version):
+            raise ModelError(f"{folder}: manifest names {ensemble.info.name} {ensemble.info.version}, folder says "
+                             f"{name} {version}")
+        log.info("model loaded", extra={"model": name, "version": version, "task": "ich-ct", "ensemble": True,
+                                        "members": [m.info.name for m in ensemble.members]})
+        return ensemble
+    manifest = load_manifest(folder)
     if manifest.name != name or manifest.version != version:
         raise ModelError(
             f"{manifest.folder}: manifest names {manifest.name} {manifest.version}, folder says {name} {version}"

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dicom_node.ml.datasets import IchData, load_ich, load_sih
+from dicom_node.ml.datasets import load_sih
 from dicom_node.ml.manifest import ICH_LABELS, SIH_LABELS, SIH_ROLES, InputSpec, sha256_file, write_manifest
-from dicom_node.ml.metrics import auroc, youden_threshold
-from dicom_node.ml.nets import build_model
+from dicom_node.ml.metrics import auroc
+from dicom_node.ml.nets import SEGMENTATION_ARCHITECTURES, build_model
 from dicom_node.ml.preprocess import ICH_WINDOW_NAMES, ICH_WINDOWS
 from dicom_node.ml.selection import default_selection
+from dicom_node.ml.train_ich import optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ class TrainOptions:
     batch_size: int = 32
     learning_rate: float = 2e-3
     context_slices: int = 0
+    annotations: str = "auto"  # ICH: "auto" | "seg" | "boxes" | "none" (weak: slice labels only)
+    subset: str = "all"  # ICH: "all" | "subdural" | "subarachnoid" | "small-lesion" (specialists)
+    neg_ratio: float = 1.0  # ICH: negative slices per positive slice in each epoch
+    seg_weight: float = 1.0  # ICH: weight of the mask loss (0: do not train the segmentation head)
     name: str = ""
     version: str = "0.1.0"
     synthetic_demo: bool = False
@@ -92,13 +97,7 @@ def fit(net: nn.Module, x: np.ndarray, y: np.ndarray, opts: TrainOptions, desc: 
                 xb = _augment(torch.from_numpy(x[idx].astype(np.float32)), gen)
                 yb = torch.from_numpy(y[idx])
                 loss = loss_fn(net(xb), yb)
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                sched.step()
-                total += loss.item() * len(idx)
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+                total += optimizer_step(loss, optim, sched, bar, epoch) * len(idx)
             log.info("epoch done", extra={"model": desc, "epoch": epoch + 1, "loss": round(total / len(x), 5)})
     return net.eval()
 
@@ -118,50 +117,36 @@ def _save_weights(net: nn.Module, folder: Path, file_name: str) -> dict[str, str
     return {"weights": file_name, "sha256": sha256_file(path)}
 
 
-def _study_level(data: IchData, probs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    studies = np.unique(data.study[mask])
-    y = np.stack([data.labels[data.study == s].max(axis=0) for s in studies])
-    p = np.stack([probs[data.study == s].max(axis=0) for s in studies])
-    return y, p
-
-
 def train_ich(opts: TrainOptions) -> Path:
     seed_everything(opts.seed)
-    spec = InputSpec(modality="CT", size=opts.size, channels=ICH_WINDOW_NAMES, windows=ICH_WINDOWS,
-                     context_slices=opts.context_slices)
-    data = load_ich(opts.data, spec)
+    from dicom_node.ml.train_ich import IchOptions, ich_spec, load_training_data, train_ich_model
+
+    spec = ich_spec(opts.size, opts.context_slices)
+    data = load_training_data(opts.data, spec, opts.annotations)
     train_s, val_s = split_studies(len(data.study_uids), opts.val_fraction, opts.seed)
-    train_mask = np.isin(data.study, train_s)
-    net = build_model(opts.architecture, spec.in_channels, len(ICH_LABELS))
-    fit(net, data.inputs[train_mask], data.labels[train_mask], opts, f"train ich {opts.architecture}")
-    val_mask = np.isin(data.study, val_s)
-    thresholds = {label: 0.5 for label in ICH_LABELS}
-    validation: dict[str, Any] = {}
-    if val_mask.any():
-        probs = np.zeros_like(data.labels)
-        probs[val_mask] = 1 / (1 + np.exp(-predict_logits(net, data.inputs[val_mask])))
-        ys, ps = _study_level(data, probs, val_mask)
-        for j, label in enumerate(ICH_LABELS):
-            thresholds[label] = round(youden_threshold(ys[:, j], ps[:, j]), 4)
-            validation[label] = {"study_auroc": _r(auroc(ys[:, j], ps[:, j])),
-                                 "slice_auroc": _r(auroc(data.labels[val_mask, j], probs[val_mask, j]))}
+    ich_opts = IchOptions(opts.annotations, opts.subset, opts.neg_ratio, opts.seg_weight)
+    net, study_model, thresholds, report = train_ich_model(
+        data, spec, train_s, val_s, opts.architecture, opts.epochs, opts.batch_size, opts.learning_rate, opts.seed,
+        ich_opts)
     weights = _save_weights(net, opts.out, "weights.pt")
+    kind = "segmentation" if opts.architecture in SEGMENTATION_ARCHITECTURES else "classifier"
+    subset = "" if opts.subset == "all" else f", {opts.subset} specialist"
     manifest = {
         "name": opts.name or "ich",
         "version": opts.version,
-        "display_name": "dicom-node ICH classifier" + (" (synthetic demo)" if opts.synthetic_demo else ""),
+        "display_name": f"dicom-node ICH {kind}{subset}" + (" (synthetic demo)" if opts.synthetic_demo else ""),
         "task": "ich-ct",
         "labels": list(ICH_LABELS),
         "critical_labels": list(ICH_LABELS),
         "thresholds": thresholds,
+        "operating_points": report["operating_points"],
         "input": {"modality": "CT", "size": opts.size, "channels": list(ICH_WINDOW_NAMES),
                   "windows": [list(w) for w in ICH_WINDOWS], "context_slices": opts.context_slices},
         "preprocessing": {"hu": "RescaleSlope/RescaleIntercept", "resize": "aspect-preserving, zero pad, centred",
-                          "study_aggregation": "max", "top_k": 1},
+                          "study_aggregation": "study_model", "study_model": study_model},
         "selection": default_selection("ich-ct"),
         "components": [{"role": "slice", "architecture": opts.architecture, **weights}],
-        **_common(opts, {"validation_study_level": validation, "train_slices": int(train_mask.sum()),
-                         "validation_slices": int(val_mask.sum())}),
+        **_common(opts, {k: v for k, v in report.items() if k != "operating_points"}),
     }
     write_manifest(opts.out, manifest)
     return opts.out

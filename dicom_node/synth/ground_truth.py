@@ -95,31 +95,10 @@ def write_ground_truth(out_dir: Path, folder_name: str, kind: str, seed: int, pa
 
 
 def read_ground_truth(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """A SEG (ours or the generator's) back as {subtype label: {source SOPInstanceUID: bool mask}}."""
-    import highdicom as hd
+    """A SEG (ours or the generator's) back as {label: {source SOPInstanceUID: bool mask}}."""
+    from dicom_node.ml.annotations import seg_masks
 
-    from dicom_node.outputs.codes import finding_concept
-
-    seg = hd.seg.segread(str(path))
-    by_code = {finding_concept(label).code.value: label for label in (*SUBTYPES, "any")}
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for number in seg.segment_numbers:
-        desc = seg.get_segment_description(number)
-        label = by_code.get(desc.segmented_property_type.value)
-        if label is None:
-            continue
-        sources = [str(uid) for _, _, uid in seg.get_source_image_uids()]
-        for sop in sources:
-            try:
-                pixels = seg.get_pixels_by_source_instance(
-                    source_sop_instance_uids=[sop], segment_numbers=[number], ignore_spatial_locations=True,
-                    assert_missing_frames_are_empty=True)
-            except (KeyError, ValueError):
-                continue
-            m = pixels[0, ..., 0] > 0
-            if m.any():
-                out.setdefault(label, {})[sop] = m
-    return out
+    return seg_masks(path)[1]
 
 
 def write_boxes_csv(path: Path, boxes: Iterable[Box]) -> None:

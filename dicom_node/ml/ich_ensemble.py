@@ -1,0 +1,203 @@
+"""Seed 002's weighted ensemble for ICH: subtype specialists combined with weights fitted on validation data.
+
+An ensemble is a model folder whose manifest names its members instead of weight files:
+
+    "ensemble": {"rule": "weighted_logit",
+                 "members": [{"name": "ich-all", "version": "...", "sha256": "<member manifest.json sha256>"}, ...],
+                 "weights": {label: {member name: w >= 0}}, "intercepts": {label: b}}
+
+Each member is an ordinary ICH model folder (its own network, study model and thresholds) under the same
+models directory. The study probability of a label is sigmoid(b + sum_m w_m * logit(p_m)), p_m being member
+m's study probability; mask and slice probabilities are the members' means weighted by the same (positive)
+weights. Loading checks every member's manifest sha256 against the ensemble's (a member's manifest in turn
+carries its weights' sha256), so the ensemble runs exactly the members it was fitted with, or refuses.
+The SR's algorithm identification names the ensemble with its members and their versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicom_node.analysis import InstanceRef, StudyAnalysis
+from dicom_node.errors import ModelError
+from dicom_node.ml.device import Device
+from dicom_node.ml.ich import IchPipeline
+from dicom_node.ml.ich_findings import SeriesOutputs, build_analysis
+from dicom_node.ml.ich_outputs import run_network, sigmoid, study_probabilities
+from dicom_node.ml.manifest import ICH_LABELS, MANIFEST_NAME, Manifest, load_manifest, sha256_file
+from dicom_node.ml.pipeline import Pipeline
+from dicom_node.ml.preprocess import read_image
+
+log = logging.getLogger(__name__)
+
+RULE = "weighted_logit"
+
+
+def is_ensemble(folder: Path) -> bool:
+    try:
+        data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("ensemble"), dict) and "members" in data["ensemble"]
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.asarray(np.log(p / (1 - p)))
+
+
+def run_members(members: Sequence[IchPipeline], slices: Sequence[InstanceRef], batch_size: int, device: Device
+                ) -> tuple[list[np.ndarray], list[SeriesOutputs]]:
+    """Each member's study logits (L,) and series outputs, from one decoding of the series."""
+    hu = [read_image(ref.path) for ref in slices]
+    outs, study_logits = [], []
+    for m in members:
+        inputs, places = m.model_inputs(hu)
+        logits, masks = run_network(m.net, inputs, batch_size, device)
+        study = study_probabilities(m.manifest, logits, masks)
+        outs.append(SeriesOutputs(list(slices), hu, inputs, places, sigmoid(logits), study, masks))
+        study_logits.append(_logit(study))
+    return study_logits, outs
+
+
+class IchEnsemblePipeline(Pipeline):
+    """ICH members run on one decoded series; their outputs combined by the manifest's weights."""
+
+    def __init__(self, manifest: Manifest, members: Sequence[IchPipeline], weights: dict[str, np.ndarray],
+                 intercepts: np.ndarray, device: Device, batch_size: int, thresholds: dict[str, float]) -> None:
+        self.members = list(members)
+        self.weights = weights  # member name -> (L,) weight per label
+        self.intercepts = intercepts  # (L,)
+        super().__init__(manifest, device, batch_size, thresholds)
+
+    def load_networks(self) -> None:
+        """The members are loaded (and checked) before the ensemble."""
+
+    def select(self, instances: Sequence[InstanceRef]) -> list[InstanceRef]:
+        return self.members[0].select(instances)
+
+    def member_outputs(self, slices: Sequence[InstanceRef]) -> tuple[list[np.ndarray], list[SeriesOutputs]]:
+        return run_members(self.members, slices, self.batch_size, self.device)
+
+    def combine(self, study_logits: Sequence[np.ndarray]) -> np.ndarray:
+        z = self.intercepts + sum(self.weights[m.info.name] * study_logits[k] for k, m in enumerate(self.members))
+        return sigmoid(np.asarray(z))
+
+    def series_outputs(self, slices: Sequence[InstanceRef]) -> SeriesOutputs:
+        study_logits, outs = self.member_outputs(slices)
+        w = np.stack([np.maximum(self.weights[m.info.name], 0.0) for m in self.members])  # (M, L)
+        share = w / np.maximum(w.sum(axis=0, keepdims=True), 1e-9)
+        slice_probs = sum(share[k] * o.slice_probs for k, o in enumerate(outs))
+        with_masks = [k for k, o in enumerate(outs) if o.masks is not None]
+        masks = None
+        if with_masks:
+            sub = w[with_masks, 1:] / np.maximum(w[with_masks, 1:].sum(axis=0, keepdims=True), 1e-9)  # (M', L-1)
+            masks = sum(sub[n][None, :, None, None] * outs[k].masks.astype(np.float32)  # type: ignore[union-attr]
+                        for n, k in enumerate(with_masks))
+        first = outs[0]
+        return SeriesOutputs(first.slices, first.hu, first.inputs, first.places, np.asarray(slice_probs),
+                             self.combine(study_logits), None if masks is None else np.asarray(masks))
+
+    def _analyse(self, instances: Sequence[InstanceRef]) -> StudyAnalysis:
+        out = self.series_outputs(self.select(instances))
+        return build_analysis(self.info, self.manifest.labels, self.thresholds, self.manifest.critical_labels, out,
+                              self.members[0].net, self.device.torch_device)
+
+
+def display_name(base: str, members: Sequence[Manifest]) -> str:
+    """E.g. "dicom-node ICH ensemble (synthetic demo) [ich-all 0.2.0, ich-subdural 0.2.0, ...]"."""
+    return f"{base} [{', '.join(f'{m.name} {m.version}' for m in members)}]"
+
+
+def load_ich_ensemble(models_dir: Path, folder: Path, device: Device, batch_size: int,
+                      thresholds: dict[str, float], rules: dict[str, dict[str, Any]] | None = None
+                      ) -> IchEnsemblePipeline:
+    """Load and check an ensemble folder's members; `rules` (config overrides of the selection rules) go
+    to every member, `thresholds` (config overrides) apply to the ensemble's verdicts."""
+    from dicom_node.ml.registry import load_pipeline, model_folder
+
+    raw_bytes = (folder / MANIFEST_NAME).read_bytes()
+    d = json.loads(raw_bytes)
+    where = f"{folder / MANIFEST_NAME}"
+    e = d["ensemble"]
+    labels = tuple(d.get("labels", ()))
+    if d.get("task") != "ich-ct" or e.get("rule") != RULE or labels != ICH_LABELS:
+        raise ModelError(f"{where}: an ensemble needs task ich-ct, the ICH labels {list(ICH_LABELS)} and rule {RULE!r}")
+    members_raw = e.get("members")
+    if not isinstance(members_raw, list) or not members_raw:
+        raise ModelError(f"{where}: ensemble.members: a list of {{name, version, sha256}} is required")
+    members: list[IchPipeline] = []
+    for item in members_raw:
+        name, version, sha = str(item.get("name", "")), str(item.get("version", "")), str(item.get("sha256", ""))
+        path = model_folder(models_dir, name, version) / MANIFEST_NAME
+        if not path.is_file():
+            raise ModelError(f"{where}: member {name} {version} is missing ({path})")
+        actual = sha256_file(path)
+        if actual != sha.lower():
+            raise ModelError(f"{where}: member {name} {version} has manifest sha256 {actual}, the ensemble names "
+                             f"{sha}; refusing to combine a member that is not the one the weights were fitted for")
+        member = load_pipeline(models_dir, name, version, device, batch_size, None, rules)
+        if not isinstance(member, IchPipeline) or member.manifest.labels != ICH_LABELS:
+            raise ModelError(f"{where}: member {name} {version} is not an ICH model with labels {list(ICH_LABELS)}")
+        members.append(member)
+    sizes = {m.manifest.input.size for m in members}
+    if len(sizes) != 1:
+        raise ModelError(f"{where}: members must share one input size (masks are averaged), got {sorted(sizes)}")
+    try:
+        weights = {m.info.name: np.array([float(e["weights"][label][m.info.name]) for label in labels])
+                   for m in members}
+        intercepts = np.array([float(e["intercepts"][label]) for label in labels])
+        base_thresholds = {label: float(d["thresholds"][label]) for label in labels}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{where}: ensemble weights, intercepts and thresholds need a number per label and "
+                         f"member: {exc!r}") from None
+    if any((w < 0).any() for w in weights.values()) or not all(0 < t < 1 for t in base_thresholds.values()):
+        raise ModelError(f"{where}: ensemble weights must be >= 0 and thresholds between 0 and 1")
+    first = members[0].manifest
+    tags = d.get("tags", [])
+    manifest = replace(
+        first, folder=folder, sha256=hashlib.sha256(raw_bytes).hexdigest(), name=str(d["name"]),
+        version=str(d["version"]), display_name=display_name(str(d.get("display_name") or d["name"]),
+                                                             [m.manifest for m in members]),
+        labels=labels, thresholds=base_thresholds, critical_labels=frozenset(d.get("critical_labels", labels)),
+        components=(), aggregation=RULE, study_model=None, operating_points=dict(d.get("operating_points", {})),
+        synthetic_demo=bool(d.get("synthetic_demo", False)) or "synthetic-demo" in tags,
+        intended_use=str(d.get("intended_use", "")), raw=d)
+    unknown = sorted(set(thresholds) - set(labels))
+    if unknown:
+        raise ModelError(f"threshold override(s) for {unknown} but model {manifest.name} {manifest.version} "
+                         f"has labels {list(labels)}")
+    return IchEnsemblePipeline(manifest, members, weights, intercepts, device, batch_size, thresholds)
+
+
+def ensemble_manifest_entry(members: Sequence[Manifest], weights: np.ndarray, intercepts: np.ndarray,
+                            fitted_on: str) -> dict[str, Any]:
+    """The manifest's "ensemble" object for `weights` (M, L) and `intercepts` (L,)."""
+    return {
+        "rule": RULE,
+        "members": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in members],
+        "weights": {label: {m.name: round(float(weights[k, j]), 6) for k, m in enumerate(members)}
+                    for j, label in enumerate(ICH_LABELS)},
+        "intercepts": {label: round(float(intercepts[j]), 6) for j, label in enumerate(ICH_LABELS)},
+        "masks": "members' mask probabilities averaged with the label's weights",
+        "fitted_on": fitted_on,
+    }
+
+
+def member_manifests(models_dir: Path, specs: Sequence[str]) -> list[Manifest]:
+    """`name/version` strings -> member manifests (validated)."""
+    from dicom_node.ml.registry import model_folder
+
+    out = []
+    for spec in specs:
+        name, _, version = spec.partition("/")
+        out.append(load_manifest(model_folder(models_dir, name, version)))
+    return out

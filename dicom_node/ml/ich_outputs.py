@@ -1,0 +1,59 @@
+"""One ICH network over one series, and the study probabilities: the code that `train` (validation),
+`evaluate` and the worker share, so a study gets the same numbers in all three.
+
+    logits, masks = run_network(net, inputs, batch_size, device)   # (N, L) logits, (N, L-1, S/2, S/2) or None
+    probs = study_probabilities(manifest, logits, masks)           # (L,) the manifest's aggregation
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from dicom_node.ml.device import Device, inference_mode
+from dicom_node.ml.nets import has_masks
+from dicom_node.ml.study_model import study_features
+
+if TYPE_CHECKING:
+    from dicom_node.ml.manifest import Manifest
+
+
+def run_network(net: nn.Module, inputs: np.ndarray, batch_size: int, device: Device | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Slice logits (N, L) float32 and, for a segmentation network, mask probabilities (N, M, h, w) float16."""
+    logits, masks = [], []
+    seg = has_masks(net)
+    dev = device.torch_device if device is not None else torch.device("cpu")
+    ctx = inference_mode(device) if device is not None else torch.inference_mode()
+    with ctx:
+        for start in range(0, len(inputs), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32)).to(dev)
+            if seg:
+                out, m = net.forward_with_masks(batch)  # type: ignore[operator]
+                masks.append(torch.sigmoid(m.float()).cpu().numpy().astype(np.float16))
+            else:
+                out = net(batch)
+            logits.append(out.float().cpu().numpy())
+    n_out = int(getattr(getattr(net, "fc", None), "out_features", 0) or 0)
+    z = np.concatenate(logits) if logits else np.zeros((0, n_out), np.float32)
+    return z, (np.concatenate(masks) if masks else None) if seg else None
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -60, 60))))
+
+
+def study_probabilities(manifest: Manifest, logits: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+    """Study probability per label by the manifest's aggregation: the study-level logistic model, the
+    maximum, or the mean of the top k slice probabilities."""
+    if manifest.study_model is not None:
+        model = manifest.study_model
+        return model.probabilities(study_features(logits, masks, model.features), manifest.labels)
+    probs = sigmoid(logits)
+    if manifest.aggregation == "topk_mean":
+        k = min(manifest.aggregation_k, len(probs))
+        return np.asarray(np.sort(probs, axis=0)[-k:].mean(axis=0))
+    return np.asarray(probs.max(axis=0))

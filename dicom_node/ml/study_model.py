@@ -1,0 +1,186 @@
+"""Study-level decisions for ICH: slice outputs -> study features -> a calibrated study probability per label,
+and the per-label thresholds chosen at study level on validation studies.
+
+Features of one study for one label (`study_features`), from the slices of the selected series:
+  max_logit     the highest slice logit of the label;
+  top3_logit    the mean of its three highest slice logits (robust to one noisy slice);
+  log_extent    log(1 + number of model-space mask pixels with probability >= 0.5, summed over slices),
+                segmentation models only ("any": the union of the subtype masks);
+  max_mask      the logit of the highest mask probability of the study (segmentation models only).
+
+The study probability is a logistic regression over these features, one per label, fitted on validation
+studies (`fit_study_model`): trained at study level, so the probability means "this study has it". The
+threshold of each label is chosen on out-of-fold probabilities of the same validation studies
+(5-fold cross-fitting, so the threshold is not chosen on probabilities the model was fitted on): the
+maximum of Youden's J (sensitivity + specificity - 1), taking the middle of the widest interval of
+thresholds that reaches it, in logit space. The manifest keeps the coefficients, the threshold and the
+operating point it was chosen at (sensitivity, specificity, counts). Models without a study model
+(older manifests) keep `max` / `topk_mean` of the slice probabilities.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FEATURES_CLS: tuple[str, ...] = ("max_logit", "top3_logit")
+FEATURES_SEG: tuple[str, ...] = (*FEATURES_CLS, "log_extent", "max_mask")
+MASK_LEVEL = 0.5
+CLIP = 12.0  # logits are clipped to +-CLIP before they become features (saturated sigmoids)
+FOLDS = 5
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def study_features(slice_logits: np.ndarray, mask_probs: np.ndarray | None, names: Sequence[str]) -> np.ndarray:
+    """(labels, features) for one study: `slice_logits` (N, L) in label order (label 0 "any" for masks),
+    `mask_probs` (N, L-1, h, w) or None; `names` the features wanted (FEATURES_CLS or FEATURES_SEG)."""
+    z = np.clip(np.asarray(slice_logits, dtype=np.float64), -CLIP, CLIP)
+    n, n_labels = z.shape
+    top = np.sort(z, axis=0)[::-1]
+    feats: dict[str, np.ndarray] = {"max_logit": top[0], "top3_logit": top[: min(3, n)].mean(axis=0)}
+    if mask_probs is not None:
+        m = np.asarray(mask_probs, dtype=np.float32)
+        per_label = np.concatenate([m.max(axis=1, keepdims=True), m], axis=1)  # "any" = union of subtypes
+        extent = (per_label >= MASK_LEVEL).sum(axis=(0, 2, 3)).astype(np.float64)
+        feats["log_extent"] = np.log1p(extent)
+        feats["max_mask"] = np.clip(_logit(per_label.max(axis=(0, 2, 3))), -CLIP, CLIP)
+    missing = [f for f in names if f not in feats]
+    if missing:
+        raise ValueError(f"study features {missing} need mask outputs, which this model does not have")
+    return np.stack([feats[f] for f in names], axis=1)[:n_labels]
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    """Per-label logistic regression over study features: p = sigmoid(intercept + coefficients . features)."""
+
+    features: tuple[str, ...]
+    coefficients: dict[str, tuple[float, ...]]
+    intercepts: dict[str, float]
+
+    def probabilities(self, features: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """`features` (labels, features) of one study -> (labels,) probabilities."""
+        out = np.empty(len(labels))
+        for j, label in enumerate(labels):
+            z = self.intercepts[label] + float(np.dot(self.coefficients[label], features[j]))
+            out[j] = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": "logistic", "features": list(self.features),
+                "coefficients": {k: [round(v, 6) for v in c] for k, c in self.coefficients.items()},
+                "intercepts": {k: round(v, 6) for k, v in self.intercepts.items()}}
+
+    @staticmethod
+    def from_json(d: Any, labels: Sequence[str], problems: list[str]) -> StudyModel | None:
+        where = "preprocessing.study_model"
+        if not isinstance(d, dict) or d.get("method") != "logistic":
+            problems.append(f"{where}: needs {{'method': 'logistic', 'features': [...], 'coefficients': "
+                            "{label: [...]}, 'intercepts': {label: b}}")
+            return None
+        features = tuple(str(f) for f in d.get("features", []))
+        if not features or any(f not in FEATURES_SEG for f in features):
+            problems.append(f"{where}.features: {list(features)} not a subset of {list(FEATURES_SEG)}")
+            return None
+        try:
+            coef = {str(k): tuple(float(x) for x in v) for k, v in d["coefficients"].items()}
+            inter = {str(k): float(v) for k, v in d["intercepts"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            problems.append(f"{where}: coefficients and intercepts must be numbers per label")
+            return None
+        bad = [x for x in labels if len(coef.get(x, ())) != len(features) or x not in inter]
+        if bad:
+            problems.append(f"{where}: labels {bad} need one coefficient per feature and an intercept")
+            return None
+        return StudyModel(features, coef, inter)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    threshold: float
+    sensitivity: float
+    specificity: float
+    n_positive: int
+    n_negative: int
+    rule: str = "youden-midpoint"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threshold": round(self.threshold, 6), "rule": self.rule,
+                "sensitivity": round(self.sensitivity, 4), "specificity": round(self.specificity, 4),
+                "n_positive": self.n_positive, "n_negative": self.n_negative,
+                "chosen_on": "validation studies, out-of-fold study probabilities"}
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray) -> OperatingPoint:
+    """Maximum Youden J over thresholds; the middle (in logit space) of the widest run of thresholds that
+    reach it. One-class data: 0.5."""
+    y, p = np.asarray(y).astype(bool), np.asarray(p, dtype=np.float64)
+    z = np.clip(_logit(p), -30, 30)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        sens = float((z[y] >= 0).mean()) if pos else math.nan
+        spec = float((z[~y] < 0).mean()) if neg else math.nan
+        return OperatingPoint(0.5, sens, spec, pos, neg, "one class: 0.5")
+    cuts = np.unique(np.concatenate([z, [z.min() - 1.0, z.max() + 1.0]]))
+    best_j, best = -2.0, (0.0, 0.0)
+    for a, b in itertools.pairwise(cuts):
+        t = (a + b) / 2  # every threshold strictly between two neighbouring scores gives the same calls
+        j = float((z[y] >= t).mean() + (z[~y] < t).mean() - 1)
+        width = b - a
+        if j > best_j + 1e-12 or (abs(j - best_j) <= 1e-12 and width > best[1] - best[0]):
+            best_j, best = j, (a, b)
+    t = (best[0] + best[1]) / 2
+    threshold = float(min(max(1 / (1 + math.exp(-t)), 0.001), 0.999))
+    sens = float((p[y] >= threshold).mean())
+    spec = float((p[~y] < threshold).mean())
+    return OperatingPoint(threshold, sens, spec, pos, neg)
+
+
+def _fit_one(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    if y.min() == y.max():  # one class: a constant model at the observed rate
+        rate = min(max(float(y.mean()), 0.01), 0.99)
+        return np.zeros(x.shape[1]), math.log(rate / (1 - rate))
+    lr = LogisticRegression(C=c, max_iter=2000).fit(x, y)
+    return lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
+
+
+def fit_study_model(features: np.ndarray, y: np.ndarray, labels: Sequence[str], names: Sequence[str],
+                    seed: int = 0, c: float = 1.0) -> tuple[StudyModel, dict[str, OperatingPoint], np.ndarray]:
+    """Fit on validation studies: `features` (S, L, F), `y` (S, L). Returns the model, each label's
+    operating point (threshold chosen on out-of-fold probabilities) and those probabilities (S, L)."""
+    s = len(y)
+    rng = np.random.default_rng(seed)
+    coef: dict[str, tuple[float, ...]] = {}
+    inter: dict[str, float] = {}
+    points: dict[str, OperatingPoint] = {}
+    oof = np.zeros((s, len(labels)))
+    for j, label in enumerate(labels):
+        x, t = features[:, j, :], y[:, j].astype(int)
+        folds = _stratified_folds(t, min(FOLDS, max(2, s)), rng)
+        for k in range(folds.max() + 1):
+            test = folds == k
+            w, b = _fit_one(x[~test], t[~test], c)
+            oof[test, j] = 1 / (1 + np.exp(-np.clip(x[test] @ w + b, -60, 60)))
+        w, b = _fit_one(x, t, c)
+        coef[label], inter[label] = tuple(float(v) for v in w), b
+        points[label] = choose_threshold(t, oof[:, j])
+    return StudyModel(tuple(names), coef, inter), points, oof
+
+
+def _stratified_folds(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    folds = np.zeros(len(y), dtype=int)
+    for cls in (0, 1):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        folds[idx] = np.arange(len(idx)) % k
+    return folds

@@ -1,0 +1,132 @@
+"""Fitting seed 002's weighted ensemble: members' study logits on the validation studies -> per-label
+non-negative weights and an intercept (penalised log loss), thresholds at study level on out-of-fold
+probabilities; writes an ensemble model folder (manifest only: the members stay in their own folders).
+
+The validation studies are the ones the members were validated on (each member's manifest lists them
+under training.validation_study_uids; every member must list the same ones), so weights are fitted on
+studies no member was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from tqdm import tqdm
+
+from dicom_node.errors import ModelError, PixelDataError, SelectionError
+from dicom_node.ml.datasets import by_study, read_rsna_labels, scan_dicom
+from dicom_node.ml.device import choose_device
+from dicom_node.ml.ich import IchPipeline
+from dicom_node.ml.ich_ensemble import ensemble_manifest_entry, member_manifests, run_members
+from dicom_node.ml.manifest import ICH_LABELS, write_manifest
+from dicom_node.ml.metrics import auroc
+from dicom_node.ml.study_model import FOLDS, _stratified_folds, choose_threshold
+
+log = logging.getLogger(__name__)
+
+PENALTY = 0.01
+CLIP = 12.0
+
+
+def fit_weights(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Non-negative weights w and intercept b minimising mean log loss of sigmoid(x w + b) + PENALTY |w|^2."""
+    x = np.clip(x, -CLIP, CLIP)
+    m = x.shape[1]
+
+    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:m], theta[m]
+        z = x @ w + b
+        p = 1 / (1 + np.exp(-np.clip(z, -60, 60)))
+        eps = 1e-9
+        loss = -np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)) + PENALTY * float(w @ w)
+        g = p - y
+        grad = np.concatenate([x.T @ g / len(y) + 2 * PENALTY * w, [g.mean()]])
+        return float(loss), grad
+
+    start = np.concatenate([np.full(m, 1.0 / m), [0.0]])
+    res = minimize(f, start, jac=True, method="L-BFGS-B", bounds=[(0, None)] * m + [(None, None)])
+    return res.x[:m], float(res.x[m])
+
+
+def _predict(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+    return np.asarray(1 / (1 + np.exp(-np.clip(np.clip(x, -CLIP, CLIP) @ w + b, -60, 60))))
+
+
+def validation_logits(members: list[IchPipeline], data_dir: Path, uids: list[str], batch_size: int = 32
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(S, M, L) member study logits and (S, L) study labels of the validation studies."""
+    labels = read_rsna_labels(data_dir / "labels.csv")
+    studies = by_study(r for r in scan_dicom(data_dir) if r.modality != "SEG")
+    xs, ys = [], []
+    device = members[0].device
+    for uid in tqdm(uids, desc="members on validation studies", unit="study"):
+        if uid not in studies:
+            raise SelectionError(f"validation study {uid} of the members is not under {data_dir}")
+        try:
+            slices = members[0].select(studies[uid])
+            logits, _ = run_members(members, slices, batch_size, device)
+        except (SelectionError, PixelDataError) as exc:
+            log.warning("validation study skipped", extra={"study_uid": uid, "reason": str(exc)})
+            continue
+        xs.append(np.stack(logits))
+        ys.append([max(labels.get(r.sop_instance_uid, {}).get(n, 0) for r in slices) for n in ICH_LABELS])
+    return np.stack(xs), np.asarray(ys, dtype=np.float64)
+
+
+def train_ensemble(data_dir: Path, models_dir: Path, members_spec: list[str], out: Path, name: str, version: str,
+                   synthetic_demo: bool, seed: int = 0) -> Path:
+    manifests = member_manifests(models_dir, members_spec)
+    uid_lists = [m.raw.get("training", {}).get("validation_study_uids") for m in manifests]
+    if not uid_lists[0] or any(u != uid_lists[0] for u in uid_lists):
+        raise ModelError("ensemble members must record the same validation studies (train them on one --data "
+                         "with one --seed and --val-fraction)")
+    from dicom_node.ml.registry import load_pipeline
+
+    device = choose_device("cpu")
+    members = [load_pipeline(models_dir, m.name, m.version, device) for m in manifests]
+    if not all(isinstance(m, IchPipeline) for m in members):
+        raise ModelError("ensemble members must be ICH models")
+    x, y = validation_logits(members, data_dir, list(uid_lists[0]))  # type: ignore[arg-type]
+    n_members, n_labels = x.shape[1], x.shape[2]
+    weights, intercepts = np.zeros((n_members, n_labels)), np.zeros(n_labels)
+    oof = np.zeros_like(y)
+    rng = np.random.default_rng(seed)
+    points: dict[str, Any] = {}
+    report: dict[str, Any] = {}
+    for j, label in enumerate(ICH_LABELS):
+        folds = _stratified_folds(y[:, j].astype(int), FOLDS, rng)
+        for k in range(FOLDS):
+            test = folds == k
+            w, b = fit_weights(x[~test, :, j], y[~test, j])
+            oof[test, j] = _predict(x[test, :, j], w, b)
+        weights[:, j], intercepts[j] = fit_weights(x[:, :, j], y[:, j])
+        point = choose_threshold(y[:, j], oof[:, j])
+        points[label] = point.to_json()
+        report[label] = {"ensemble_auroc_out_of_fold": _r(auroc(y[:, j], oof[:, j])),
+                         **{f"{m.name}_auroc": _r(auroc(y[:, j], 1 / (1 + np.exp(-x[:, k, j]))))
+                            for k, m in enumerate(manifests)}}
+    manifest = {
+        "name": name, "version": version,
+        "display_name": "dicom-node ICH ensemble" + (" (synthetic demo)" if synthetic_demo else ""),
+        "task": "ich-ct", "labels": list(ICH_LABELS), "critical_labels": list(ICH_LABELS),
+        "thresholds": {label: points[label]["threshold"] for label in ICH_LABELS},
+        "operating_points": points,
+        "ensemble": ensemble_manifest_entry(manifests, weights, intercepts,
+                                            f"{len(y)} validation studies of {data_dir}"),
+        "training": {"data": str(data_dir), "validation_studies": len(y), "validation": report, "seed": seed},
+        "training_data": f"members' validation studies from {data_dir}",
+        "metrics": {},
+        "intended_use": manifests[0].intended_use,
+        "synthetic_demo": synthetic_demo,
+        "tags": ["synthetic-demo"] if synthetic_demo else [],
+    }
+    write_manifest(out, manifest)
+    return out
+
+
+def _r(v: float) -> float | None:
+    return None if np.isnan(v) else round(float(v), 4)

@@ -1,0 +1,202 @@
+"""ICH training: a slice network (optionally with a segmentation head trained on strong annotations), then
+the study-level model and thresholds fitted on the validation studies. Writes a loadable model folder.
+
+- Data: `datasets.load_ich` (the node's own selection and preprocessing) with the masks of
+  `--annotations` (SEG files, boxes.csv, or none = weak: slice labels only).
+- Subset (seed 002's specialists): `all`; `subdural` / `subarachnoid` (training studies with that subtype,
+  plus the normal ones); `small-lesion` (positive studies whose largest lesion cross-section is at or
+  below the median of the positive training studies, plus the normal ones). Validation is always every
+  validation study, so specialists and the all-ICH model are judged, and combined, on the same studies.
+- Each epoch sees every positive slice of the subset and `neg_ratio` times as many negative slices drawn
+  afresh (normal slices are plentiful and alike).
+- Loss: BCE on the six slice labels (positive weights sqrt(neg/pos), capped at 10) plus, with masks,
+  `seg_weight` x (BCE + soft Dice) on the five subtype masks at half the input resolution. Flips and
+  shifts move image and mask together.
+- Study level: the network's outputs on the validation studies -> `study_model.study_features` ->
+  per-label logistic regression; thresholds at the Youden midpoint of out-of-fold probabilities
+  (`study_model.fit_study_model`), stored with their operating points in the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dicom_node.ml.datasets import IchData, load_ich
+from dicom_node.ml.ich_outputs import run_network
+from dicom_node.ml.manifest import ICH_LABELS, InputSpec
+from dicom_node.ml.metrics import auroc
+from dicom_node.ml.nets import SEGMENTATION_ARCHITECTURES, build_model, has_masks
+from dicom_node.ml.preprocess import ICH_WINDOW_NAMES, ICH_WINDOWS
+from dicom_node.ml.study_model import FEATURES_CLS, FEATURES_SEG, fit_study_model, study_features
+
+log = logging.getLogger(__name__)
+
+SUBSETS = ("all", "subdural", "subarachnoid", "small-lesion")
+ANNOTATIONS = ("auto", "seg", "boxes", "none")
+
+
+@dataclass(frozen=True)
+class IchOptions:
+    annotations: str = "auto"
+    subset: str = "all"
+    neg_ratio: float = 1.0
+    seg_weight: float = 1.0
+
+
+def subset_studies(data: IchData, studies: np.ndarray, subset: str) -> np.ndarray:
+    """The training studies a specialist learns from (see the module docstring)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+    if subset == "all":
+        return studies
+    y = np.stack([data.labels[data.study == s].max(axis=0) for s in studies])
+    normal = y[:, 0] == 0
+    if subset in ("subdural", "subarachnoid"):
+        return studies[normal | (y[:, ICH_LABELS.index(subset)] > 0)]
+    size = np.array([_largest_section(data, s) for s in studies], dtype=np.float64)
+    cut = float(np.median(size[~normal])) if (~normal).any() else 0.0
+    return studies[normal | (size <= cut)]
+
+
+def _largest_section(data: IchData, study: int) -> float:
+    """The largest lesion cross-section of a study (mask pixels on one slice; positive slices without masks)."""
+    rows = data.study == study
+    if data.masks is not None:
+        return float((data.masks[rows] > 127).any(axis=1).sum(axis=(1, 2)).max())
+    return float(data.labels[rows, 0].sum())
+
+
+def _augment(x: torch.Tensor, m: torch.Tensor | None, gen: torch.Generator
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random left-right flip and an even shift of up to 1/16 of the size, image and mask together."""
+    if torch.rand(1, generator=gen).item() < 0.5:
+        x = torch.flip(x, dims=[3])
+        m = torch.flip(m, dims=[3]) if m is not None else None
+    limit = max(1, x.shape[-1] // 32)
+    dy, dx = (2 * v for v in torch.randint(-limit, limit + 1, (2,), generator=gen).tolist())
+    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    if m is not None:
+        m = torch.roll(m, shifts=(dy // 2, dx // 2), dims=(2, 3))
+    return x, m
+
+
+def optimizer_step(loss: torch.Tensor, optim: torch.optim.Optimizer, sched: Any, bar: Any, epoch: int) -> float:
+    """Backward, step the optimiser and the schedule, show progress; the batch loss."""
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    optim.step()
+    sched.step()
+    bar.update(1)
+    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+    return float(loss.item())
+
+
+def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum(dim=(0, 2, 3))
+    denom = p.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
+    return (1 - (2 * inter + 1) / (denom + 1)).mean()
+
+
+def fit_ich(net: nn.Module, data: IchData, rows: np.ndarray, epochs: int, batch_size: int, lr: float, seed: int,
+            opts: IchOptions, desc: str) -> nn.Module:
+    """Train on the slices `rows` of `data` (balanced per epoch); masks when the network and data have them."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    use_masks = has_masks(net) and data.masks is not None and opts.seg_weight > 0
+    y_all = data.labels[rows]
+    pos_rows, neg_rows = rows[y_all[:, 0] > 0], rows[y_all[:, 0] == 0]
+    n_neg = min(len(neg_rows), max(1, round(len(pos_rows) * opts.neg_ratio))) if len(pos_rows) else len(neg_rows)
+    per_epoch = len(pos_rows) + n_neg
+    pos = y_all.sum(axis=0)  # every positive slice is in every epoch
+    pw = np.clip(np.sqrt((per_epoch - pos) / np.maximum(pos, 1)), 1.0, 10.0)
+    bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pw, dtype=torch.float32))
+    mask_bce = nn.BCEWithLogitsLoss()
+    optim = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * max(1, -(-per_epoch // batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=lr, total_steps=steps, pct_start=0.15)
+    net.train()
+    with tqdm(total=steps, desc=desc, unit="batch") as bar:
+        for epoch in range(epochs):
+            chosen = np.concatenate([pos_rows, rng.choice(neg_rows, size=n_neg, replace=False)])
+            order = chosen[rng.permutation(len(chosen))]
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                idx = np.sort(order[start : start + batch_size])
+                xb = torch.from_numpy(data.inputs[idx].astype(np.float32))
+                mb = torch.from_numpy(data.masks[idx].astype(np.float32) / 255.0) if use_masks else None  # type: ignore[index]
+                xb, mb = _augment(xb, mb, gen)
+                yb = torch.from_numpy(data.labels[idx])
+                if mb is not None:
+                    logits, mask_logits = net.forward_with_masks(xb)  # type: ignore[operator]
+                    loss = bce(logits, yb) + opts.seg_weight * (mask_bce(mask_logits, mb) + _dice_loss(mask_logits, mb))
+                else:
+                    loss = bce(net(xb), yb)
+                total += optimizer_step(loss, optim, sched, bar, epoch) * len(idx)
+            log.info("epoch done", extra={"model": desc, "epoch": epoch + 1, "loss": round(total / len(order), 5)})
+    return net.eval()
+
+
+def study_outputs(net: nn.Module, data: IchData, studies: np.ndarray, features: tuple[str, ...]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Study features (S, L, F) and study labels (S, L) of `studies`, from the network's slice outputs."""
+    feats, ys = [], []
+    for s in studies:
+        rows = np.flatnonzero(data.study == s)
+        logits, masks = run_network(net, data.inputs[rows], 64)
+        feats.append(study_features(logits, masks, features))
+        ys.append(data.labels[rows].max(axis=0))
+    return np.stack(feats), np.stack(ys)
+
+
+def train_ich_model(data: IchData, spec: InputSpec, train_s: np.ndarray, val_s: np.ndarray, architecture: str,
+                    epochs: int, batch_size: int, lr: float, seed: int, opts: IchOptions
+                    ) -> tuple[nn.Module, dict[str, Any], dict[str, float], dict[str, Any]]:
+    """Train one network and its study model: (net, study_model JSON, thresholds, report)."""
+    if opts.annotations != "none" and data.masks is None and architecture in SEGMENTATION_ARCHITECTURES:
+        log.warning("no strong annotations found: the segmentation head is not trained")
+    chosen = subset_studies(data, train_s, opts.subset)
+    rows = np.flatnonzero(np.isin(data.study, chosen))
+    torch.manual_seed(seed)
+    net = build_model(architecture, spec.in_channels, len(ICH_LABELS))
+    fit_ich(net, data, rows, epochs, batch_size, lr, seed, opts, f"train ich {opts.subset} {architecture}")
+    features = FEATURES_SEG if has_masks(net) and data.masks is not None and opts.seg_weight > 0 else FEATURES_CLS
+    # the study model and thresholds come from validation studies; with fewer than two (tiny data sets),
+    # from the training studies, which the manifest says
+    calib = val_s if len(val_s) >= 2 else train_s
+    x, y = study_outputs(net, data, calib, features)
+    model, points, oof = fit_study_model(x, y, ICH_LABELS, features, seed)
+    report: dict[str, Any] = {
+        "subset": opts.subset, "annotations": data.annotation if opts.seg_weight > 0 else "none",
+        "train_studies": len(chosen), "train_slices": len(rows), "validation_studies": len(val_s),
+        "validation_study_uids": [data.study_uids[s] for s in val_s],
+        "study_model_fitted_on": "validation studies" if len(val_s) >= 2 else "training studies (too few validation)",
+        "validation_study_auroc_out_of_fold": {label: _r(auroc(y[:, j], oof[:, j])) for j, label in enumerate(ICH_LABELS)},
+        "operating_points": {label: p.to_json() for label, p in points.items()},
+    }
+    thresholds = {label: round(points[label].threshold, 6) for label in ICH_LABELS}
+    return net, model.to_json(), thresholds, report
+
+
+def _r(v: float) -> float | None:
+    return None if math.isnan(v) else round(float(v), 4)
+
+
+def ich_spec(size: int, context_slices: int) -> InputSpec:
+    return InputSpec(modality="CT", size=size, channels=ICH_WINDOW_NAMES, windows=ICH_WINDOWS,
+                     context_slices=context_slices)
+
+
+def load_training_data(data_dir: Path, spec: InputSpec, annotations: str) -> IchData:
+    if annotations not in ANNOTATIONS:
+        raise ValueError(f"annotations must be one of {ANNOTATIONS}, got {annotations!r}")
+    return load_ich(data_dir, spec, annotations=annotations)

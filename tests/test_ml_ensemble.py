@@ -1,0 +1,133 @@
+"""Seed 002's weighted ensemble: members trained by `train` (a segmentation model on the generator's SEG
+masks and a subdural specialist), weights fitted by `train --model ich-ensemble`; the ensemble loads by
+name and version like any model, refuses a member whose checksum differs, combines as its manifest says,
+and names itself and its members in the SR."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_node.analysis import AnalysisStatus, instance_ref_from_file
+from dicom_node.errors import ModelError
+from dicom_node.ml.device import choose_device
+from dicom_node.ml.ich_ensemble import IchEnsemblePipeline
+from dicom_node.ml.ich_outputs import sigmoid
+from dicom_node.ml.manifest import ICH_LABELS
+from dicom_node.ml.registry import load_pipeline
+from dicom_node.ml.train import TrainOptions, train
+from dicom_node.outputs import build_outputs
+from dicom_node.synth import generate
+
+CPU = choose_device("cpu", 1)
+V = "0.0.1"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(models dir with ich-a, ich-b and the ensemble ich-ens, data dir)."""
+    root = tmp_path_factory.mktemp("ensemble")
+    data = root / "data"
+    generate("ct-head", 14, seed=3, out=data, size=64, n_slices=8, distractors=False)
+    for name, subset in (("ich-a", "all"), ("ich-b", "subdural")):
+        train(TrainOptions(task="ich", data=data, out=root / "models" / name / V, epochs=1, size=32, name=name,
+                           version=V, architecture="narrow_resnet_w8_seg", val_fraction=0.3, subset=subset,
+                           context_slices=1))
+    exe = Path(sys.executable).parent / "dicom-node"
+    proc = subprocess.run([str(exe), "train", "--model", "ich-ensemble", "--data", str(data), "--models-dir",
+                           str(root / "models"), "--members", f"ich-a/{V},ich-b/{V}", "--out",
+                           str(root / "models" / "ich-ens" / V)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "models", data
+
+
+def _study(data: Path, positive: bool) -> list:
+    with open(data / "studies.csv") as fh:
+        import csv
+
+        row = next(r for r in csv.DictReader(fh) if int(r["any"]) == int(positive))
+    return [instance_ref_from_file(str(p)) for p in sorted((data / row["folder"]).rglob("*.dcm"))]
+
+
+def test_members_record_strong_annotations_and_one_validation_set(models: tuple[Path, Path]) -> None:
+    root, _ = models
+    a = json.loads((root / "ich-a" / V / "manifest.json").read_text())
+    b = json.loads((root / "ich-b" / V / "manifest.json").read_text())
+    assert a["training"]["annotations"] == "seg" and a["components"][0]["architecture"] == "narrow_resnet_w8_seg"
+    assert b["training"]["subset"] == "subdural" and b["training"]["train_studies"] < a["training"]["train_studies"]
+    assert a["training"]["validation_study_uids"] == b["training"]["validation_study_uids"]
+    assert a["preprocessing"]["study_aggregation"] == "study_model"
+    for label in ICH_LABELS:
+        point = a["operating_points"][label]
+        assert point["threshold"] == a["thresholds"][label] and "sensitivity" in point
+    ens = json.loads((root / "ich-ens" / V / "manifest.json").read_text())
+    assert [m["name"] for m in ens["ensemble"]["members"]] == ["ich-a", "ich-b"]
+    assert all(w >= 0 for label in ICH_LABELS for w in ens["ensemble"]["weights"][label].values())
+
+
+def test_ensemble_loads_by_name_and_combines_its_members(models: tuple[Path, Path]) -> None:
+    root, data = models
+    p = load_pipeline(root, "ich-ens", V, CPU)
+    assert isinstance(p, IchEnsemblePipeline)
+    assert p.info.name == "ich-ens" and p.info.version == V
+    assert f"ich-a {V}" in p.info.display_name and f"ich-b {V}" in p.info.display_name
+    refs = _study(data, positive=True)
+    slices = p.select(refs)
+    out = p.series_outputs(slices)
+    ens = p.manifest.raw["ensemble"]
+    z = np.array([ens["intercepts"][label] for label in ICH_LABELS], dtype=np.float64)
+    for name in ("ich-a", "ich-b"):
+        member = load_pipeline(root, name, V, CPU).series_outputs(slices).study
+        w = np.array([ens["weights"][label][name] for label in ICH_LABELS])
+        z += w * np.log(np.clip(member, 1e-6, 1 - 1e-6) / (1 - np.clip(member, 1e-6, 1 - 1e-6)))
+    np.testing.assert_allclose(out.study, sigmoid(z), rtol=1e-5, atol=1e-6)
+    result = p.analyse(refs)
+    assert result.status is AnalysisStatus.ANALYSED and [f.label for f in result.findings] == list(ICH_LABELS)
+
+
+def test_wrong_member_checksum_is_refused(models: tuple[Path, Path], tmp_path: Path) -> None:
+    root, _ = models
+    copy = tmp_path / "models"
+    shutil.copytree(root, copy)
+    path = copy / "ich-b" / V / "manifest.json"
+    member = json.loads(path.read_text())
+    member["thresholds"]["subdural"] = 0.01  # a changed member: its manifest's sha256 changes
+    path.write_text(json.dumps(member))
+    with pytest.raises(ModelError, match="member ich-b 0.0.1 has manifest sha256"):
+        load_pipeline(copy, "ich-ens", V, CPU)
+    shutil.copytree(root / "ich-b", copy / "ich-b", dirs_exist_ok=True)
+    load_pipeline(copy, "ich-ens", V, CPU)  # restored: loads again
+    (copy / "ich-a" / V / "weights.pt").write_bytes(b"not the weights")
+    with pytest.raises(ModelError, match="sha256"):
+        load_pipeline(copy, "ich-ens", V, CPU)
+    shutil.rmtree(copy / "ich-a")
+    with pytest.raises(ModelError, match="member ich-a 0.0.1 is missing"):
+        load_pipeline(copy, "ich-ens", V, CPU)
+
+
+def test_sr_names_the_ensemble_and_its_members(models: tuple[Path, Path]) -> None:
+    root, data = models
+    p = load_pipeline(root, "ich-ens", V, CPU)
+    refs = _study(data, positive=False)
+    result = p.analyse(refs)
+    sources = {r.sop_instance_uid: pydicom.dcmread(r.path) for r in refs}
+    sr = build_outputs(result, sources, 1)[0].dataset
+    names: list[str] = []
+
+    def walk(items: list) -> None:
+        for item in items:
+            if item.get("ValueType") == "TEXT":
+                names.append(str(item.TextValue))
+            walk(list(item.get("ContentSequence", [])))
+
+    walk(list(sr.ContentSequence))
+    assert any(f"ich-a {V}" in t and f"ich-b {V}" in t for t in names), names
+    assert p.info.manifest_sha256 in " ".join(names)
