@@ -77,7 +77,7 @@ def _models(config: Config) -> list[str]:
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # "model loaded" lines belong to a worker's start, not to a check
     for index, setting in enabled:
-        one = replace(config, models=replace(config.models, enabled=[setting]),
+        one = replace(config, models=replace(config.models, enabled=(setting,)),
                       worker=replace(config.worker, device="cpu", torch_threads=1, batch_size=1))
         try:
             load_pipelines(one)  # exactly what a worker does, one model at a time, on the CPU

@@ -198,6 +198,8 @@ def _real_world(series: list[Dataset], kind: str) -> None:
             ds.SpecificCharacterSet = ""
         elif kind == "unknown-charset":
             ds.SpecificCharacterSet = "ISO_IR 999"
+        elif kind == "garbage-dates":  # fuzzed and real: unparseable DA/TM, a sex outside M/F/O
+            ds.PatientBirthDate, ds.StudyDate, ds.StudyTime, ds.PatientSex = "á024", "not-a-date", "99:99", "X"
         elif kind == "code-without-meaning":  # a real Siemens header: ProcedureCodeSequence item, no meaning
             item = Dataset()
             item.CodeValue, item.CodingSchemeDesignator = "0FINGN ROUT STA1", "medneo"
@@ -205,7 +207,7 @@ def _real_world(series: list[Dataset], kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["no-birth-date", "de-identified", "empty-charset", "unknown-charset",
-                                  "code-without-meaning"])
+                                  "code-without-meaning", "garbage-dates"])
 @pytest.mark.parametrize("positive", [True, False])
 def test_outputs_from_real_world_headers_validate(tmp_path: Path, kind: str, positive: bool) -> None:
     series = make_series("CT", n=4, blob=(40, 80))

@@ -4,8 +4,8 @@ Real scanners and de-identification tools send headers that lack Type 2 attribut
 PatientBirthDate on an old GE), carry an empty or unknown Specific Character Set, or say
 PatientIdentityRemoved = YES without naming a method. highdicom's constructors (strict when encoding)
 read these attributes from the source, so the builders hand them `complete_header(source)`: a copy
-with what the output IODs need, filled as the IOD allows (empty Type 2 values), never inventing
-patient data, and without code items that lack their Type 1 attributes (a Siemens "medneo" procedure
+with what the output IODs need, filled as the IOD allows (empty Type 2 values; a date, time or sex that
+does not parse written empty), never inventing patient data, and without code items that lack their Type 1 attributes (a Siemens "medneo" procedure
 code has no meaning). `carry_deidentification` then states the source's de-identification on the output.
 """
 
@@ -15,6 +15,7 @@ import logging
 
 from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, TM
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,30 @@ def complete_header(source: Dataset) -> Dataset:
             del ds[keyword]
             if items:
                 setattr(ds, keyword, items)
+    for keyword, parse in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
+        if not _parses(ds.get(keyword), parse):
+            del ds[keyword]
+            setattr(ds, keyword, "")
+    if str(ds.get("PatientSex", "")).strip().upper() not in ("", "M", "F", "O"):
+        del ds.PatientSex
+        ds.PatientSex = ""
     charset = character_set(source)
     if "SpecificCharacterSet" in ds:
         del ds.SpecificCharacterSet
     if charset is not None:
         ds.SpecificCharacterSet = charset
     return ds
+
+
+def _parses(value: object, parse: type) -> bool:
+    """True when a DA/TM value is empty or valid (highdicom re-parses it and fails on garbage)."""
+    if value is None or str(value).strip() == "":
+        return True
+    try:
+        parse(str(value))
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return True
 
 
 def carry_deidentification(source: Dataset, output: Dataset) -> None:
