@@ -23,17 +23,21 @@ from dicom_node.textreports.phrases import (
     BY_KEY,
     COMPARISONS,
     CONCEPTS,
+    FILLER,
     HISTORIES,
     HISTORY,
     LIST_NEGATIONS,
     NEGATIONS,
     NO_ACUTE,
+    NO_OTHER,
     NORMAL,
     NORMAL_IMPRESSIONS,
+    NORMAL_PREDICATES,
     PERSISTENT,
     PROBABLE,
     RESOLVED,
     SLOTS,
+    STRUCTURES,
     SUBHEADS,
     TECHNIQUES,
     TITLES,
@@ -45,9 +49,11 @@ GENERIC_HEMORRHAGE = ("intracranial hemorrhage", "acute hemorrhage", "hemorrhage
                       "intracranial haemorrhage", "acute intracranial blood", "haemorrhage")
 # label groups a present finding is drawn from (uniformly, so every label is common enough)
 _GROUPS = {
-    "CT": (("sdh",), ("edh",), ("sah",), ("ivh",), ("iph",), ("stroke_ct",), ("mass",), ("atrophy",),
+    "CT": (("sdh",), ("edh",), ("sah",), ("ivh",), ("iph",), ("stroke_ct", "stroke_ct", "transformation"), ("mass",),
+           ("atrophy",),
            ("vascular",), ("svd_ct",), ("encephalomalacia",), ("hydrocephalus", "fracture", "cyst")),
-    "MR": (("sdh",), ("sah",), ("ivh",), ("iph",), ("stroke_mr",), ("mass",), ("atrophy",), ("vascular",),
+    "MR": (("sdh",), ("sah",), ("ivh",), ("iph",), ("stroke_mr", "stroke_mr", "transformation"), ("mass",),
+           ("atrophy",), ("vascular",),
            ("svd_mr",), ("demyelination",), ("encephalomalacia",), ("sih",), ("microbleeds",),
            ("hydrocephalus", "cyst"), ("edh",), ("sih",), ("microbleeds",), ("demyelination",)),
 }
@@ -61,6 +67,8 @@ _HEADERS = {
                    "Interpretation"),
 }
 _STYLES = ("us", "us", "uk", "uk", "paragraph", "subheads", "dictation")
+_SUBHEAD_NAMES = ["Brain parenchyma", "Ventricles", "Extra-axial spaces", "Vessels", "Bones", "Meninges",
+                  "Posterior fossa", "Sinuses and mastoids", "Orbits", "Brain volume"]
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,20 @@ def _findings(rng: random.Random, modality: str, present: list[Concept], slots: 
     normals = [s for s, denies in NORMAL["any"] + NORMAL[modality] if not keys & set(denies)]
     out = [(SUBHEADS.get(c.key, "Brain parenchyma"), _finding_sentence(rng, c, chosen))
            for c, chosen in zip(present, slots, strict=True)]
+    labelled = [k for k, c in enumerate(present) if c.labels]
+    if len(labelled) >= 2 and rng.random() < 0.3:  # two findings in one sentence ("SAH with IVH")
+        a, b = labelled[:2]
+        second = _fill(rng, rng.choice(present[b].short), slots[b]).rstrip(".")
+        joined = out[a][1].rstrip(".") + rng.choice((", with ", " and ", ", with associated ", "; also ", " plus "))
+        out[a] = (out[a][0], joined + second[:1].lower() + second[1:] + ".")
+        del out[b]
+    n_findings = len(out)
     out += [("Other", s) for s in rng.sample(normals, min(len(normals), rng.randint(1, 5)))]
+    structures = [(st, d) for st, d in STRUCTURES if not keys & set(d)]
+    for st, _ in rng.sample(structures, min(len(structures), rng.choice((0, 0, 1, 2, 3)))):
+        out.append(("Other", rng.choice(NORMAL_PREDICATES).replace("{S}", _cap(st)).replace("{s}", st)))
+    if rng.random() < 0.35:
+        out.append(("Other", rng.choice(FILLER)))
     absent = _absent_nouns(rng, modality, present, rng.randint(1, 4))
     while absent:
         if len(absent) >= 3 and rng.random() < 0.5:
@@ -167,8 +188,7 @@ def _findings(rng: random.Random, modality: str, present: list[Concept], slots: 
         out.append(("Other", _noun(rng, rng.choice(UNCERTAIN), extra[0])))
     if len(extra) > 1 and rng.random() < 0.12:
         out.append(("Other", _noun(rng, rng.choice(RESOLVED), extra[1])))
-    head = out[: len(present)]
-    tail = out[len(present):]
+    head, tail = out[:n_findings], out[n_findings:]
     rng.shuffle(tail)
     if rng.random() < 0.3:
         rng.shuffle(head)
@@ -183,7 +203,7 @@ def _impression(rng: random.Random, modality: str, present: list[Concept], slots
         return [rng.choice(NORMAL_IMPRESSIONS["any"] + NORMAL_IMPRESSIONS[modality])]
     lines = [_fill(rng, rng.choice(c.short), chosen) for c, chosen in labelled]
     if rng.random() < 0.4:
-        lines.append(rng.choice(NO_ACUTE[2:] if any(c.acute for c, _ in labelled) else NO_ACUTE))
+        lines.append(rng.choice(NO_OTHER if any(c.acute for c, _ in labelled) else NO_ACUTE + NO_OTHER))
     return lines
 
 
@@ -258,6 +278,10 @@ def _render(rng: random.Random, style: str, modality: str, history: str, finding
         grouped: dict[str, list[str]] = {}
         for head, s in findings:
             grouped.setdefault(head, []).append(s)
+        for head in rng.sample(_SUBHEAD_NAMES, rng.randint(1, 3)):  # sub-headings with nothing to report
+            if head not in grouped:
+                grouped[head] = [rng.choice(("Normal.", "Unremarkable.", "No abnormality.", "Normal in size.",
+                                             "Within normal limits.", "No collection.", "None."))]
         parts += [f"{head}: {' '.join(ss)}" for head, ss in grouped.items()]
         if impression:
             parts.append(f"{_header(rng, 'impression')}:\n{imp}")

@@ -1,11 +1,13 @@
 """The report labeller: a model folder (`models/<name>/<version>/manifest.json` + `weights.npz`) and its
 forward pass in numpy, so the serve process labels reports without importing torch.
 
-Architecture `hashed_bag_mlp` (trained by `training.py` in torch): the report's context-tagged features
-(`text.features`) hashed (crc32) into `buckets`; the sum of their embedding rows, plus a bias, through a
-ReLU; a hidden layer with ReLU; one sigmoid output per label. Only the rows of features seen in training
-are stored (a bucket no training report used adds nothing). The manifest's sha256 for the weights is
-checked before they are read, as for the image models.
+Architecture `sentence_bag_mlp` (trained by `training.py` in torch): each sentence's context-tagged
+features (`text.features`) hashed (crc32) into `buckets`; per sentence, the sum of their embedding rows
+plus a bias through a leaky ReLU, a hidden layer with leaky ReLU, one logit per label, less what an empty
+sentence would score plus a learnt offset (so a sentence of words the model never saw says nothing); per
+report and label, a soft maximum over its sentences (log-sum-exp of 4 x the logits, over 4); a sigmoid. Only
+the rows of features seen in training are stored (a bucket no training report used adds nothing). The
+manifest's sha256 for the weights is checked before they are read, as for the image models.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from dicom_node.textreports import LABELS
 from dicom_node.textreports.text import features
 
 TASK = "report-labels"
-ARCHITECTURE = "hashed_bag_mlp"
-FEATURES_VERSION = 1  # text.features as of this version; a model trained on another one is refused
+ARCHITECTURE = "sentence_bag_mlp"
+FEATURES_VERSION = 2  # text.features as of this version; a model trained on another one is refused
 DEFAULT_NAME = "report-labels"
+SHARPNESS = 4.0  # of the soft maximum over sentences
+LEAK = 0.01  # negative slope of the leaky ReLUs
 MANIFEST_NAME = "manifest.json"
-_WEIGHT_ARRAYS = ("rows", "embedding", "bias0", "w1", "b1", "w2", "b2")
+_WEIGHT_ARRAYS = ("rows", "embedding", "bias0", "w1", "b1", "w2", "b2", "offset")
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,10 @@ def feature_hash(feature: str) -> int:
     return h
 
 
-def hashed(text: str, buckets: int) -> np.ndarray:
-    """The report's distinct feature buckets."""
-    return np.unique(np.fromiter((feature_hash(f) % buckets for f in features(text)), dtype=np.int64))
+def hashed(text: str, buckets: int) -> list[list[int]]:
+    """The report's sentences as lists of distinct feature buckets (one empty sentence when it has none)."""
+    out = [sorted({feature_hash(f) % buckets for f in sentence}) for sentence in features(text)]
+    return out or [[]]
 
 
 class ReportLabeller:
@@ -156,9 +161,12 @@ class ReportLabeller:
         self.bias0 = arrays["bias0"].astype(np.float32)
         self.w1, self.b1 = arrays["w1"].astype(np.float32), arrays["b1"].astype(np.float32)
         self.w2, self.b2 = arrays["w2"].astype(np.float32), arrays["b2"].astype(np.float32)
-        if self.w2.shape[0] != len(LABELS):
+        self.offset = arrays["offset"].astype(np.float32)
+        self._empty = self._mlp(self.bias0[None, :]) if self.w1.size else np.zeros((1, len(LABELS)), np.float32)
+        if (self.w2.shape[0] if self.w1.size else self.embedding.shape[1]) != len(LABELS):
             raise ModelError(f"{path}: {self.w2.shape[0]} outputs, the labels need {len(LABELS)}")
         self.thresholds = np.array([manifest.thresholds[k] for k in LABELS], dtype=np.float32)
+        self.sharpness = float(manifest.raw.get("network", {}).get("pool_sharpness", SHARPNESS))
 
     @property
     def name(self) -> str:
@@ -168,31 +176,64 @@ class ReportLabeller:
     def version(self) -> str:
         return self.manifest.version
 
-    def encode(self, texts: list[str]) -> sparse.csr_matrix:
-        """Reports as a (N, stored rows) 0/1 matrix of the features the model knows."""
-        indptr = [0]
-        cols: list[np.ndarray] = []
+    def encode(self, texts: list[str]) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """Sentences as a (sentences, stored rows) 0/1 matrix of the features the model knows, and the
+        index of each report's first sentence."""
+        buckets: list[int] = []
+        sizes: list[int] = []
+        starts = []
         for text in texts:
-            pos = self._position[hashed(text, self.manifest.buckets)]
-            pos = pos[pos >= 0]
-            cols.append(pos)
-            indptr.append(indptr[-1] + len(pos))
-        col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-        data = np.ones(len(col), dtype=np.float32)
-        return sparse.csr_matrix((data, col, np.asarray(indptr)), shape=(len(texts), len(self.embedding)))
+            starts.append(len(sizes))
+            for sentence in hashed(text, self.manifest.buckets):
+                buckets.extend(sentence)
+                sizes.append(len(sentence))
+        pos = self._position[np.asarray(buckets, dtype=np.int64)]
+        row = np.repeat(np.arange(len(sizes)), sizes)
+        known = pos >= 0
+        x = sparse.csr_matrix((np.ones(int(known.sum()), np.float32), (row[known], pos[known])),
+                              shape=(len(sizes), len(self.embedding)))
+        return x, np.asarray(starts, dtype=np.int64)
 
-    def logits_from(self, x: sparse.csr_matrix) -> np.ndarray:
-        h = np.maximum(np.asarray(x @ self.embedding) + self.bias0, 0.0)
-        h = np.maximum(h @ self.w1.T + self.b1, 0.0)
+    def _mlp(self, z: np.ndarray) -> np.ndarray:
+        h = _leaky(_leaky(z) @ self.w1.T + self.b1)
         return np.asarray(h @ self.w2.T + self.b2, dtype=np.float32)
 
+    def sentence_logits(self, x: sparse.csr_matrix) -> np.ndarray:
+        z = np.asarray(x @ self.embedding) + self.bias0
+        if self.w1.size == 0:  # linear model: the rows are per-label weights
+            return np.asarray(z, dtype=np.float32)
+        return self._mlp(z) - self._empty + self.offset  # a sentence of unknown words scores `offset`
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        """(N, 16) report logits: per label a soft maximum over the report's sentences."""
+        if not texts:
+            return np.zeros((0, len(LABELS)), np.float32)
+        x, starts = self.encode(texts)
+        return pool(self.sentence_logits(x), starts, self.sharpness)
+
     def probabilities(self, texts: list[str], batch_size: int = 2048) -> np.ndarray:
-        out = [1.0 / (1.0 + np.exp(-self.logits_from(self.encode(texts[s:s + batch_size]))))
-               for s in range(0, len(texts), batch_size)]
+        out = [_sigmoid(self.logits(texts[s:s + batch_size])) for s in range(0, len(texts), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(LABELS)), np.float32)
 
     def verdicts(self, probabilities: np.ndarray) -> np.ndarray:
         return (probabilities >= self.thresholds).astype(np.int8)
+
+
+def _leaky(z: np.ndarray) -> np.ndarray:
+    return np.where(z > 0, z, LEAK * z)
+
+
+def pool(z: np.ndarray, starts: np.ndarray, sharpness: float) -> np.ndarray:
+    """Per report (sentences `starts[i]` to `starts[i+1]`), log-sum-exp of `sharpness` x the sentence logits,
+    over `sharpness`: a soft maximum, so training reaches every sentence."""
+    top = np.maximum.reduceat(z, starts, axis=0)
+    owner = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(z))))
+    total = np.add.reduceat(np.exp(sharpness * (z - top[owner])), starts, axis=0)
+    return np.asarray(top + np.log(total) / sharpness, dtype=np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * x)), dtype=np.float32)  # no overflow for large |x|
 
 
 def load_labeller(models_dir: Path, name: str = DEFAULT_NAME, version: str = "") -> ReportLabeller:

@@ -66,6 +66,10 @@ CONCEPTS: tuple[Concept, ...] = (
         "Bilateral chronic subdural hematomas, larger on the {side}.",
         "Extra-axial blood layering along the {side} tentorium and falx, subdural in location.",
         "T1 hyperintense {side} subdural collection in keeping with subacute subdural hematoma.",
+        "Hypodense {side} subdural collection measuring {mm} mm, consistent with a chronic subdural hematoma.",
+        "There is a {side} convexity subdural hematoma with local mass effect on the adjacent gyri.",
+        "Residual {side} subdural collection following evacuation, {mm} mm.",
+        "{side} subdural hematoma with local mass effect and effacement of the {side} lateral ventricle.",
     ), (
         "Acute {side} subdural hematoma.", "{side} SDH with {shift} mm midline shift.", "Chronic {side} SDH.",
         "Subdural hematoma as described.", "Acute-on-chronic {side} subdural.", "Small {side} SDH.",
@@ -78,6 +82,7 @@ CONCEPTS: tuple[Concept, ...] = (
         "Lentiform extra-axial hematoma in the {side} temporal region, in keeping with EDH.",
         "There is an acute epidural hematoma in the posterior fossa on the {side}.",
         "Small {side} frontal EDH.",
+        "Extra-axial hematoma with a convex inner margin over the {side} parietal bone, not crossing sutures, epidural.",
     ), (
         "Acute {side} epidural hematoma.", "{side} EDH.", "Extradural haematoma {side} {lobe}.",
     ), ("epidural hematoma", "EDH", "extradural hematoma", "epidural hemorrhage", "extradural collection",
@@ -92,6 +97,8 @@ CONCEPTS: tuple[Concept, ...] = (
         "FLAIR sulcal hyperintensity in the {side} {lobe} lobe in keeping with subarachnoid blood.",
         "Blood in the prepontine and ambient cisterns.",
         "Sulcal hyperdensity over the {side} convexity, representing convexity subarachnoid hemorrhage.",
+        "Acute blood in the interpeduncular cistern and along the tentorium (subarachnoid).",
+        "There is subarachnoid hemorrhage layering in the {side} {lobe} sulci with no underlying contusion.",
     ), (
         "Subarachnoid hemorrhage.", "Diffuse SAH.", "Small volume traumatic SAH.", "Convexity SAH {side}.",
     ), ("subarachnoid hemorrhage", "SAH", "subarachnoid blood", "subarachnoid haemorrhage", "sulcal blood")),
@@ -102,6 +109,8 @@ CONCEPTS: tuple[Concept, ...] = (
         "Small IVH in the {side} lateral ventricle.",
         "Hyperdense blood products fill the {side} lateral ventricle (intraventricular haemorrhage).",
         "There is a small amount of intraventricular blood.",
+        "Blood-fluid level in the occipital horns of the lateral ventricles.",
+        "Hemorrhage extends into the {side} lateral ventricle.",
     ), (
         "Intraventricular hemorrhage.", "IVH.", "Intraventricular extension.",
     ), ("intraventricular hemorrhage", "IVH", "intraventricular blood", "intraventricular extension",
@@ -114,6 +123,9 @@ CONCEPTS: tuple[Concept, ...] = (
         "Acute intracerebral hemorrhage in the {side} {deep}.",
         "Small focus of parenchymal hemorrhage in the {side} cerebellar hemisphere.",
         "Intraparenchymal bleed {side} {deep}, volume approximately 15 mL.",
+        "Rounded hyperdense hematoma in the {side} cerebellar hemisphere with mild effacement of the fourth ventricle.",
+        "Acute hematoma in the {side} {lobe} lobe with a rim of edema.",
+        "{side} {lobe} hematoma with mass effect on the {side} lateral ventricle.",
     ), (
         "Acute {side} {deep} hemorrhage.", "{side} {lobe} intraparenchymal hematoma.", "Hemorrhagic contusions.",
         "Intracerebral haemorrhage {side} {deep}.",
@@ -128,6 +140,8 @@ CONCEPTS: tuple[Concept, ...] = (
         "ASPECTS 7 with early ischaemic change in the {side} MCA territory.",
         "New area of hypoattenuation in the {side} cerebellar hemisphere compatible with acute PICA infarct.",
         "Subacute infarct in the {side} {territory} territory.",
+        "Wedge-shaped cortical and subcortical hypodensity in the {side} {lobe} lobe, compatible with a recent infarct.",
+        "Cytotoxic oedema in the {side} {territory} territory with effacement of the adjacent sulci, acute infarction.",
     ), (
         "Acute {side} {territory} infarct.", "Acute ischemic stroke, {side} {territory} territory.",
         "Early ischaemic change {side} MCA territory.", "Subacute {side} {lobe} infarct.",
@@ -140,11 +154,19 @@ CONCEPTS: tuple[Concept, ...] = (
         "DWI hyperintensity with ADC correlate in the {side} cerebellar hemisphere: acute infarct.",
         "Acute infarct involving the {side} {lobe} cortex and subcortical white matter.",
         "Small acute infarcts in both cerebral hemispheres, suggesting a central embolic source.",
+        "Cortical diffusion restriction in the {side} {lobe} lobe compatible with recent ischaemia.",
     ), (
         "Acute {side} {territory} infarct.", "Acute embolic infarcts.", "Acute lacunar infarct {side} {deep}.",
         "Acute ischaemic stroke.",
     ), ("acute infarct", "restricted diffusion", "acute ischemia", "diffusion restriction", "acute stroke",
         "acute infarction", "new infarct")),
+    _c("transformation", ("acute_stroke", "intraparenchymal"), "any", True, (
+        "Hemorrhagic transformation of the {side} {territory} territory infarct.",
+        "Acute infarct in the {side} {lobe} lobe with petechial hemorrhage within it.",
+        "Parenchymal hematoma within the recent {side} {territory} infarct (hemorrhagic transformation).",
+    ), (
+        "{side} {territory} infarct with hemorrhagic transformation.", "Hemorrhagic transformation of the infarct.",
+    ), ("hemorrhagic transformation", "hemorrhagic conversion")),
     _c("mass", ("mass",), "any", False, (
         "{size} extra-axial mass along the {side} {lobe} convexity measuring {cm} cm, consistent with a meningioma.",
         "Heterogeneously enhancing intra-axial mass in the {side} {lobe} lobe with surrounding vasogenic edema, suspicious for high-grade glioma.",
@@ -156,11 +178,16 @@ CONCEPTS: tuple[Concept, ...] = (
         "Hypodense mass in the {side} {lobe} lobe with vasogenic oedema, likely neoplastic.",
         "Non-enhancing T2 hyperintense infiltrative lesion in the {side} {lobe} lobe, likely low-grade glioma.",
         "{side} {lobe} tumour with midline shift of {shift} mm.",
+        "A necrotic rim-enhancing lesion in the {side} {lobe} lobe with extensive surrounding oedema, likely neoplastic.",
+        "Dural-based extra-axial lesion with homogeneous enhancement and a dural tail over the {side} convexity, meningioma.",
+        "Multiple enhancing nodules in both hemispheres with perilesional oedema, in keeping with metastatic disease.",
+        "Mass in the posterior fossa effacing the fourth ventricle, with obstructive hydrocephalus.",
+        "Intraventricular mass in the {side} lateral ventricle, likely a central neurocytoma or meningioma.",
     ), (
         "{side} {lobe} mass, likely glioma.", "Meningioma.", "Cerebral metastases.", "Vestibular schwannoma.",
         "Intracranial mass lesion.", "Pituitary macroadenoma.",
     ), ("mass", "mass lesion", "intracranial mass", "space-occupying lesion", "SOL", "neoplasm", "tumour",
-        "tumor", "metastatic disease", "enhancing lesion", "intracranial neoplasm", "mass effect")),
+        "tumor", "metastatic disease", "enhancing lesion", "intracranial neoplasm")),
     _c("atrophy", ("atrophy",), "any", False, (
         "Generalised cerebral volume loss, more than expected for age.",
         "Moderate diffuse cerebral and cerebellar atrophy.",
@@ -170,8 +197,14 @@ CONCEPTS: tuple[Concept, ...] = (
         "Frontal and temporal predominant atrophy.",
         "Mild age-related volume loss.",
         "Cerebral atrophy.",
+        "Prominence of the ventricles and sulci, in keeping with generalized volume loss.",
+        "Moderate generalized atrophy.",
+        "Bilateral medial temporal lobe volume loss.",
     ), (
-        "Cerebral atrophy.", "Generalised volume loss.", "Hippocampal atrophy.", "Global atrophy.",
+        "Cerebral atrophy.",
+        "Prominence of the ventricles and sulci, in keeping with generalized volume loss.",
+        "Moderate generalized atrophy.",
+        "Bilateral medial temporal lobe volume loss.", "Generalised volume loss.", "Hippocampal atrophy.", "Global atrophy.",
     ), ("atrophy", "volume loss", "cerebral atrophy", "hippocampal atrophy")),
     _c("vascular", ("vascular",), "any", False, (
         "{mm} mm saccular aneurysm arising from the {artery}.",
@@ -185,6 +218,9 @@ CONCEPTS: tuple[Concept, ...] = (
         "Severe stenosis of the {side} cavernous ICA.",
         "Hyperdense {sinus} compatible with dural venous sinus thrombosis.",
         "Fusiform aneurysmal dilatation of the basilar artery.",
+        "Absent flow void in the {side} internal carotid artery, suggesting occlusion.",
+        "Tortuous dilated vessels with a nidus in the {side} {lobe} lobe, in keeping with an AVM.",
+        "Intimal flap and tapered narrowing of the {side} internal carotid artery, consistent with dissection.",
     ), (
         "{artery} aneurysm.", "{side} {lobe} AVM.", "Venous sinus thrombosis of the {sinus}.", "{side} M1 occlusion.",
         "Developmental venous anomaly.", "Cavernoma.",
@@ -197,6 +233,7 @@ CONCEPTS: tuple[Concept, ...] = (
         "Old lacunar infarcts in the {side} {deep} and bilateral periventricular white matter low density.",
         "Moderate small vessel disease.",
         "Confluent periventricular white matter hypoattenuation in keeping with leukoaraiosis.",
+        "Extensive periventricular white matter low density, chronic microvascular ischaemic change.",
     ), (
         "Chronic small vessel ischemic disease.", "Small vessel disease.", "Chronic microangiopathic change.",
         "Leukoaraiosis.",
@@ -208,6 +245,7 @@ CONCEPTS: tuple[Concept, ...] = (
         "Several punctate FLAIR hyperintense foci in the subcortical white matter, nonspecific but most likely chronic small vessel ischemic change.",
         "Chronic lacunes in the {side} {deep}.",
         "White matter hyperintensities of presumed vascular origin (Fazekas {fazekas}).",
+        "Patchy deep and periventricular white matter T2 hyperintensity compatible with small vessel ischaemic change.",
     ), (
         "Small vessel disease, Fazekas {fazekas}.", "Chronic microvascular ischemic change.",
         "White matter hyperintensities of presumed vascular origin.",
@@ -220,7 +258,9 @@ CONCEPTS: tuple[Concept, ...] = (
         "New T2 lesions in the {side} periventricular white matter since the prior study, in keeping with active demyelinating disease.",
         "Large confluent white matter lesions with incomplete ring enhancement, suggesting tumefactive demyelination.",
         "Bilateral asymmetric white matter lesions in keeping with ADEM.",
+        "Multifocal white matter and deep grey matter lesions, in keeping with acute disseminated encephalomyelitis.",
         "Periventricular lesions typical of MS, with a few new lesions.",
+        "Several white matter lesions with open-ring enhancement, compatible with active demyelination.",
     ), (
         "Demyelinating disease.", "Active demyelination.", "Multiple sclerosis with new lesions.",
         "Findings in keeping with MS.",
@@ -235,6 +275,8 @@ CONCEPTS: tuple[Concept, ...] = (
         "Established infarct {side} {lobe} lobe.",
         "Gliosis and volume loss at the site of the old {side} {deep} hemorrhage.",
         "Focal encephalomalacia related to previous {side} {lobe} craniotomy.",
+        "Old infarct in the {side} {territory} territory with cystic encephalomalacia.",
+        "Chronic {side} {lobe} infarct with gliosis and volume loss.",
     ), (
         "Old {side} {territory} infarct.", "Encephalomalacia {side} {lobe}.", "Chronic {side} {lobe} infarct.",
     ), ("encephalomalacia", "established infarct", "old infarct", "chronic infarct", "gliosis")),
@@ -244,6 +286,7 @@ CONCEPTS: tuple[Concept, ...] = (
         "Smooth diffuse dural thickening and enhancement with a venous distension sign, in keeping with SIH.",
         "Features of intracranial hypotension (Bern score 7).",
         "Bilateral subdural effusions, pachymeningeal enhancement and descent of the cerebellar tonsils, compatible with CSF leak / intracranial hypotension.",
+        "Diffuse dural enhancement, distended dural venous sinuses and an enlarged pituitary gland; intracranial hypotension.",
     ), (
         "Spontaneous intracranial hypotension.", "Findings of intracranial hypotension.", "SIH.",
     ), ("intracranial hypotension", "SIH", "pachymeningeal enhancement", "brain sag",
@@ -255,6 +298,7 @@ CONCEPTS: tuple[Concept, ...] = (
         "A single cortical microbleed in the {side} {lobe} lobe.",
         "Numerous punctate blooming foci on SWI, compatible with microhemorrhages.",
         "Two microbleeds in the {side} {deep}.",
+        "Punctate foci of signal loss on SWI in the {side} {lobe} cortex, microhemorrhages.",
     ), (
         "Cerebral microbleeds.", "Lobar microbleeds, likely amyloid angiopathy.", "Microhemorrhages.",
     ), ("microbleeds", "microhemorrhages", "cerebral microbleeds", "susceptibility foci", "blooming foci",
@@ -290,6 +334,7 @@ BY_KEY = {c.key: c for c in CONCEPTS}
 
 # sentences that describe normal anatomy, by modality, each with the concepts it would contradict
 _PARENCHYMA = ("stroke_ct", "iph", "mass", "svd_ct", "encephalomalacia", "cyst")
+_ALL = tuple(c.key for c in CONCEPTS if c.key != "variant")
 NORMAL: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "any": (
         ("The ventricles and sulci are normal in size and configuration.", ("atrophy", "hydrocephalus", "ivh")),
@@ -310,6 +355,29 @@ NORMAL: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("Midline structures are central.", ("sdh", "edh", "mass", "iph")),
         ("No abnormality of the skull base.", ("fracture",)),
         ("Pituitary gland is normal in size.", ("mass", "sih")),
+        ("The brain parenchyma, ventricles and extra-axial spaces are unremarkable.", _ALL),
+        ("The cerebellar tonsils are normally positioned.", ("sih", "cyst")),
+        ("The major intracranial arteries are patent.", ("vascular",)),
+        ("The dural venous sinuses are patent.", ("vascular",)),
+        ("Hypoplastic left transverse sinus, a normal variant.", ("vascular",)),
+        ("Fetal origin of the right posterior cerebral artery, a normal variant.", ()),
+        ("Arachnoid granulation in the right transverse sinus.", ("vascular",)),
+        ("The sella and parasellar regions are unremarkable.", ("mass",)),
+        ("The internal auditory canals are normal.", ("mass",)),
+        ("The globes and optic nerves are unremarkable.", ()),
+        ("Sulci and cisterns are normal for age.", ("atrophy", "sah")),
+        ("The corpus callosum is intact.", ("demyelination", "mass")),
+        ("The brainstem is normal in morphology and signal.", ("stroke_mr", "sih", "demyelination")),
+        ("Vascular calcification of the carotid siphons.", ()),
+        ("Atherosclerotic calcification of the intracranial internal carotid arteries.", ()),
+        ("Scalp soft tissues are unremarkable.", ()),
+        ("Small left frontal scalp haematoma without underlying fracture.", ("fracture",)),
+        ("Postoperative changes of a right frontal burr hole.", ()),
+        ("The ventricles are stable in size.", ("hydrocephalus", "ivh", "atrophy")),
+        ("Stable appearance of the brain compared with the prior examination.", _ALL),
+        ("No change since the prior study.", _ALL),
+        ("Unchanged appearance of the ventricles and sulci.", ("hydrocephalus", "ivh", "atrophy")),
+        ("The ventricles remain normal in size.", ("hydrocephalus", "ivh", "atrophy")),
     ),
     "CT": (
         ("Grey-white matter differentiation is preserved.", ("stroke_ct",)),
@@ -327,10 +395,57 @@ NORMAL: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("No abnormal signal in the brain parenchyma.", ("svd_mr", "demyelination", "stroke_mr", "mass",
                                                           "encephalomalacia", "iph", "cyst")),
         ("The white matter is normal in signal.", ("svd_mr", "demyelination")),
+        ("A few scattered white matter hyperintensities, within normal limits for age.", ("svd_mr", "demyelination")),
+        ("Minimal white matter signal change, appropriate for age.", ("svd_mr", "demyelination")),
         ("Normal appearance of the dura.", ("sih", "sdh", "edh")),
         ("No pachymeningeal enhancement.", ("sih",)),
+        ("Normal enhancement of the dural venous sinuses.", ("vascular", "sih")),
+        ("No abnormal signal on the susceptibility-weighted images.", ("microbleeds", "iph", "sdh", "sah", "vascular")),
+        ("Diffusion-weighted images are normal.", ("stroke_mr",)),
+        ("Normal FLAIR signal throughout.", ("svd_mr", "demyelination", "stroke_mr", "sah", "mass")),
+        ("The optic chiasm and pituitary stalk are normal.", ("mass", "sih")),
+        ("Dural venous sinuses show normal flow-related signal.", ("vascular", "sih")),
     ),
 }
+# sentences any report may hold: communication, quality, recommendations (no label, contradict nothing)
+FILLER = (
+    "Findings were discussed with the referring clinician at 14:20.",
+    "Critical result communicated to the emergency department physician by telephone.",
+    "Motion artefact limits assessment of the posterior fossa.",
+    "Streak artefact from dental amalgam.",
+    "Clinical correlation is recommended.",
+    "Follow-up imaging as clinically indicated.",
+    "Images reviewed on PACS with the previous examination.",
+    "Limited study due to patient movement.",
+    "Recommend MRI for further characterisation if clinically indicated.",
+    "Report discussed with the neurology team.",
+    "Dose report archived.",
+    "This report was dictated using voice recognition software.",
+    "Please see separate report for the cervical spine.",
+    "Beam hardening artefact in the posterior fossa.",
+    "Correlation with the clinical examination is advised.",
+)
+# anatomy stated normal, with the concepts that such a statement would contradict
+STRUCTURES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("basal cisterns", ("sah", "sih")), ("prepontine cistern", ("sah", "sih")),
+    ("lateral ventricles", ("ivh", "hydrocephalus", "atrophy")), ("fourth ventricle", ("ivh", "hydrocephalus")),
+    ("third ventricle", ("ivh", "hydrocephalus")), ("sylvian fissures", ("sah", "atrophy")),
+    ("extra-axial spaces", ("sdh", "edh", "sah", "sih")), ("cerebellopontine angles", ("mass",)),
+    ("dural venous sinuses", ("vascular", "sih")), ("major intracranial arteries", ("vascular",)),
+    ("pituitary gland", ("mass", "sih")), ("corpus callosum", ("demyelination", "mass")),
+    ("brainstem", ("stroke_ct", "stroke_mr", "sih", "demyelination", "microbleeds")),
+    ("cerebellum", ("stroke_ct", "stroke_mr", "encephalomalacia")), ("basal ganglia", ("iph", "svd_ct", "svd_mr")),
+    ("thalami", ("iph", "svd_ct", "svd_mr", "microbleeds")), ("cerebral cortex", ("stroke_ct", "stroke_mr")),
+    ("white matter", ("svd_ct", "svd_mr", "demyelination")), ("sulci", ("sah", "atrophy")),
+    ("dura", ("sih", "sdh", "edh")), ("meninges", ("sih",)), ("skull base", ("fracture",)),
+    ("calvarium", ("fracture",)), ("orbits", ()), ("mastoid air cells", ("variant",)),
+    ("brain parenchyma", _ALL), ("ventricular system", ("ivh", "hydrocephalus", "atrophy")),
+    ("cerebral hemispheres", _ALL), ("posterior fossa", ("stroke_ct", "stroke_mr", "sih", "cyst", "mass")),
+)
+NORMAL_PREDICATES = ("{S}: normal.", "The {s} are unremarkable.", "{S} appear normal.", "{S}: unremarkable.",
+                     "The {s} are within normal limits.", "Normal {s}.", "{S}: no abnormality.",
+                     "The {s} are normal in appearance.", "{S}: within normal limits.")
+
 SUBHEADS = {
     "sdh": "Extra-axial spaces", "edh": "Extra-axial spaces", "sah": "Extra-axial spaces", "sih": "Meninges",
     "ivh": "Ventricles", "hydrocephalus": "Ventricles", "vascular": "Vessels", "fracture": "Bones",
@@ -385,9 +500,11 @@ NORMAL_IMPRESSIONS = {
     "MR": ("Normal MRI brain.", "No acute infarct or other intracranial abnormality.", "Normal MR brain with contrast."),
 }
 NO_ACUTE = (
-    "No acute intracranial abnormality.", "No acute intracranial hemorrhage.", "No other acute abnormality.",
-    "No acute findings.", "No new acute abnormality.",
+    "No acute intracranial abnormality.", "No acute intracranial hemorrhage.", "No acute findings.",
+    "No acute intracranial process.",
 )
+NO_OTHER = ("No other acute abnormality.", "No other intracranial abnormality.", "Otherwise normal.",
+            "No other significant finding.")
 HISTORIES = (
     "Headache.", "Fall.", "Fall on anticoagulation.", "Confusion.", "Head injury.", "Syncope.", "Seizure.",
     "Dizziness.", "Right-sided weakness.", "Left facial droop.", "Worst headache of life.", "Memory loss.",

@@ -18,9 +18,11 @@ cue after it (`is not seen`, `has resolved`, `cannot be excluded`) governs the w
 cues ("no change", "no interval change", "not only") are consumed without effect, so "no change in the
 subdural" stays affirmed. Probable findings ("likely", "consistent with", "suspicious for") are affirmed.
 
-Features: each word and each pair of neighbouring words in one clause and context, a 5-letter prefix of
-long words (robust to typos), and temporal modifiers combined with the clause's words ("chronic" +
-"infarct"), each prefixed with its context: `A:subdural`, `N:acute_hemorrhage`, `U:sah`.
+Features, per sentence: each word and each pair of neighbouring words in one context, a 5-letter prefix
+of long words (robust to typos), and modifiers combined with the sentence's words ("chronic" +
+"infarct"), each prefixed with its context: `A:subdural`, `N:acute_hemorrhage`, `U:sah`. The labeller
+scores each sentence and takes, per label, the highest score (a report states a finding if one of its
+sentences does).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ PSEUDO = ("no change", "no significant change", "no interval change", "no apprec
           "no substantial change", "no material change", "no interval increase", "not increased",
           "no other", "not previously seen", "no longer than", "not only")
 PRE_NEGATION = ("no", "not", "without", "negative for", "free of", "absence of", "absent", "nor", "neither",
-                "resolution of", "resolved", "interval resolution of", "complete resolution of", "never",
+                "resolution of", "resolved", "clearance of", "interval clearance of", "cleared", "interval resolution of", "complete resolution of", "never",
                 "rather than", "instead of", "ruled out", "excluded", "exclusion of", "nil", "none")
 POST_NEGATION = ("not seen", "not identified", "not demonstrated", "not visualized", "not present", "not evident",
                  "not detected", "not appreciated", "not noted", "not apparent", "not shown", "not visible",
@@ -93,7 +95,9 @@ POST_UNCERTAIN = ("cannot be excluded", "can not be excluded", "can't be exclude
                   "not entirely excluded", "not completely excluded", "not fully excluded", "is questioned",
                   "is possible", "are possible", "is not certain", "is uncertain", "is equivocal",
                   "is suspected", "not excluded entirely", "remains possible", "?", "cannot be entirely excluded",
-                  "cannot be completely excluded", "is a possibility", "is not entirely excluded")
+                  "cannot be completely excluded", "is a possibility", "is not entirely excluded",
+                  "of uncertain significance", "of unclear significance", "of indeterminate significance",
+                  "of doubtful significance", "of questionable significance", "uncertain significance")
 PRE_HISTORY = ("history of", "hx of", "h/o", "hx", "history", "indication", "clinical history", "rule out", "to rule out", "r/o", "evaluate for",
                "evaluation for", "assess for", "assessment for", "to exclude", "exclude", "status post", "s/p",
                "which showed", "which demonstrated", "that showed", "previously showed", "known history of",
@@ -138,7 +142,8 @@ _POST_CONTEXT = {"post_n": NEGATED, "post_u": UNCERTAIN}
 _PRE_CONTEXT = {"pre_n": NEGATED, "pre_u": UNCERTAIN, "pre_h": HISTORY}
 
 
-_QUERY = re.compile(r"\?(?=[a-z])")  # "?sah": a question mark before a word is a pre cue ("query sah")
+# "?sah", "? small sdh": a question mark before a word (not after one) is a pre cue ("query sah")
+_QUERY = re.compile(r"\?(?=[a-z])|(?:(?<=^)|(?<=[\s(]))\?\s+(?=[a-z])", re.MULTILINE)
 
 
 def normalise(text: str) -> str:
@@ -246,21 +251,42 @@ def tagged(text: str) -> list[list[tuple[str, str]]]:
     return out
 
 
-def features(text: str) -> list[str]:
-    """The report's distinct context-tagged features (see the module docstring)."""
+STOPWORDS = frozenset({"the", "a", "an", "of", "in", "is", "are", "and", "or", "with", "to", "on", "at", "by",
+                       "for", "from", "this", "that", "as", "be", "was", "were", "which", "it", "its", "has",
+                       "have", "been", "also", "both", "these", "those", "there", "within", "into", "along",
+                       "measuring", "measures", "approximately", "up", "mm", "cm", "ml", "x", "#"})
+
+
+def sentence_features(clause: list[tuple[str, str]]) -> list[str]:
+    """One sentence's distinct context-tagged features. Numbers become `#`; function words
+    (`STOPWORDS`) count only inside word pairs."""
     feats: set[str] = set()
     add = feats.add
-    for clause in tagged(text):
-        prev_ctx, prev_tok = "", ""
-        mods = [t for c, t in clause if t in MODIFIERS]
-        for ctx, tok in clause:
+    prev_ctx, prev_tok = "", ""
+    mods = [t for c, t in clause if t in MODIFIERS]
+    for ctx, tok in clause:
+        if tok[0].isdigit():
+            tok = "#"
+        stop = tok in STOPWORDS
+        if not stop:
             add(f"{ctx}:{tok}")
             if len(tok) > 6:
                 add(f"{ctx}:{tok[:5]}~")
-            if ctx == prev_ctx:
-                add(f"{ctx}:{prev_tok}_{tok}")
             if mods and ctx != HISTORY and len(tok) > 3 and tok not in MODIFIERS:
                 for m in mods:
                     add(f"{ctx}:{m}+{tok}")
-            prev_ctx, prev_tok = ctx, tok
+        if ctx == prev_ctx and not (stop and prev_tok in STOPWORDS):
+            add(f"{ctx}:{prev_tok}_{tok}")
+        prev_ctx, prev_tok = ctx, tok
     return sorted(feats)
+
+
+def features(text: str) -> list[list[str]]:
+    """The report's features, one list per sentence (see the module docstring); sentences without a
+    feature are left out."""
+    out = []
+    for clause in tagged(text):
+        f = sentence_features(clause)
+        if f:
+            out.append(f)
+    return out
