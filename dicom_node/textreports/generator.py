@@ -162,11 +162,11 @@ def _findings(rng: random.Random, modality: str, present: list[Concept], slots: 
            for c, chosen in zip(present, slots, strict=True)]
     labelled = [k for k, c in enumerate(present) if c.labels]
     if len(labelled) >= 2 and rng.random() < 0.3:  # two findings in one sentence ("SAH with IVH")
-        a, b = labelled[:2]
-        second = _fill(rng, rng.choice(present[b].short), slots[b]).rstrip(".")
-        joined = out[a][1].rstrip(".") + rng.choice((", with ", " and ", ", with associated ", "; also ", " plus "))
-        out[a] = (out[a][0], joined + second[:1].lower() + second[1:] + ".")
-        del out[b]
+        first, other = labelled[:2]
+        second = _fill(rng, rng.choice(present[other].short), slots[other]).rstrip(".")
+        joined = out[first][1].rstrip(".") + rng.choice((", with ", " and ", ", with associated ", "; also ", " plus "))
+        out[first] = (out[first][0], joined + second[:1].lower() + second[1:] + ".")
+        del out[other]
     n_findings = len(out)
     out += [("Other", s) for s in rng.sample(normals, min(len(normals), rng.randint(1, 5)))]
     structures = [(st, d) for st, d in STRUCTURES if not keys & set(d)]
@@ -177,10 +177,10 @@ def _findings(rng: random.Random, modality: str, present: list[Concept], slots: 
     absent = _absent_nouns(rng, modality, present, rng.randint(1, 4))
     while absent:
         if len(absent) >= 3 and rng.random() < 0.5:
-            a, b, c = absent[:3]
+            n1, n2, n3 = absent[:3]
             absent = absent[3:]
             t = rng.choice(LIST_NEGATIONS)
-            out.append(("Other", _cap(t.replace("{A}", _cap(a)).format(a=a, b=b, c=c))))
+            out.append(("Other", _cap(t.replace("{A}", _cap(n1)).format(a=n1, b=n2, c=n3))))
         else:
             out.append(("Other", _noun(rng, rng.choice(NEGATIONS), absent.pop())))
     extra = _absent_nouns(rng, modality, present, 2)
