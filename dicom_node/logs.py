@@ -24,6 +24,16 @@ _warnings_log = logging.getLogger("dicom_node.warnings")
 LOG_FORMAT_ENV = "DICOM_NODE_LOG_FORMAT"
 
 
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a background thread: one log line (the traceback at DEBUG). pynetdicom's
+    protocol threads end this way on malformed or pipelined PDUs from a hostile peer."""
+    name = args.thread.name if args.thread is not None else "?"
+    log = logging.getLogger("dicom_node.threads")
+    log.warning("background thread ended by %s: %s", args.exc_type.__name__, args.exc_value,
+                extra={"thread": name})
+    log.debug("traceback", exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+
+
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: object = None, line: str | None = None) -> None:
     """Python warnings as log records: from DICOM libraries at DEBUG (they may quote patient data)."""
@@ -84,3 +94,4 @@ def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
     # warnings: above DEBUG only its errors come through.
     logging.getLogger("highdicom").setLevel(logging.ERROR if level.upper() != "DEBUG" else logging.DEBUG)
     warnings.showwarning = _show_warning
+    threading.excepthook = _thread_exception

@@ -18,7 +18,9 @@ from outputs_helpers import (
     sih_analysis,
     sources_of,
 )
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from dicom_node.analysis import AnalysisStatus, Finding
 from dicom_node.outputs import build_outputs, wording
@@ -200,6 +202,8 @@ def _real_world(series: list[Dataset], kind: str) -> None:
             ds.SpecificCharacterSet = "ISO_IR 999"
         elif kind == "garbage-dates":  # fuzzed and real: unparseable DA/TM, a sex outside M/F/O
             ds.PatientBirthDate, ds.StudyDate, ds.StudyTime, ds.PatientSex = "á024", "not-a-date", "99:99", "X"
+            for tag, raw in ((0x00200037, b"a\\b"), (0x00280030, b"0 ")):  # as read from a broken file
+                ds[tag] = RawDataElement(Tag(tag), "DS", len(raw), raw, 0, False, True)
         elif kind == "code-without-meaning":  # a real Siemens header: ProcedureCodeSequence item, no meaning
             item = Dataset()
             item.CodeValue, item.CodingSchemeDesignator = "0FINGN ROUT STA1", "medneo"

@@ -5,13 +5,15 @@ PatientBirthDate on an old GE), carry an empty or unknown Specific Character Set
 PatientIdentityRemoved = YES without naming a method. highdicom's constructors (strict when encoding)
 read these attributes from the source, so the builders hand them `complete_header(source)`: a copy
 with what the output IODs need, filled as the IOD allows (empty Type 2 values; a date, time or sex that
-does not parse written empty), never inventing patient data, and without code items that lack their Type 1 attributes (a Siemens "medneo" procedure
+does not parse written empty, image geometry that is not numbers dropped), never inventing patient
+data, and without code items that lack their Type 1 attributes (a Siemens "medneo" procedure
 code has no meaning). `carry_deidentification` then states the source's de-identification on the output.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
@@ -27,6 +29,8 @@ _TYPE2_FROM_SOURCE = (
 # Study-level code sequences the output builders copy: items without their Type 1 attributes are dropped.
 _CODE_SEQUENCES = ("ProcedureCodeSequence",)
 _CODE_ITEM = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")
+# Image geometry highdicom reads as numbers (SR image library): dropped when it does not parse.
+_GEOMETRY = {"ImageOrientationPatient": 6, "ImagePositionPatient": 3, "PixelSpacing": 2, "SliceThickness": 1}
 UTF8 = "ISO_IR 192"
 NOT_STATED = "method not stated by the source"
 
@@ -64,6 +68,9 @@ def complete_header(source: Dataset) -> Dataset:
             del ds[keyword]
             if items:
                 setattr(ds, keyword, items)
+    for keyword, count in _GEOMETRY.items():  # copied into the SR's image library as NUMs
+        if keyword in ds and not _numbers(_value(ds, keyword), count):
+            del ds[keyword]
     for keyword, parse in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
         if not _parses(ds.get(keyword), parse):
             del ds[keyword]
@@ -77,6 +84,31 @@ def complete_header(source: Dataset) -> Dataset:
     if charset is not None:
         ds.SpecificCharacterSet = charset
     return ds
+
+
+def has_geometry(ds: Dataset) -> bool:
+    """True when the image's plane geometry is all there and numeric (what an SR image library reads)."""
+    return all(_numbers(_value(ds, k), n) if k in ds else False for k, n in _GEOMETRY.items())
+
+
+def _value(ds: Dataset, keyword: str) -> object:
+    """An element's value, or None when pydicom cannot convert what the sender wrote."""
+    try:
+        return ds[keyword].value
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _numbers(value: object, count: int) -> bool:
+    """True when `value` is `count` finite numbers."""
+    values: list[object] = (list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"  # type: ignore[call-overload]
+                            else [value])
+    if len(values) != count:
+        return False
+    try:
+        return all(math.isfinite(float(v)) for v in values)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 def _parses(value: object, parse: type) -> bool:

@@ -31,7 +31,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 from dicom_node.analysis import AnalysisStatus, Finding, StudyAnalysis
 from dicom_node.outputs import codes, uids, wording
 from dicom_node.outputs.equipment import MANUFACTURER, EquipmentInfo, finish_common, series_number
-from dicom_node.outputs.headers import complete_header
+from dicom_node.outputs.headers import complete_header, has_geometry
 from dicom_node.outputs.lineage import Lineage, PriorReport
 from dicom_node.outputs.marks import is_image, located_findings, marker
 from dicom_node.outputs.objects import OutputObject
@@ -248,6 +248,13 @@ def _groups(analysis: StudyAnalysis, findings: list[Finding], sources: Mapping[s
     return groups, [f for f in findings if f.label not in grouped], marked
 
 
+def _image_library(marked: list[Dataset]) -> list[Dataset] | None:
+    """The marked images for the Image Library (TID 1600); one whose geometry is broken is left out (the
+    library is optional, the region still references it)."""
+    images = [complete_header(ds) for ds in {ds.SOPInstanceUID: ds for ds in marked}.values()]
+    return [ds for ds in images if has_geometry(ds)] or None
+
+
 def _predecessor(study_uid: str, prior: PriorReport) -> list[Dataset]:
     """Predecessor Documents Sequence (SR Document General): the report this one replaces."""
     sop = Dataset()
@@ -279,7 +286,7 @@ def build_sr(analysis: StudyAnalysis, sources: Mapping[str, Dataset], generation
         procedure_reported=_procedure(primary),
         imaging_measurements=groups or None,
         title=codes.IMAGING_MEASUREMENT_REPORT,
-        referenced_images=list({ds.SOPInstanceUID: ds for ds in marked}.values()) or None,
+        referenced_images=_image_library(marked),
     )
     report[0].ContentSequence.append(_qualitative_evaluations(analysis, ungrouped))
     series_uid = uids.series_uid(study_uid, model.name, model.version, uids.SR)
