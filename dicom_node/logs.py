@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 import warnings
 
@@ -30,7 +31,7 @@ def _thread_exception(args: threading.ExceptHookArgs) -> None:
     name = args.thread.name if args.thread is not None else "?"
     log = logging.getLogger("dicom_node.threads")
     log.warning("background thread ended by %s: %s", args.exc_type.__name__, args.exc_value,
-                extra={"thread": name})
+                extra={"thread_name": name})
     log.debug("traceback", exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
 
 
