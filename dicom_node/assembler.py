@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy import Select, select
@@ -107,7 +108,7 @@ class Assembler:
         )
 
     def _complete_all(
-        self, candidates: Select[tuple[int]], now: datetime, why: str, still_due: Callable[[Study], bool]
+        self, candidates: Select[Any], now: datetime, why: str, still_due: Callable[[Study], bool]
     ) -> list[str]:
         try:
             with self.db.read() as session:
