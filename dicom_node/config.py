@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,25 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class ReportsConfig:
+    """Radiology reports (`dicom_node.textreports`): the HL7 ORU listener (port 0: off), the report labeller
+    (model name/version under models.path; version "": the newest) and AI-vs-report monitoring (a floor of
+    0 turns that rate's alert off)."""
+
+    host: str = "127.0.0.1"
+    hl7_port: int = 0
+    model: str = "report-labels"
+    version: str = ""
+    label_interval_seconds: float = 5.0
+    window_days: float = 30.0
+    min_sensitivity: float = 0.0
+    min_specificity: float = 0.0
+    min_cases: int = 20
+    check_interval_seconds: float = 300.0
+    alert_webhook_url: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path | None
     node: NodeConfig
@@ -153,6 +172,7 @@ class Config:
     retention: RetentionConfig
     notifications: NotificationsConfig
     web: WebConfig = field(default_factory=WebConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
 
     def destination(self, name: str) -> Destination:
         for dest in self.destinations:
@@ -269,7 +289,7 @@ def _writable(folder: Path) -> bool:
 
 _TOP_KEYS = {
     "node", "callers", "destinations", "database", "storage", "assembly", "models", "worker",
-    "delivery", "retention", "notifications", "web",
+    "delivery", "retention", "notifications", "web", "reports",
 }
 
 
@@ -436,6 +456,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         session_hours=r.positive(wb, "web", "session_hours", float, 12.0),
     )
 
+    reports = _reports(r, data)
     if r.problems:
         raise ConfigError(r.problems)
     return Config(
@@ -452,6 +473,33 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         retention=retention,
         notifications=notifications,
         web=web,
+        reports=reports,
+    )
+
+
+def _reports(r: _Reader, data: dict[str, Any]) -> ReportsConfig:
+    keys = {f.name for f in fields(ReportsConfig)}
+    rp = r.table(data, "reports", keys)
+    port = r.get(rp, "reports", "hl7_port", int, 0)
+    if not 0 <= port <= 65535:
+        r.problems.append(f"reports.hl7_port: port {port} out of range 1-65535 (0: no listener)")
+    floors = {}
+    for key in ("min_sensitivity", "min_specificity"):
+        floors[key] = r.get(rp, "reports", key, float, 0.0)
+        if not 0.0 <= floors[key] <= 1.0:
+            r.problems.append(f"reports.{key}: must be between 0 and 1 (0: no alert), got {floors[key]}")
+    url = r.get(rp, "reports", "alert_webhook_url", str, "")
+    if url and not re.match(r"^https?://[^\s/]+", url):
+        r.problems.append(f"reports.alert_webhook_url: {url!r} is not an http:// or https:// URL")
+    return ReportsConfig(
+        host=r.get(rp, "reports", "host", str, "127.0.0.1"), hl7_port=port,
+        model=r.get(rp, "reports", "model", str, "report-labels"), version=r.get(rp, "reports", "version", str, ""),
+        label_interval_seconds=r.positive(rp, "reports", "label_interval_seconds", float, 5.0),
+        window_days=r.positive(rp, "reports", "window_days", float, 30.0),
+        min_sensitivity=floors["min_sensitivity"], min_specificity=floors["min_specificity"],
+        min_cases=r.positive(rp, "reports", "min_cases", int, 20),
+        check_interval_seconds=r.positive(rp, "reports", "check_interval_seconds", float, 300.0),
+        alert_webhook_url=url,
     )
 
 

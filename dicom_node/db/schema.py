@@ -2,7 +2,8 @@
 
 Tables, in data-flow order: associations, studies, series, instances (receiver); jobs (assembler →
 worker); results (worker); outputs, deliveries (reporter → sender); notifications (triage → notifier);
-users, web_sessions, login_tokens (dashboard accounts) and audit_events (who did what).
+users, web_sessions, login_tokens (dashboard accounts) and audit_events (who did what); radiology_reports,
+report_rejections, report_labels and monitor_alerts (report intake, labels and AI-vs-report monitoring).
 Invariants the code relies on are enforced by the database (unique keys, a partial unique index for "one
 open job per study and model").
 """
@@ -291,3 +292,81 @@ class AuditEvent(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     before: Mapped[str] = mapped_column(Text, default="")
     after: Mapped[str] = mapped_column(Text, default="")
+
+
+class RadiologyReport(Base):
+    """A radiologist's report from the RIS (HL7 ORU or `reports import`; `textreports/store.py` owns it).
+
+    Matched to studies by Study Instance UID or accession number whenever either side arrives; the newest
+    report for one accession (or Study Instance UID when there is no accession) is current, the others are
+    superseded by it (a correction supersedes the original, a late-arriving older message is kept superseded)."""
+
+    __tablename__ = "radiology_reports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # hl7 | import
+    source_key: Mapped[str] = mapped_column(String(255), unique=True)  # repeated message -> same key, one row
+    match_key: Mapped[str] = mapped_column(String(80), index=True)  # acc:<accession> or uid:<study uid>
+    accession_number: Mapped[str] = mapped_column(String(64), default="", index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(8), default="F")  # HL7 result status: P, F, C, X ...
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    text: Mapped[str] = mapped_column(Text)
+    superseded_by: Mapped[int | None] = mapped_column(ForeignKey("radiology_reports.id"), nullable=True, index=True)
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ReportRejection(Base):
+    """A report message or import row that was refused (NAKed), kept with the reason and its raw text."""
+
+    __tablename__ = "report_rejections"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    source: Mapped[str] = mapped_column(String(255))  # "hl7 <peer>" or "import <file>:<line>"
+    control_id: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(Text)
+    raw: Mapped[str] = mapped_column(Text)
+
+
+class ReportLabel(Base):
+    """What one version of the report labeller made of one report: a probability per label and the labels
+    present at its thresholds."""
+
+    __tablename__ = "report_labels"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("radiology_reports.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    manifest_sha256: Mapped[str] = mapped_column(String(64), default="")
+    probabilities: Mapped[dict] = mapped_column(JSON)  # label -> probability
+    positive: Mapped[list] = mapped_column(JSON)  # labels at or above their thresholds
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (UniqueConstraint("report_id", "model_name", "model_version", name="uq_report_label_model"),)
+
+
+class MonitorAlert(Retried, Base):
+    """AI-vs-report agreement below its floor for one model version, label and rate (`textreports/monitor.py`
+    owns it). Open until the rate is back at or above the floor (`cleared_at`); `state` is the webhook's
+    delivery (pending -> sent | failed, skipped when no webhook is configured)."""
+
+    __tablename__ = "monitor_alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(64))
+    metric: Mapped[str] = mapped_column(String(16))  # sensitivity | specificity
+    value: Mapped[float] = mapped_column(Float)
+    floor: Mapped[float] = mapped_column(Float)
+    cases: Mapped[int] = mapped_column(Integer)  # the denominator of the rate
+    window_days: Mapped[float] = mapped_column(Float)
+    state: Mapped[NotificationState] = mapped_column(_enum(NotificationState), default=NotificationState.PENDING)
+    body: Mapped[str] = mapped_column(Text)  # the webhook's JSON document
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    __table_args__ = (
+        # one open alert per model version, label and rate
+        Index("uq_monitor_alert_open", "model_name", "model_version", "label", "metric", unique=True,
+              sqlite_where=text("cleared_at IS NULL"), postgresql_where=text("cleared_at IS NULL")),
+    )

@@ -91,19 +91,21 @@ class Notifier:
         return ack.problem(item.control_id), False
 
     def _post(self, body: str) -> tuple[str, bool]:
-        request = urllib.request.Request(
-            self.settings.webhook_url,
-            data=body.encode("utf-8"),
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                status = int(response.status)
-        except urllib.error.HTTPError as exc:
-            status = int(exc.code)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            return f"webhook: {clean(exc)}", False
-        if 200 <= status < 300:
-            return "", False
-        return f"webhook answered HTTP {status}", 400 <= status < 500 and status not in _RETRYABLE_HTTP
+        return post_json(self.settings.webhook_url, body, self.timeout)
+
+
+def post_json(url: str, body: str, timeout: float = SEND_TIMEOUT_SECONDS) -> tuple[str, bool]:
+    """POST a JSON document: ("", False) on HTTP 2xx, else (why, whether retrying cannot help: a 4xx other
+    than 408/425/429)."""
+    request = urllib.request.Request(url, data=body.encode("utf-8"), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        status = int(exc.code)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return f"webhook: {clean(exc)}", False
+    if 200 <= status < 300:
+        return "", False
+    return f"webhook answered HTTP {status}", 400 <= status < 500 and status not in _RETRYABLE_HTTP
