@@ -1,4 +1,6 @@
-"""`serve`'s local inference worker: a child process running `dicom-node worker`, restarted if it dies.
+"""`serve`'s local inference worker: a child process running `dicom-node worker`, restarted if it dies
+(but not when it exits because it cannot load its models: it would only fail again; the node then
+reports the worker down in /healthz).
 
 Models (torch) load in the child, so the receiver's process stays small and a crashing model cannot
 take the receiver down. `stop()` sends SIGTERM (the worker finishes its job in hand) and kills the
@@ -15,6 +17,8 @@ import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+EXIT_CANNOT_LOAD_MODELS = 3  # `dicom-node worker`'s exit status when its models cannot be loaded
 
 
 class WorkerProcess:
@@ -33,6 +37,7 @@ class WorkerProcess:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
+        self.gave_up = False  # the worker exited because it cannot load its models
 
     def command(self) -> list[str]:
         return [
@@ -48,6 +53,7 @@ class WorkerProcess:
 
     def start(self) -> None:
         self._stop.clear()
+        self.gave_up = False
         self._spawn()
         self._monitor = threading.Thread(target=self._watch, name="worker-process", daemon=True)
         self._monitor.start()
@@ -63,6 +69,12 @@ class WorkerProcess:
     def _watch(self) -> None:
         while not self._stop.is_set():
             proc = self.process
+            if proc is not None and proc.poll() == EXIT_CANNOT_LOAD_MODELS:
+                # Restarting would fail the same way every few seconds: stay down, not ready (/healthz).
+                log.error("local worker cannot load its models; not restarting until the configuration "
+                          "is fixed (see `dicom-node config check`)", extra={"pid": proc.pid})
+                self.gave_up = True
+                return
             if proc is not None and proc.poll() is not None:
                 log.error(
                     "local worker exited; restarting", extra={"pid": proc.pid, "returncode": proc.returncode}

@@ -372,6 +372,27 @@ def test_worker_process_starts_and_stops_gracefully(tmp_path: Path) -> None:
     assert proc.returncode == 0  # SIGTERM handled: clean exit, not killed
 
 
+def test_a_local_worker_that_cannot_load_its_models_is_not_restarted(tmp_path: Path) -> None:
+    """A threshold for a label the model lacks (e.g. edited in while serve runs): the worker exits with
+    EXIT_CANNOT_LOAD_MODELS, and serve leaves it down (not ready) instead of restarting it every 5 s."""
+    from conftest import REPO
+
+    from dicom_node.worker_process import EXIT_CANNOT_LOAD_MODELS
+
+    cfg_path = write_config(tmp_path, models={"path": str(REPO / "models"), "enabled": [
+        {"name": "sih", "version": "0.1.0-synthetic-demo", "thresholds": {"tumour": 0.5}}]})
+    service = WorkerProcess(cfg_path, restart_delay=0.2, grace_seconds=5)
+    service.start()
+    try:
+        wait_for(lambda: service.gave_up, timeout=60, msg="the worker gave up")
+        first = service.process
+        assert first is not None and first.returncode == EXIT_CANNOT_LOAD_MODELS
+        time.sleep(1.0)  # five restart delays: nothing restarted
+        assert service.process is first
+    finally:
+        service.stop()
+
+
 def test_a_changed_reanalysis_supersedes_the_delivered_report(config: Config, db: Database) -> None:
     """`retry --jobs` after a fix: the new report gets a new UID in the same series and names the old one."""
     store_study(config, db)

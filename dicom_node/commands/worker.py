@@ -10,7 +10,7 @@ import threading
 
 from dicom_node.commands import load_config_or_report
 from dicom_node.errors import ModelError
-from dicom_node.worker_process import die_with_parent
+from dicom_node.worker_process import EXIT_CANNOT_LOAD_MODELS, die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         worker = Worker(config, db, worker_id=args.id)
     except ModelError as exc:
         print(f"cannot load models: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_CANNOT_LOAD_MODELS
     try:
         worker.run_forever(stop)
     finally:
