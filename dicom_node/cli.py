@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("dicom_node.commands.evaluate", "evaluate a model: metrics.json and ROC/PR curves"),
     "demo": ("dicom_node.commands.demo", "run the whole loop on a generated study against a local PACS"),
     "user": ("dicom_node.commands.user", "dashboard accounts (user add NAME --role admin)"),
+    "reports": ("dicom_node.commands.reports",
+                "radiology reports: import, label, train, evaluate, export-labels, monitor"),
 }
 
 

@@ -27,6 +27,7 @@ from dicom_node.errors import ModelError
 from dicom_node.node import Node, Service
 from dicom_node.notify.sender import Notifier
 from dicom_node.retention import Retention
+from dicom_node.textreports.service import ReportsService
 from dicom_node.worker_process import WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ def build_node(config: Config, *, log_level: str = "INFO", local_worker: bool = 
     node.receiver_observers.append(AssociationAudit(node.db))
     node.add_service(Restartable(lambda c: Sender(c, node.db), config, lambda c: (c.destinations, c.delivery)))
     node.add_service(Restartable(lambda c: Notifier(c, node.db), config, lambda c: (c.notifications, c.delivery)))
+    # radiology reports: HL7 listener, labelling, AI-vs-report monitoring (numpy labeller, no torch here)
+    node.add_service(Restartable(lambda c: ReportsService(c, node.db), config,
+                                 lambda c: (c.reports, c.delivery, c.models.path)))
     worker: Restartable | None = None
     if local_worker:
         if config.source is None:

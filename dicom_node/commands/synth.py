@@ -1,5 +1,6 @@
-"""`dicom-node synth --kind {ct-head,mr-sih,mr-swi} --n N --seed S --out DIR`: generated studies plus labels.csv
-(ct-head: also ground-truth lesion masks as DICOM SEG and boxes.csv)."""
+"""`dicom-node synth --kind {ct-head,mr-sih,mr-swi,reports} --n N --seed S --out DIR`: generated studies plus
+labels.csv (ct-head: also ground-truth lesion masks as DICOM SEG and boxes.csv); for reports, report texts
+(reports.csv) and their 16 labels (labels.csv)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from dicom_node.synth.studies import KINDS, generate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", required=True, choices=KINDS,
-                        help="ct-head (ICH), mr-sih (SIH) or mr-swi (microbleeds on SWI)")
+    parser.add_argument("--kind", required=True, choices=(*KINDS, "reports"),
+                        help="ct-head (ICH), mr-sih (SIH), mr-swi (microbleeds on SWI) or reports (head CT / brain "
+                        "MR report texts: reports.csv id,modality,text + labels.csv id,<16 labels>)")
     parser.add_argument("--n", type=int, required=True, help="number of studies")
     parser.add_argument("--seed", type=int, required=True, help="random seed: same seed, same files and UIDs")
     parser.add_argument("--out", type=Path, required=True, help="output folder (labels.csv, studies.csv)")
@@ -30,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         print("synth: --n must be >= 1", file=sys.stderr)
         return 2
+    if args.kind == "reports":
+        return _reports(args)
     kw: dict[str, Any] = {"distractors": not args.no_distractors}
     if args.size is not None:
         kw["size"] = args.size
@@ -60,4 +64,13 @@ def run(args: argparse.Namespace) -> int:
     extra = f", {segs} ground-truth SEG(s) in {args.out / 'ground-truth'}, boxes in {args.out / 'boxes.csv'}" \
         if args.kind == "ct-head" else ""
     print(f"{len(studies)} {args.kind} studies, {files} files, labels in {args.out / 'labels.csv'}{extra}")
+    return 0
+
+
+def _reports(args: argparse.Namespace) -> int:
+    from dicom_node.textreports.generator import generate as generate_reports
+    from dicom_node.textreports.generator import write_reports
+
+    n = write_reports(generate_reports(args.n, args.seed), args.out)
+    print(f"{n} reports, texts in {args.out / 'reports.csv'}, labels in {args.out / 'labels.csv'}")
     return 0

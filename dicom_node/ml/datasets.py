@@ -1,6 +1,7 @@
 """Training/evaluation data: a folder of DICOM files plus a labels CSV, turned into model inputs.
 
-- ICH: `labels.csv` in RSNA 2019 format (`ID,Label`, rows `ID_<SOPInstanceUID>_<label>,0|1`).
+- ICH: `labels.csv` in RSNA 2019 format (`ID,Label`, rows `ID_<SOPInstanceUID>_<label>,0|1`), or study-level
+  (`StudyInstanceUID,any,epidural,…`, as `reports export-labels` writes): every slice takes its study's labels.
 - SIH: `labels.csv` with `StudyInstanceUID,sih` (0|1).
 Series and images are chosen by the same selection rules as in the node, and preprocessed by the same
 functions, so a model is trained on exactly what it will see.
@@ -60,6 +61,23 @@ def read_rsna_labels(path: Path) -> dict[str, dict[str, int]]:
             sop = ident.removeprefix("ID_")
             out[sop][label] = int(float(row["Label"]))
     return dict(out)
+
+
+def read_ich_labels(path: Path, studies: dict[str, list[InstanceRef]]) -> dict[str, dict[str, int]]:
+    """ICH labels by SOP Instance UID: RSNA slice labels, or study-level labels (`StudyInstanceUID,any,…`,
+    e.g. from `dicom-node reports export-labels`) given to every instance of their study (weak labels:
+    slices without the finding in a positive study count as positive)."""
+    with open(path, newline="") as fh:
+        header = next(csv.reader(fh), [])
+    if "StudyInstanceUID" not in header:
+        return read_rsna_labels(path)
+    out: dict[str, dict[str, int]] = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            values = {k: int(float(row[k])) for k in ICH_LABELS if row.get(k) not in (None, "")}
+            for ref in studies.get(row["StudyInstanceUID"], []):
+                out[ref.sop_instance_uid] = values
+    return out
 
 
 def read_study_labels(path: Path, column: str = "sih") -> dict[str, int]:
@@ -137,10 +155,10 @@ class SihData:
 
 def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, annotations: str = "none") -> IchData:
     """Preprocessed labelled slices; `annotations` ("auto", "seg", "boxes", "none") adds their masks."""
-    labels = read_rsna_labels(labels_csv or Path(data_dir) / "labels.csv")
     refs_all = scan_dicom(data_dir)
     kind, seg_by_sop, boxes_by_sop = find_annotations(data_dir, refs_all, annotations)
     studies = by_study(r for r in refs_all if r.modality != "SEG")
+    labels = read_ich_labels(labels_csv or Path(data_dir) / "labels.csv", studies)
     # One float16 buffer for every labelled file (its pages are committed only as they are filled):
     # per-slice arrays stacked at the end need twice the memory, and fragment the heap on top.
     bound = sum(ref.sop_instance_uid in labels for refs in studies.values() for ref in refs)
