@@ -25,6 +25,16 @@ _warnings_log = logging.getLogger("dicom_node.warnings")
 LOG_FORMAT_ENV = "DICOM_NODE_LOG_FORMAT"
 
 
+class _NoLibraryTracebacks(logging.Filter):
+    """pynetdicom logs a traceback for every malformed PDU a hostile peer sends: keep its one-line message,
+    drop the traceback (above DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pynetdicom") and record.exc_info:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _thread_exception(args: threading.ExceptHookArgs) -> None:
     """An exception that ends a background thread: one log line (the traceback at DEBUG). pynetdicom's
     protocol threads end this way on malformed or pipelined PDUs from a hostile peer."""
@@ -78,14 +88,14 @@ class _JsonFormatter(_ContextFormatter):
         return json.dumps(doc, ensure_ascii=False)
 
 
-
-
 def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         _JsonFormatter() if json_lines else _ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     root = logging.getLogger()
+    if level.upper() != "DEBUG":
+        handler.addFilter(_NoLibraryTracebacks())
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # pynetdicom logs every PDU at INFO; its own warnings and errors still come through.
