@@ -15,7 +15,8 @@ def contexts(text: str) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for clause in tagged(text):
         for ctx, tok in clause:
-            out.setdefault(tok, set()).add(ctx)
+            if tok != ",":
+                out.setdefault(tok, set()).add(ctx)
     return out
 
 

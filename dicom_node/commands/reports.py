@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--version", default="", help="model version (default: the folder's name)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--hidden", type=int, default=0, help="hidden units per sentence part (0: linear, the default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -154,6 +155,7 @@ def _train(args: argparse.Namespace) -> int:
     _, texts, y = read_labelled(args.data)
     opts = LabellerOptions(out=out, name=args.name or out.parent.name, version=args.version or out.name,
                            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                           hidden=args.hidden,
                            val_fraction=args.val_fraction, synthetic_demo=args.synthetic_demo,
                            training_data=args.training_data or f"{len(texts)} reports from {args.data}")
     folder = train_labeller(texts, y, opts)

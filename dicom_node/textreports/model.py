@@ -1,11 +1,12 @@
 """The report labeller: a model folder (`models/<name>/<version>/manifest.json` + `weights.npz`) and its
 forward pass in numpy, so the serve process labels reports without importing torch.
 
-Architecture `sentence_bag_mlp` (trained by `training.py` in torch): each sentence's context-tagged
-features (`text.features`) hashed (crc32) into `buckets`; per sentence, the sum of their embedding rows
-plus a bias through a leaky ReLU, a hidden layer with leaky ReLU, one logit per label, less what an empty
-sentence would score plus a learnt offset (so a sentence of words the model never saw says nothing); per
-report and label, a soft maximum over its sentences (log-sum-exp of 4 x the logits, over 4); a sigmoid. Only
+Architecture `sentence_bag` (trained by `training.py` in torch): each sentence part's context-tagged
+features (`text.features`) hashed (crc32) into `buckets`; per part, one logit per label: the sum of the
+features' weights plus a bias (the shipped, linear form: a part of words the model never saw scores the
+bias, "nothing stated") - or, with a hidden layer, that sum through leaky ReLU, a hidden layer, leaky
+ReLU and an output layer, less what an empty part would score plus a learnt offset; per report and
+label, a soft maximum over its parts (log-sum-exp of 4 x the logits, over 4); a sigmoid. Only
 the rows of features seen in training are stored (a bucket no training report used adds nothing). The
 manifest's sha256 for the weights is checked before they are read, as for the image models.
 """
@@ -27,8 +28,8 @@ from dicom_node.textreports import LABELS
 from dicom_node.textreports.text import features
 
 TASK = "report-labels"
-ARCHITECTURE = "sentence_bag_mlp"
-FEATURES_VERSION = 2  # text.features as of this version; a model trained on another one is refused
+ARCHITECTURE = "sentence_bag"
+FEATURES_VERSION = 3  # text.features as of this version; a model trained on another one is refused
 DEFAULT_NAME = "report-labels"
 SHARPNESS = 4.0  # of the soft maximum over sentences
 LEAK = 0.01  # negative slope of the leaky ReLUs

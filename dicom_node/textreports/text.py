@@ -18,11 +18,12 @@ cue after it (`is not seen`, `has resolved`, `cannot be excluded`) governs the w
 cues ("no change", "no interval change", "not only") are consumed without effect, so "no change in the
 subdural" stays affirmed. Probable findings ("likely", "consistent with", "suspicious for") are affirmed.
 
-Features, per sentence: each word and each pair of neighbouring words in one context, a 5-letter prefix
-of long words (robust to typos), and modifiers combined with the sentence's words ("chronic" +
-"infarct"), each prefixed with its context: `A:subdural`, `N:acute_hemorrhage`, `U:sah`. The labeller
-scores each sentence and takes, per label, the highest score (a report states a finding if one of its
-sentences does).
+Features, per sentence part (a sentence cut at commas and at "and", "with", "plus" after tagging, so
+"SAH with intraventricular extension" is two statements while "no bleed, mass or infarct" stays
+negated throughout): each word and each pair of neighbouring words in one context, a 5-letter prefix of
+long words (robust to typos), and modifiers combined with the part's words ("chronic" + "infarct"), each
+prefixed with its context: `A:subdural`, `N:acute_hemorrhage`, `U:sah`. The labeller scores each part
+and takes, per label, a soft maximum (a report states a finding if one of its parts does).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import re
 from collections.abc import Iterable
 
 AFFIRMED, NEGATED, UNCERTAIN, HISTORY = "A", "N", "U", "H"
+BREAK = ""  # context of a comma kept in `tag_clause`'s output
 
 # section name by header word(s); a header not listed (e.g. "Ventricles:") keeps the current section
 _SECTIONS = {
@@ -210,6 +212,7 @@ def tag_clause(tokens: list[str], default: str) -> list[tuple[str, str]]:
         if tok == ",":
             if i + 1 < n and tokens[i + 1] in COMMA_BREAKS and default != HISTORY:
                 context, start = default, len(out)
+            out.append((BREAK, ","))  # a place where `features` may cut the sentence
             i += 1
             continue
         match = None
@@ -232,7 +235,7 @@ def tag_clause(tokens: list[str], default: str) -> list[tuple[str, str]]:
         elif kind in _POST_CONTEXT and any(c == default for c, _ in out[start:]):
             post = _POST_CONTEXT[kind]
             for k in range(start, len(out)):  # the words before it in this scope that no other cue governs
-                if out[k][0] == default:
+                if out[k][0] == default and out[k][1] != ",":
                     out[k] = (post, out[k][1])
             context, start = default, len(out)
         else:
@@ -281,12 +284,29 @@ def sentence_features(clause: list[tuple[str, str]]) -> list[str]:
     return sorted(feats)
 
 
+SPLIT_WORDS = frozenset({"and", "with", "plus", "also", "as", "whilst", "while"})
+
+
+def parts(clause: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """A tagged sentence cut at commas and joining words ("SAH with intraventricular extension", "A, and B"):
+    each part keeps the contexts the whole sentence gave its words, so a negation's list stays negated."""
+    out: list[list[tuple[str, str]]] = [[]]
+    for ctx, tok in clause:
+        if ctx == BREAK or tok in SPLIT_WORDS:
+            if out[-1]:
+                out.append([])
+            continue
+        out[-1].append((ctx, tok))
+    return [p for p in out if p]
+
+
 def features(text: str) -> list[list[str]]:
-    """The report's features, one list per sentence (see the module docstring); sentences without a
+    """The report's features, one list per sentence part (see the module docstring); parts without a
     feature are left out."""
     out = []
     for clause in tagged(text):
-        f = sentence_features(clause)
-        if f:
-            out.append(f)
+        for part in parts(clause):
+            f = sentence_features(part)
+            if f:
+                out.append(f)
     return out

@@ -1,8 +1,10 @@
 """Training the report labeller in torch; the folder it writes is what `model.load_labeller` reads.
 
-The network (`BagNet`) is the one `model.ReportLabeller` runs in numpy: per sentence an EmbeddingBag
-(sum) over its hashed features, bias + ReLU, a hidden layer + ReLU, 16 logits; per report the highest
-logit over its sentences (multiple-instance learning: only report labels are known). Loss: BCE with positive weights
+The network (`BagNet`) is the one `model.ReportLabeller` runs in numpy: per sentence part an EmbeddingBag
+(sum) over its hashed features giving 16 logits (linear, the default; or through a hidden layer), and per
+report a soft maximum over its parts (multiple-instance learning: only report labels are known). The
+linear form generalises best to hand-written reports: one sentence's words cannot cancel another finding
+stated beside them. Loss: BCE with positive weights
 sqrt(neg/pos) capped at 10; sparse Adam for the embedding, AdamW for the rest. Per-label thresholds: the
 F1-best point on the validation reports (0.5 when validation lacks a class). Seeded: same data, options
 and seed give the same weights on the same machine and library versions.
@@ -44,10 +46,10 @@ class LabellerOptions:
     version: str = "0.1.0"
     epochs: int = 6
     batch_size: int = 128
-    learning_rate: float = 0.02
+    learning_rate: float = 0.05
     buckets: int = 1 << 18
     dim: int = 32
-    hidden: int = 64
+    hidden: int = 0  # 0: linear per part
     seed: int = 0
     val_fraction: float = 0.1
     feature_dropout: float = 0.2  # share of a sentence's features dropped at random in each training step
@@ -68,8 +70,8 @@ class BagNet(nn.Module):
         self.embedding = nn.EmbeddingBag(buckets, width, mode="sum", sparse=True)
         nn.init.normal_(self.embedding.weight, std=0.01 if self.linear else 0.05)
         self.bias0 = nn.Parameter(torch.full((width,), -2.0 if self.linear else 0.1))
-        self.hidden = nn.Linear(dim, hidden) if hidden else nn.Linear(0, 0)
-        self.out = nn.Linear(hidden, outputs) if hidden else nn.Linear(0, 0)
+        self.hidden = nn.Linear(dim, hidden if hidden else 1)  # unused by the linear form
+        self.out = nn.Linear(hidden if hidden else 1, outputs)
         self.offset = nn.Parameter(torch.full((outputs,), -2.0))
 
     def mlp(self, z: torch.Tensor) -> torch.Tensor:
@@ -139,7 +141,8 @@ def train_labeller(texts: list[str], y: np.ndarray, opts: LabellerOptions) -> Pa
                               dtype=torch.float32)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     sparse_opt = torch.optim.SparseAdam(list(net.embedding.parameters()), lr=opts.learning_rate)
-    dense = [p for n, p in net.named_parameters() if not n.startswith("embedding.")]
+    dense = [p for n, p in net.named_parameters()
+             if not n.startswith("embedding.") and not (net.linear and n.split(".")[0] in ("hidden", "out", "offset"))]
     dense_opt = torch.optim.AdamW(dense, lr=opts.learning_rate / 4, weight_decay=1e-4)
     targets = torch.from_numpy(y.astype(np.float32))
     steps = opts.epochs * max(1, -(-len(train) // opts.batch_size))
@@ -192,8 +195,8 @@ def _write(net: BagNet, seen: np.ndarray, opts: LabellerOptions, counts: dict[st
             path, rows=seen.astype(np.int32),
             embedding=net.embedding.weight[torch.from_numpy(seen)].numpy().astype(np.float16),
             bias0=net.bias0.numpy().astype(np.float32),
-            w1=net.hidden.weight.numpy().astype(np.float32), b1=net.hidden.bias.numpy().astype(np.float32),
-            w2=net.out.weight.numpy().astype(np.float32), b2=net.out.bias.numpy().astype(np.float32),
+            w1=_dense(net, net.hidden.weight), b1=_dense(net, net.hidden.bias),
+            w2=_dense(net, net.out.weight), b2=_dense(net, net.out.bias),
             offset=net.offset.numpy().astype(np.float32),
         )
     demo = " (synthetic demo)" if opts.synthetic_demo else ""
@@ -226,6 +229,11 @@ def _write(net: BagNet, seen: np.ndarray, opts: LabellerOptions, counts: dict[st
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return folder
+
+
+def _dense(net: BagNet, p: torch.Tensor) -> np.ndarray:
+    """A hidden-layer array to store; empty for the linear form (which has none)."""
+    return np.zeros((0,), np.float32) if net.linear else p.detach().numpy().astype(np.float32)
 
 
 def _update_manifest(folder: Path, thresholds: dict[str, float], validation: dict[str, Any]) -> None:
