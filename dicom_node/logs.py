@@ -104,5 +104,7 @@ def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
     # highdicom logs every module it copies at INFO, and quotes header values (a PatientName) in its
     # warnings: above DEBUG only its errors come through.
     logging.getLogger("highdicom").setLevel(logging.ERROR if level.upper() != "DEBUG" else logging.DEBUG)
+    # pydicom logs (and warns) each invalid value it reads, quoting it ("Invalid value for VR DA: '1970...'").
+    logging.getLogger("pydicom").setLevel(logging.ERROR if level.upper() != "DEBUG" else logging.DEBUG)
     warnings.showwarning = _show_warning
     threading.excepthook = _thread_exception

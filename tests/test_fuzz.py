@@ -195,4 +195,5 @@ def test_fuzzed_datasets_and_pdus(tmp_path: Path) -> None:
             assert serve.process is not None and serve.process.poll() is None
         log = (tmp_path / "serve.log").read_text(errors="replace")
         assert "DOE" not in log and "JOHN" not in log  # patient names never logged above DEBUG
+        assert "not-a-date" not in log  # nor header values pydicom complains about
         assert "Traceback" not in log  # hostile input is a log line, not a traceback
