@@ -68,6 +68,17 @@ def test_demo_model_on_the_hand_written_reports(demo: ReportLabeller) -> None:
         assert [k for j, k in enumerate(LABELS) if v[i, j]] == [k for k in LABELS if k in r.positive], rid
 
 
+def test_demo_model_on_the_held_out_hand_written_reports(demo: ReportLabeller) -> None:
+    """Written after the weights were frozen and never used to tune anything (docs/models.md reports both)."""
+    reports = read_handwritten(REPO / "tests" / "data" / "reports_heldout.txt")
+    assert len(reports) >= 40
+    y = np.array([[int(k in r.positive) for k in LABELS] for r in reports])
+    v = demo.verdicts(demo.probabilities([r.text for r in reports]))
+    accuracy = {k: float((v[:, j] == y[:, j]).mean()) for j, k in enumerate(LABELS)}
+    assert min(accuracy.values()) >= 0.85, accuracy
+    assert float((v == y).all(axis=1).mean()) >= 0.8
+
+
 def test_label_command_csv_and_jsonl(tmp_path: Path) -> None:
     texts = {"a1": "CT head. Acute left subdural hematoma, 8 mm.", "a2": "No acute intracranial hemorrhage.",
              "a3": "History: ?SAH. Findings: no subarachnoid blood. Impression: normal."}
