@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
-from report_helpers import read_handwritten
+from report_helpers import HandwrittenReport, read_handwritten
 from sklearn.metrics import f1_score, roc_auc_score
 
 from dicom_node.errors import ModelError
@@ -48,12 +48,17 @@ def test_demo_model_on_generated_reports_with_an_unseen_seed(demo: ReportLabelle
     assert demo.manifest.synthetic_demo
 
 
+def scored(demo: ReportLabeller, reports: list[HandwrittenReport]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """(verdicts, truth, accuracy per label) of the labeller on hand-written reports."""
+    y = np.array([[int(k in r.positive) for k in LABELS] for r in reports])
+    v = demo.verdicts(demo.probabilities([r.text for r in reports]))
+    return v, y, {k: float((v[:, j] == y[:, j]).mean()) for j, k in enumerate(LABELS)}
+
+
 def test_demo_model_on_the_hand_written_reports(demo: ReportLabeller) -> None:
     reports = read_handwritten()
     assert len(reports) >= 100
-    y = np.array([[int(k in r.positive) for k in LABELS] for r in reports])
-    v = demo.verdicts(demo.probabilities([r.text for r in reports]))
-    accuracy = {k: float((v[:, j] == y[:, j]).mean()) for j, k in enumerate(LABELS)}
+    v, y, accuracy = scored(demo, reports)
     assert min(accuracy.values()) >= 0.95, accuracy
     assert float((v == y).all(axis=1).mean()) >= 0.8
     # the patterns the labeller exists for, report by report
@@ -72,9 +77,7 @@ def test_demo_model_on_the_held_out_hand_written_reports(demo: ReportLabeller) -
     """Written after the weights were frozen and never used to tune anything (docs/models.md reports both)."""
     reports = read_handwritten(REPO / "tests" / "data" / "reports_heldout.txt")
     assert len(reports) >= 40
-    y = np.array([[int(k in r.positive) for k in LABELS] for r in reports])
-    v = demo.verdicts(demo.probabilities([r.text for r in reports]))
-    accuracy = {k: float((v[:, j] == y[:, j]).mean()) for j, k in enumerate(LABELS)}
+    v, y, accuracy = scored(demo, reports)
     assert min(accuracy.values()) >= 0.85, accuracy
     assert float((v == y).all(axis=1).mean()) >= 0.8
 

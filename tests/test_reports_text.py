@@ -93,19 +93,21 @@ ORU = "\r".join(ORU_SEGMENTS)
 
 
 def test_oru_fields_and_text() -> None:
-    r = parse_oru(ORU)
-    assert (r.control_id, r.accession_number, r.study_uid, r.patient_id, r.status) == (
+    parsed = parse_oru(ORU)
+    r = parsed.report
+    assert (parsed.control_id, r.accession_number, r.study_uid, r.patient_id, r.status) == (
         "MSG0001", "ACC123", "1.2.840.113619.2.55.3", "PAT123", "F")
     assert r.reported_at is not None and r.reported_at.isoformat() == "2024-01-02T10:10:00"
     assert r.text == ("FINDINGS:\nSmall left SDH.\nNo midline shift & no SAH.\nIMPRESSION:\nAcute left SDH.\n"
                       "Neurosurgery informed.")
-    assert r.source_key == "hl7:RIS|HOSP|MSG0001"
+    assert r.source_key == "hl7:RIS|HOSP|MSG0001" and r.source == "hl7"
 
 
 def test_oru_other_separators_and_fallbacks() -> None:
     msg = ORU.replace("|", "#").replace("MSH#^~\\&#", "MSH#^~\\&#")
     msg = msg.replace("#ACC123#", "##")  # no OBR-18: the filler order number (OBR-3) is the accession
-    r = parse_oru(msg.replace("ZDS#1.2.840.113619.2.55.3^RIS^Application^DICOM", "OBX#9#ST#113014^Study Instance UID^DCM##1.2.3.4"))
+    r = parse_oru(msg.replace("ZDS#1.2.840.113619.2.55.3^RIS^Application^DICOM",
+                              "OBX#9#ST#113014^Study Instance UID^DCM##1.2.3.4")).report
     assert r.accession_number == "FIL77" and r.study_uid == "1.2.3.4"
     assert "1.2.3.4" not in r.text
 

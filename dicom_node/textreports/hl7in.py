@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 
 from dicom_node.db.engine import utcnow
 from dicom_node.hl7 import _escape
+from dicom_node.textreports.store import IncomingReport
 
 _UID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
 _TEXT_TYPES = {"TX", "FT", "ST", "CF"}
@@ -59,17 +60,7 @@ class ParsedReport:
     control_id: str
     sending_application: str
     sending_facility: str
-    accession_number: str
-    study_uid: str
-    patient_id: str
-    status: str
-    reported_at: datetime | None
-    text: str
-
-    @property
-    def source_key(self) -> str:
-        """What identifies this message among repeats: sender and control ID."""
-        return f"hl7:{self.sending_application}|{self.sending_facility}|{self.control_id}"
+    report: IncomingReport  # source "hl7", keyed by sender and control ID (a repeat is the same report)
 
 
 @dataclass(frozen=True)
@@ -178,8 +169,10 @@ def parse_oru(text: str) -> ParsedReport:
         raise Malformed("no report text (no OBX of type TX/FT/ST/CF, no NTE)", control_id)
     if len(accession) > 64 or len(study_uid) > 64 or len(patient_id) > 64:
         raise Malformed("accession number, Study Instance UID or patient ID longer than 64 characters", control_id)
-    return ParsedReport(control_id, first(_field(msh, 3)), first(_field(msh, 4)), accession, study_uid, patient_id,
-                        status, reported_at, body)
+    application, facility = first(_field(msh, 3)), first(_field(msh, 4))
+    return ParsedReport(control_id, application, facility, IncomingReport(
+        "hl7", f"hl7:{application}|{facility}|{control_id}", accession, study_uid, patient_id, status, reported_at,
+        body))
 
 
 def _study_uid(segments: list[list[str]], enc: _Encoding) -> str:

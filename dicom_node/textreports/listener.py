@@ -64,19 +64,17 @@ def handle_message(db: Database, raw: str, peer: str, facility: str = "DICOMNODE
                                                      "reason": clean(exc.reason)})
         return ack(exc.control_id or control_id, "AR" if exc.reject else "AE", exc.reason, exc.code, facility,
                    to_app, to_fac)
-    incoming = store.IncomingReport("hl7", parsed.source_key, parsed.accession_number, parsed.study_uid,
-                                    parsed.patient_id, parsed.status, parsed.reported_at, parsed.text)
     try:
         with db.write() as session:
-            row, new = store.store(session, incoming, now)
+            row, new = store.store(session, parsed.report, now)
             report_id = row.id
     except SQLAlchemyError as exc:
         log.error("report could not be stored", extra={"control_id": clean(parsed.control_id, 40), "error": clean(exc)})
         return ack(parsed.control_id, "AE", "database unavailable, send again", "207", facility, to_app, to_fac)
     log.info("report received" if new else "repeated report message acknowledged again",
-             extra={"report_id": report_id, "control_id": clean(parsed.control_id, 40), "status": parsed.status})
-    log.debug("report identifiers", extra={"report_id": report_id, "accession": clean(parsed.accession_number),
-                                           "study_uid": clean(parsed.study_uid)})
+             extra={"report_id": report_id, "control_id": clean(parsed.control_id, 40), "status": parsed.report.status})
+    log.debug("report identifiers", extra={"report_id": report_id, "accession": clean(parsed.report.accession_number),
+                                           "study_uid": clean(parsed.report.study_uid)})
     return ack(parsed.control_id, "AA", "", "", facility, to_app, to_fac)
 
 
