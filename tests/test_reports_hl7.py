@@ -23,8 +23,8 @@ from sqlalchemy import select
 from dicom_node.db.schema import RadiologyReport, ReportLabel, ReportRejection, Study
 from dicom_node.hl7 import END, START, parse_ack, read_mllp, send_mllp
 from dicom_node.node import Node
+from dicom_node.services import build_node
 from dicom_node.textreports import store
-from dicom_node.textreports.service import ReportsService
 
 UID_A = "1.2.826.0.1.3680043.8.498.120001"
 UID_B = "1.2.826.0.1.3680043.8.498.120002"
@@ -48,8 +48,7 @@ def oru(control_id: str, text: str, accession: str = "", study_uid: str = "", st
 def node(tmp_path: Path) -> Iterator[Node]:
     config = make_config(tmp_path, reports={"hl7_port": free_port(), "label_interval_seconds": 0.2,
                                             "check_interval_seconds": 0.5})
-    n = Node(config)
-    n.add_service(ReportsService(config, n.db))
+    n = build_node(config, local_worker=False)  # as `serve` wires it (report listener, labelling, monitoring)
     n.start()
     try:
         yield n
