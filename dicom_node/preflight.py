@@ -22,7 +22,7 @@ from dicom_node.config import Config
 def problems(config: Config, ports: bool = False) -> list[str]:
     """Every problem found; `ports` also tries to bind the listening ports (for `serve`, not while a
     node is running on them)."""
-    found = _storage(config) + _database(config) + _models(config)
+    found = _storage(config) + _database(config) + _models(config) + _report_labeller(config)
     if ports:
         found += _ports(config)
     return found
@@ -87,10 +87,27 @@ def _models(config: Config) -> list[str]:
     return found
 
 
+def _report_labeller(config: Config) -> list[str]:
+    """The report labeller, when reports are taken in (hl7_port) or monitored (a floor set)."""
+    settings = config.reports
+    if not (settings.hl7_port or settings.min_sensitivity or settings.min_specificity):
+        return []
+    from dicom_node.errors import ModelError
+    from dicom_node.textreports.model import load_labeller
+
+    try:
+        load_labeller(config.models.path, settings.model, settings.version)
+    except ModelError as exc:
+        return [f"reports.model ({settings.model} {settings.version or 'newest'}): {exc}"]
+    return []
+
+
 def _ports(config: Config) -> list[str]:
     wanted = [("node.port", config.node.host, config.node.port)]
     if config.web.port:
         wanted.append(("web.port", config.web.host, config.web.port))
+    if config.reports.hl7_port:
+        wanted.append(("reports.hl7_port", config.reports.host, config.reports.hl7_port))
     found = []
     for key, host, port in wanted:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
