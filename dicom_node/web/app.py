@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dicom_node.web import admin, login, pages
+from dicom_node.web import admin, login, monitoring, pages
 from dicom_node.web.context import Denied, WebContext
 from dicom_node.web.health import check
 
@@ -90,6 +90,7 @@ def create_app(ctx: WebContext) -> Starlette:
         get("/operations", pages.operations),
         post("/operations/echo", pages.echo_destination),
         get("/audit", pages.audit_page),
+        get("/monitoring", monitoring.monitoring_page),
         get("/admin", admin.admin_page),
         post("/admin/callers/add", admin.add_caller),
         post("/admin/callers/remove", admin.remove_caller),
