@@ -44,7 +44,7 @@ def node(tmp_path: Path) -> Iterator[tuple[Node, str]]:
 def _cells(html: str, row_start: str) -> list[str]:
     row = html[html.index(row_start):]
     row = row[: row.index("</tr>")]
-    return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+    return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.DOTALL)]
 
 
 def test_monitoring_page_shows_agreement_discordant_studies_and_alerts(node: tuple[Node, str], tmp_path: Path) -> None:
