@@ -24,7 +24,9 @@ from dicom_node.db.schema import Job, JobState, Series, Study
 from dicom_node.errors import LeaseLostError
 
 MODELS = [("ich", {"CT"}), ("sih", {"MR"})]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# The newest installed PostgreSQL server (Debian's postgresql package; scripts/setup installs it).
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+             default=Path("/usr/lib/postgresql/missing/bin"))
 
 
 def make_study(db: Database, uid: str, modalities: tuple[str, ...] = ("CT",), generation: int = 1) -> int:
@@ -286,16 +288,18 @@ def test_retry_of_old_generation_fails_when_newer_waits(db: Database, config: Co
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    pytest.importorskip("psycopg")
+    # A missing part fails the test with what to run: it never skips (scripts/setup installs all of it).
+    import psycopg  # noqa: F401  (the driver the postgresql+psycopg URL needs)
+
     if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL 15 binaries not installed")
+        pytest.fail("PostgreSQL server binaries not installed: run scripts/setup (Debian package postgresql)")
     folder = Path(
         tempfile.mkdtemp(prefix="dn-pg-")
     )  # not under pytest's 0700 tmp: the postgres user needs it
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
         if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser")
+            pytest.fail("running as root without runuser (util-linux): initdb refuses to run as root")
         as_user = ["runuser", "-u", "postgres", "--"]
         os.chmod(folder, 0o777)
     data, port = folder / "data", free_port()
@@ -306,7 +310,7 @@ def postgres_url() -> Iterator[str]:
         timeout=60,
     )
     if init.returncode != 0:
-        pytest.skip(f"initdb failed: {init.stderr.decode()[-300:]}")
+        pytest.fail(f"initdb failed: {init.stderr.decode()[-300:]}")
     opts = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
     ctl = [*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data)]
     start = subprocess.run(
@@ -316,7 +320,7 @@ def postgres_url() -> Iterator[str]:
         timeout=60,
     )
     if start.returncode != 0:
-        pytest.skip(f"pg_ctl start failed: {start.stderr.decode()[-300:]}")
+        pytest.fail(f"pg_ctl start failed: {start.stderr.decode()[-300:]}")
     try:
         yield f"postgresql+psycopg://dn@127.0.0.1:{port}/postgres"
     finally:
