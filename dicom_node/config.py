@@ -102,6 +102,8 @@ class WorkerConfig:
     device: str = "auto"  # auto | cuda | cpu
     lease_seconds: float = 120.0
     max_attempts: int = 3
+    max_run_seconds: float = 1800.0  # a job running longer: its lease is no longer renewed (a hung model)
+    max_lease_expiries: int = 3  # a job whose worker stopped this often fails (with an "analysis failed" SR)
     poll_seconds: float = 0.5
     batch_size: int = 16
     torch_threads: int = 0  # 0: every core but one (ml.device.default_cpu_threads)
@@ -114,6 +116,7 @@ class DeliveryConfig:
     max_age_seconds: float = 72 * 3600.0
     poll_seconds: float = 0.5
     calling_ae_title: str = ""  # empty: our own AE title
+    lease_seconds: float = 300.0  # a claimed delivery or alert is another process's to take after this
 
 
 @dataclass(frozen=True)
@@ -404,7 +407,8 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
                                      thresholds=thresholds, rules=rules))
     models = ModelsConfig(path=r.path(m, "models", "path", "models", must_exist=True), enabled=tuple(settings))
 
-    w = r.table(data, "worker", {"device", "lease_seconds", "max_attempts", "poll_seconds", "batch_size", "torch_threads"})
+    w = r.table(data, "worker", {"device", "lease_seconds", "max_attempts", "max_run_seconds", "max_lease_expiries",
+                                 "poll_seconds", "batch_size", "torch_threads"})
     device = r.get(w, "worker", "device", str, "auto")
     if device not in ("auto", "cuda", "cpu") and not re.match(r"^cuda:\d+$", device):
         r.problems.append(f"worker.device: {device!r} must be auto, cuda, cuda:N or cpu")
@@ -412,6 +416,8 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         device=device,
         lease_seconds=r.positive(w, "worker", "lease_seconds", float, 120.0),
         max_attempts=r.positive(w, "worker", "max_attempts", int, 3),
+        max_run_seconds=r.positive(w, "worker", "max_run_seconds", float, 1800.0),
+        max_lease_expiries=r.positive(w, "worker", "max_lease_expiries", int, 3),
         poll_seconds=r.positive(w, "worker", "poll_seconds", float, 0.5),
         batch_size=r.positive(w, "worker", "batch_size", int, 16),
         torch_threads=r.positive(w, "worker", "torch_threads", int, 0, zero_ok=True),
@@ -419,6 +425,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
 
     dl = r.table(data, "delivery", {
         "initial_backoff_seconds", "max_backoff_seconds", "max_age_seconds", "poll_seconds", "calling_ae_title",
+        "lease_seconds",
     })
     calling = r.get(dl, "delivery", "calling_ae_title", str, "")
     if calling:
@@ -429,6 +436,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         max_age_seconds=r.positive(dl, "delivery", "max_age_seconds", float, 72 * 3600.0),
         poll_seconds=r.positive(dl, "delivery", "poll_seconds", float, 0.5),
         calling_ae_title=calling,
+        lease_seconds=r.positive(dl, "delivery", "lease_seconds", float, 300.0),
     )
 
     rt = r.table(data, "retention", {"delete_after_days"})

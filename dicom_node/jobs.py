@@ -16,6 +16,12 @@ once more with `attempts == max_attempts`; the worker that claims it (`is_exhaus
 model again but writes the "analysis failed" SR with the recorded reason and marks the job failed, so
 every study gets an SR even when workers keep dying on it.
 
+`lease_expiries` counts the claims whose worker stopped (died, or a hung model past `worker.max_run_seconds`
+that is no longer renewed). At `worker.max_lease_expiries` the job is re-queued for that failure report
+with the reason "the worker stopped N times while running this study (lease expired)"; should the
+report's claim expire too, the job fails at once with the reason, so a study that kills every worker
+that opens it is never re-queued without end.
+
 Studies no model applies to (no series of a modality any enabled model reads) still get one job, for
 the first enabled model: its pipeline answers NOT_ANALYSED with the reason, and the study gets a
 "not analysed" SR.
@@ -56,9 +62,24 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-def is_exhausted(job: Job) -> bool:
-    """True when this claim exceeds the allowed attempts: report the failure instead of running the model."""
-    return job.attempts > job.max_attempts
+DEFAULT_MAX_LEASE_EXPIRIES = 3
+
+
+def is_exhausted(job: Job, max_lease_expiries: int = DEFAULT_MAX_LEASE_EXPIRIES) -> bool:
+    """True when this claim exceeds the allowed attempts, or its workers stopped `max_lease_expiries`
+    times: report the failure instead of running the model."""
+    return job.attempts > job.max_attempts or job.lease_expiries >= max_lease_expiries
+
+
+def lease_expiry_reason(expiries: int) -> str:
+    return f"the worker stopped {expiries} times while running this study (lease expired)"
+
+
+def exhausted_reason(job: Job, max_lease_expiries: int = DEFAULT_MAX_LEASE_EXPIRIES) -> str:
+    """Why an exhausted job (`is_exhausted`) failed, as its "analysis failed" SR says it."""
+    if job.lease_expiries >= max_lease_expiries:
+        return lease_expiry_reason(job.lease_expiries)
+    return f"analysis failed after {job.max_attempts} attempts: {job.last_error or 'no attempt finished'}"
 
 
 def is_final_attempt(job: Job) -> bool:
@@ -125,6 +146,7 @@ def _enqueue_one(session: Session, study: Study, model: str, max_attempts: int, 
         waiting.generation = study.generation
         waiting.priority = max(waiting.priority, study.priority)
         waiting.attempts = 0
+        waiting.lease_expiries = 0
         waiting.run_after = now
         waiting.last_error = ""
         waiting.updated_at = now
@@ -136,6 +158,7 @@ def _enqueue_one(session: Session, study: Study, model: str, max_attempts: int, 
         state=JobState.QUEUED,
         priority=study.priority,
         attempts=0,
+        lease_expiries=0,
         max_attempts=max_attempts,
         run_after=now,
         last_error="",
@@ -294,11 +317,14 @@ def _requeue(session: Session, job: Job, run_after: datetime, now: datetime) -> 
     job.run_after = run_after
 
 
-def requeue_expired(db: Database, now: datetime | None = None) -> int:
+def requeue_expired(
+    db: Database, now: datetime | None = None, max_lease_expiries: int = DEFAULT_MAX_LEASE_EXPIRIES
+) -> int:
     """Scheduler job: running jobs whose lease ran out go back to the queue. Returns how many.
 
-    A job out of attempts is re-queued too (see the module docstring): its next claim writes the
-    "analysis failed" SR instead of running the model again.
+    A job out of attempts, or whose lease has now expired `max_lease_expiries` times, is re-queued too
+    (see the module docstring): its next claim writes the "analysis failed" SR instead of running the
+    model again. One whose lease expires more often than that (the failure report's claim died too) fails.
     """
     wall = utcnow()
     now = now or wall
@@ -312,7 +338,18 @@ def requeue_expired(db: Database, now: datetime | None = None) -> int:
             )
         )
         for job in expired:
-            reason = f"worker {job.worker_id} lost its lease (attempt {job.attempts}/{job.max_attempts})"
+            job.lease_expiries += 1
+            if job.lease_expiries > max_lease_expiries:
+                reason = (f"{lease_expiry_reason(job.lease_expiries)}; "
+                          "the failure report could not be written either")
+                job.state, job.last_error = JobState.FAILED, reason
+                job.worker_id, job.lease_expires_at, job.updated_at = None, None, wall
+                log.error("job failed: its workers keep stopping", extra={"job_id": job.id, "reason": reason})
+                continue
+            if job.lease_expiries == max_lease_expiries:
+                reason = lease_expiry_reason(job.lease_expiries)
+            else:
+                reason = f"worker {job.worker_id} lost its lease (attempt {job.attempts}/{job.max_attempts})"
             job.last_error = reason
             _requeue(session, job, wall, wall)
             log.warning(
@@ -347,6 +384,7 @@ def retry_failed(session: Session, study_uid: str | None = None) -> int:
             continue
         job.state = JobState.QUEUED
         job.attempts = 0
+        job.lease_expiries = 0
         job.run_after = now
         job.worker_id = None
         job.lease_expires_at = None

@@ -11,11 +11,12 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import CursorResult, update
+from sqlalchemy import select, update
 
+from dicom_node import ownership
 from dicom_node.assembler import Assembler, OnComplete
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
@@ -122,11 +123,18 @@ class Node:
             self.assembler.association_released(association_id)
 
     def _close_stale_associations(self) -> None:
-        """Associations a killed predecessor left open can never be released: mark them aborted."""
+        """Associations a killed predecessor left open can never be released: mark them aborted.
+
+        Only those whose owner is certainly gone (`ownership.is_gone`: a dead process on this host, or an
+        earlier process with this one's pid) and those recorded before associations had owners; another
+        node's open associations, on this host or another one sharing the database, are left alone."""
         with self.db.write() as session:
-            # An UPDATE without RETURNING gives a CursorResult; Session.execute is typed as plain Result.
-            result = cast(CursorResult[Any], session.execute(
-                update(Association).where(Association.ended_at.is_(None)).values(ended_at=utcnow(), released=False)
-            ))
-        if result.rowcount:
-            log.info("closed associations left open by a previous run", extra={"count": result.rowcount})
+            open_rows = session.execute(select(Association.id, Association.owner).where(Association.ended_at.is_(None)))
+            stale = [i for i, owner in open_rows if owner is None or ownership.is_gone(owner)]
+            for chunk in range(0, len(stale), 500):
+                session.execute(
+                    update(Association).where(Association.id.in_(stale[chunk:chunk + 500]))
+                    .values(ended_at=utcnow(), released=False)
+                )
+        if stale:
+            log.info("closed associations left open by a previous run", extra={"count": len(stale)})

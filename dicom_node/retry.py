@@ -20,12 +20,21 @@ class Retried(Protocol):
     last_error: str
     created_at: datetime
     next_attempt_at: datetime
+    sent_at: datetime | None
 
 
 def backoff(settings: DeliveryConfig, attempts: int) -> timedelta:
     """Wait before the next try after `attempts` failed ones: initial * 2**attempts, capped."""
     seconds = settings.initial_backoff_seconds * 2 ** min(attempts, 30)
     return timedelta(seconds=min(seconds, settings.max_backoff_seconds))
+
+
+def count_success(row: Retried, sent: Any, now: datetime) -> None:
+    """The try that delivered `row`: its state becomes `sent`."""
+    row.state = sent
+    row.attempts += 1
+    row.sent_at = now
+    row.last_error = ""
 
 
 def count_failure(

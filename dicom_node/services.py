@@ -85,7 +85,8 @@ def build_node(config: Config, *, log_level: str = "INFO", local_worker: bool = 
     node = Node(config, on_complete=on_complete)
     lease_check = max(1.0, min(30.0, config.worker.lease_seconds / 4))
     node.scheduler.add_job(
-        jobs.requeue_expired, "interval", seconds=lease_check, args=[node.db], id="requeue-expired",
+        jobs.requeue_expired, "interval", seconds=lease_check, args=[node.db],
+        kwargs={"max_lease_expiries": config.worker.max_lease_expiries}, id="requeue-expired",
         max_instances=1, coalesce=True,
     )
     retention = Retention(config, node.db)

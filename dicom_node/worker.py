@@ -1,7 +1,10 @@
 """The inference worker: claim a job, analyse its study, store the result, write outputs, queue deliveries.
 
 Models load once, when the worker starts. While a model runs, a heartbeat thread renews the job's lease;
-a worker that dies stops renewing and the job goes back to the queue (`jobs.requeue_expired`).
+a worker that dies stops renewing and the job goes back to the queue (`jobs.requeue_expired`). So does a
+worker whose model hangs: the heartbeat stops renewing once the job has run `worker.max_run_seconds`, and
+a model that returns after that counts as a failed attempt. A job whose workers stopped
+`worker.max_lease_expiries` times gets the "analysis failed" SR without the model running again.
 Everything a finished job changes in the database (job state, result, outputs, deliveries, study
 priority and state) is one transaction, keyed so that a re-run inserts nothing twice: results by job,
 outputs by SOP Instance UID (deterministic), deliveries by (output, destination). Output files are
@@ -15,11 +18,8 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Self
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 import pydicom
 from sqlalchemy import select
 
-from dicom_node import jobs, triage
+from dicom_node import jobs, ownership, triage
 from dicom_node.analysis import AnalysisStatus, InstanceRef, StudyAnalysis, instance_ref
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
@@ -61,7 +61,7 @@ class BuildOutputs(Protocol):
 
 
 def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    return ownership.new_id()
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,24 @@ class StudyInput:
     patient_id: str = ""  # for the HL7 notification only; never logged
 
 
-class Heartbeat:
-    """Renews a job's lease every third of its length until stopped; `lost` is set when renewal fails."""
+class RunTimeExceeded(Exception):
+    """The model returned after `worker.max_run_seconds`: a failed attempt, retried or reported."""
 
-    def __init__(self, db: Database, job_id: int, worker_id: str, lease_seconds: float) -> None:
+
+class Heartbeat:
+    """Renews a job's lease every third of its length until stopped; `lost` is set when renewal fails.
+
+    After `max_run_seconds` it stops renewing and sets `overrun`: a hung model's job then loses its lease
+    and goes back to the queue (or fails), instead of being held for ever."""
+
+    def __init__(
+        self, db: Database, job_id: int, worker_id: str, lease_seconds: float, max_run_seconds: float = float("inf")
+    ) -> None:
         self.db, self.job_id, self.worker_id, self.lease_seconds = db, job_id, worker_id, lease_seconds
+        self.max_run_seconds = max_run_seconds
+        self._deadline = time.monotonic() + max_run_seconds
         self.lost = threading.Event()
+        self.overrun = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
 
@@ -91,7 +103,14 @@ class Heartbeat:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
+        while not self._stop.wait(min(self.lease_seconds / 3, max(0.0, self._deadline - time.monotonic()))):
+            if time.monotonic() >= self._deadline:
+                self.overrun.set()
+                log.error(
+                    "job ran longer than worker.max_run_seconds: its lease is no longer renewed",
+                    extra={"job_id": self.job_id, "max_run_seconds": self.max_run_seconds},
+                )
+                return
             try:
                 if not jobs.renew(self.db, self.job_id, self.worker_id, self.lease_seconds):
                     self.lost.set()
@@ -149,7 +168,7 @@ class Worker:
         now = time.monotonic()
         if now - self._last_requeue >= max(1.0, self.lease_seconds / 4):
             self._last_requeue = now
-            jobs.requeue_expired(self.db)
+            jobs.requeue_expired(self.db, max_lease_expiries=self.config.worker.max_lease_expiries)
 
     def run_once(self) -> bool:
         """Claim and process one job; False when none was due."""
@@ -171,18 +190,19 @@ class Worker:
             "worker_id": self.worker_id,
         }
         study = self._study_input(job.study_id)
-        if jobs.is_exhausted(job):
-            reason = job.last_error or "no attempt finished"
-            self._finish_failed(
-                job, pipeline, study, f"analysis failed after {job.max_attempts} attempts: {reason}"
-            )
+        max_expiries = self.config.worker.max_lease_expiries
+        if jobs.is_exhausted(job, max_expiries):
+            self._finish_failed(job, pipeline, study, jobs.exhausted_reason(job, max_expiries))
             return
         try:
-            with Heartbeat(self.db, job.id, self.worker_id, self.lease_seconds) as beat:
+            max_run = self.config.worker.max_run_seconds
+            with Heartbeat(self.db, job.id, self.worker_id, self.lease_seconds, max_run) as beat:
                 analysis = pipeline.analyse(study.refs)
             if beat.lost.is_set():
                 log.warning("result dropped: lease lost during analysis", extra=extra)
                 return
+            if beat.overrun.is_set():
+                raise RunTimeExceeded(f"analysis ran longer than worker.max_run_seconds ({max_run:g} s)")
             self._finish(job, study, analysis)
         except LeaseLostError:
             log.warning("result dropped: lease lost", extra=extra)

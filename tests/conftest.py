@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +131,60 @@ def node_config(tmp_path: Path) -> Callable[..., Path]:
         return write_config(tmp_path, **sections)
 
     return make
+
+
+# --- PostgreSQL: a throw-away cluster for the tests, a fresh database per test -----------------------
+
+# The newest installed PostgreSQL server (Debian's postgresql package; scripts/setup installs it).
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+             default=Path("/usr/lib/postgresql/missing/bin"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL cluster on a free loopback port for the whole run; yields the URL of its `postgres` db."""
+    # A missing part fails the test with what to run: it never skips (scripts/setup installs all of it).
+    import psycopg  # noqa: F401  (the driver the postgresql+psycopg URL needs)
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail("PostgreSQL server binaries not installed: run scripts/setup (Debian package postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="dn-pg-"))  # not under pytest's 0700 tmp: the postgres user needs it
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.fail("running as root without runuser (util-linux): initdb refuses to run as root")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        os.chmod(folder, 0o777)
+    data, port = folder / "data", free_port()
+    init = subprocess.run([*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "dn"],
+                          check=False, capture_output=True, timeout=60)
+    if init.returncode != 0:
+        pytest.fail(f"initdb failed: {init.stderr.decode()[-300:]}")
+    opts = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    ctl = [*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data)]
+    start = subprocess.run([*ctl, "-o", opts, "-l", str(folder / "log"), "-w", "start"],
+                           check=False, capture_output=True, timeout=60)
+    if start.returncode != 0:
+        pytest.fail(f"pg_ctl start failed: {start.stderr.decode()[-300:]}")
+    try:
+        yield f"postgresql+psycopg://dn@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*ctl, "-m", "immediate", "stop"], check=False, capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """The URL of a new, empty database on the test cluster, dropped after the test."""
+    from sqlalchemy import create_engine, text
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    finally:
+        admin.dispose()

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import free_port, write_config
+from conftest import write_config
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -24,9 +21,6 @@ from dicom_node.db.schema import Job, JobState, Series, Study
 from dicom_node.errors import LeaseLostError
 
 MODELS = [("ich", {"CT"}), ("sih", {"MR"})]
-# The newest installed PostgreSQL server (Debian's postgresql package; scripts/setup installs it).
-PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-             default=Path("/usr/lib/postgresql/missing/bin"))
 
 
 def make_study(db: Database, uid: str, modalities: tuple[str, ...] = ("CT",), generation: int = 1) -> int:
@@ -284,48 +278,6 @@ def test_retry_of_old_generation_fails_when_newer_waits(db: Database, config: Co
 
 
 # --- PostgreSQL: FOR UPDATE SKIP LOCKED with several processes -------------------------------------
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    # A missing part fails the test with what to run: it never skips (scripts/setup installs all of it).
-    import psycopg  # noqa: F401  (the driver the postgresql+psycopg URL needs)
-
-    if not (PG_BIN / "initdb").exists():
-        pytest.fail("PostgreSQL server binaries not installed: run scripts/setup (Debian package postgresql)")
-    folder = Path(
-        tempfile.mkdtemp(prefix="dn-pg-")
-    )  # not under pytest's 0700 tmp: the postgres user needs it
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        if shutil.which("runuser") is None:
-            pytest.fail("running as root without runuser (util-linux): initdb refuses to run as root")
-        as_user = ["runuser", "-u", "postgres", "--"]
-        os.chmod(folder, 0o777)
-    data, port = folder / "data", free_port()
-    init = subprocess.run(
-        [*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "dn"],
-        check=False,
-        capture_output=True,
-        timeout=60,
-    )
-    if init.returncode != 0:
-        pytest.fail(f"initdb failed: {init.stderr.decode()[-300:]}")
-    opts = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    ctl = [*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data)]
-    start = subprocess.run(
-        [*ctl, "-o", opts, "-l", str(folder / "log"), "-w", "start"],
-        check=False,
-        capture_output=True,
-        timeout=60,
-    )
-    if start.returncode != 0:
-        pytest.fail(f"pg_ctl start failed: {start.stderr.decode()[-300:]}")
-    try:
-        yield f"postgresql+psycopg://dn@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], check=False, capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_postgres_concurrent_claims_and_invariants(postgres_url: str, config: Config) -> None:

@@ -315,6 +315,94 @@ def test_job_exhausted_by_dying_workers_reports_failure_without_running_model(
     assert [o.kind for o in outputs(db)] == ["sr"]
 
 
+def test_a_study_that_keeps_stopping_the_worker_fails_with_the_reason_and_an_sr(tmp_path: Path) -> None:
+    """A study whose loading kills the worker: each claim's lease expires; at `max_lease_expiries` the job
+    fails with that reason and the study still gets its "analysis failed" SR."""
+    config = load_config(write_config(tmp_path, worker={"max_attempts": 10, "max_lease_expiries": 3}))
+    db = Database(config.database_url)
+    store_study(config, db)
+    later = utcnow() + timedelta(seconds=1)
+    for n in (1, 2, 3):
+        assert jobs.claim(db, f"dying-{n}", lease_seconds=0.0) is not None  # loads the study, dies
+        assert jobs.requeue_expired(db, now=later, max_lease_expiries=3) == 1
+        assert job_row(db).lease_expiries == n and job_row(db).state == JobState.QUEUED
+    assert job_row(db).attempts == 3 < config.worker.max_attempts  # the cap, not the attempts, ends it
+    pipeline = FakePipeline(positive)
+    Worker(config, db, pipelines=[pipeline]).run_once()
+    assert pipeline.calls == 0  # the study is not opened a fourth time
+    row = job_row(db)
+    reason = "the worker stopped 3 times while running this study (lease expired)"
+    assert row.state == JobState.FAILED and row.last_error == reason
+    with db.read() as s:
+        result = s.scalars(select(Result)).one()
+    assert result.status == "failed" and result.payload["reason"] == reason
+    (sr,) = outputs(db)
+    assert sr.kind == "sr" and reason in sr_text(config.storage.outbox / sr.path)
+    db.dispose()
+
+
+def test_a_job_whose_failure_report_kills_the_worker_too_is_not_requeued_again(
+    config: Config, db: Database
+) -> None:
+    store_study(config, db)
+    later = utcnow() + timedelta(seconds=1)
+    for _ in range(4):  # three expiries, then the failure report's claim expires as well
+        assert jobs.claim(db, "dying", lease_seconds=0.0) is not None
+        assert jobs.requeue_expired(db, now=later, max_lease_expiries=3) == 1
+    row = job_row(db)
+    assert row.state == JobState.FAILED and row.lease_expiries == 4
+    assert row.last_error.startswith("the worker stopped 4 times while running this study (lease expired)")
+    assert jobs.claim(db, "next", lease_seconds=30) is None  # never re-queued again
+
+
+def test_a_hung_model_past_max_run_seconds_is_not_renewed(tmp_path: Path) -> None:
+    """The heartbeat stops renewing at `max_run_seconds`: the lease runs out and the job goes back to the
+    queue (another worker may take it) while the hung model still runs; its late answer is dropped."""
+    config = load_config(write_config(tmp_path, worker={"lease_seconds": 0.6, "max_run_seconds": 0.3}))
+    db = Database(config.database_url)
+    store_study(config, db)
+    pipeline = FakePipeline(positive)
+    leases: list[object] = []
+
+    def hang() -> None:  # serve's scheduler runs requeue_expired meanwhile
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            leases.append(job_row(db).lease_expires_at)
+            if jobs.requeue_expired(db, max_lease_expiries=config.worker.max_lease_expiries):
+                return
+            time.sleep(0.05)
+
+    pipeline.during = hang
+    Worker(config, db, pipelines=[pipeline]).run_once()
+    row = job_row(db)
+    assert row.state == JobState.QUEUED and row.lease_expiries == 1 and "lost its lease" in row.last_error
+    assert len(set(leases)) <= 3  # claimed, then renewed at most twice before max_run_seconds
+    assert count(db, Result) == 0 and outputs(db) == []
+    db.dispose()
+
+
+def test_a_model_answering_after_max_run_seconds_counts_as_a_failed_attempt(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, worker={"lease_seconds": 30, "max_run_seconds": 0.2,
+                                                        "max_attempts": 2}))
+    db = Database(config.database_url)
+    store_study(config, db)
+    pipeline = FakePipeline(positive)
+    pipeline.during = lambda: time.sleep(0.5)
+    worker = Worker(config, db, pipelines=[pipeline])
+    worker.run_once()
+    row = job_row(db)
+    assert row.state == JobState.QUEUED and row.attempts == 1
+    assert "longer than worker.max_run_seconds (0.2 s)" in row.last_error
+    assert count(db, Result) == 0
+    make_due(db)
+    worker.run_once()  # the final attempt runs long too: failed, and the study gets its SR
+    row = job_row(db)
+    assert row.state == JobState.FAILED and "max_run_seconds" in row.last_error
+    (sr,) = outputs(db)
+    assert "max_run_seconds" in sr_text(config.storage.outbox / sr.path)
+    db.dispose()
+
+
 def test_lease_lost_during_analysis_stores_nothing(config: Config, db: Database) -> None:
     store_study(config, db)
     pipeline = FakePipeline(positive)

@@ -1,5 +1,6 @@
 """One SQLAlchemy engine per process; SQLite in WAL mode by default, PostgreSQL for scale-out.
 
+Opening a `Database` creates the schema, or upgrades one an earlier release made (`db/migrations.py`).
 `Database.write()` opens a transaction that takes the write lock at once on SQLite (`BEGIN IMMEDIATE`),
 so read-modify-write sequences (job claims, upserts) never interleave between processes; `read()` opens a
 deferred one, so status queries and pollers never hold the lock the receiver needs.
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dicom_node.db.schema import Base
+from dicom_node.db import migrations
 
 _WRITE_OPTION = "dicom_node_write"
 
@@ -43,7 +44,8 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        Base.metadata.create_all(self.engine)
+        with self.write() as session:  # create, or upgrade one an earlier release made (db/migrations.py)
+            migrations.upgrade(session.connection())
 
     @contextmanager
     def write(self) -> Iterator[Session]:

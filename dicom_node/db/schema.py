@@ -6,6 +6,9 @@ users, web_sessions, login_tokens (dashboard accounts) and audit_events (who did
 report_rejections, report_labels and monitor_alerts (report intake, labels and AI-vs-report monitoring).
 Invariants the code relies on are enforced by the database (unique keys, a partial unique index for "one
 open job per study and model").
+
+A change here is also a numbered step in `db/migrations.py`, which upgrades databases made by earlier
+releases (`schema_version` table).
 """
 
 from __future__ import annotations
@@ -71,8 +74,12 @@ def _enum(e: type[enum.Enum]) -> Enum:
 
 
 class Association(Base):
+    """One accepted association. `owner` is the serve process that recorded it (`ownership.process_id()`):
+    at start-up a node closes only the open associations it or a dead process on its host left behind."""
+
     __tablename__ = "associations"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # uuid4 hex
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)  # NULL: recorded before owners existed
     calling_ae: Mapped[str] = mapped_column(String(16))
     peer_address: Mapped[str] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(DateTime)
@@ -151,6 +158,8 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     run_after: Mapped[datetime] = mapped_column(DateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # claims whose worker stopped (its lease ran out); server default: rows from before migration 1
+    lease_expiries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime)
@@ -211,7 +220,15 @@ class Retried:
     sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
-class Delivery(Retried, Base):
+class Claimed:
+    """Columns of a row a sending process claims before it sends (`claims.py`): who holds it, until when.
+    Both NULL, or `lease_until` in the past: free for any process to claim."""
+
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Delivery(Retried, Claimed, Base):
     __tablename__ = "deliveries"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     output_id: Mapped[int] = mapped_column(ForeignKey("outputs.id"), index=True)
@@ -224,7 +241,7 @@ class Delivery(Retried, Base):
     )
 
 
-class Notification(Retried, Base):
+class Notification(Retried, Claimed, Base):
     """A critical-finding alert to one target (`webhook`, `hl7`), queued in the transaction that raised the
     study to STAT and sent by the serve process with retries (`notify/state.py` owns `state`)."""
 

@@ -9,13 +9,19 @@ A permanent refusal (see `state.is_refusal`, a permanent A-ASSOCIATE-RJ, a refus
 fails the delivery at once with the reason; anything else is retried with backoff. Once every destination
 has an output, its file leaves the outbox. Outputs have deterministic SOP Instance UIDs, so sending one
 twice (a crash between the C-STORE response and the commit) is a no-op at the PACS.
+
+Each batch is claimed first (`state.claim_due`, in the name of `owner`, this process by default) and its
+claims renewed while it is sent, so several `serve` processes on one database share the deliveries and
+never send one twice; outcomes are recorded only for claims this sender still holds.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
@@ -23,6 +29,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
+from dicom_node import ownership
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.delivery import state
@@ -52,9 +59,11 @@ _UNCONFIGURED = ""  # the loop key for deliveries to destinations no longer in t
 
 
 class Sender:
-    def __init__(self, config: Config, db: Database) -> None:
+    def __init__(self, config: Config, db: Database, owner: str | None = None) -> None:
         self.config = config
         self.db = db
+        self.owner = owner or ownership.process_id()  # `claimed_by` of the deliveries this sender holds
+        self.lease_seconds = config.delivery.lease_seconds
         self.outbox = Path(config.storage.outbox)
         self._loops = ServiceLoops("sender", config.delivery.poll_seconds)
 
@@ -91,11 +100,15 @@ class Sender:
         configured = [d.name for d in self.config.destinations]
         if dest_name is not None and dest_name not in configured:
             dest_name = None
-        with self.db.read() as session:
-            if dest_name is None:
-                items = state.due(session, utcnow(), exclude=configured)
-            else:
-                items = state.due(session, utcnow(), destination=dest_name)
+        exclude = configured if dest_name is None else []
+        with self.db.read() as session:  # a cheap look first: claiming takes the write lock
+            if not state.due(session, utcnow(), limit=1, destination=dest_name, exclude=exclude):
+                return 0
+        with self.db.write() as session:
+            items = state.claim_due(
+                session, self.owner, self.lease_seconds, utcnow(), limit=_MAX_CONTEXTS * 4,
+                destination=dest_name, exclude=exclude,
+            )
         if not items:
             return 0
         if dest_name is None:
@@ -105,9 +118,12 @@ class Sender:
 
     def _send_batch(self, dest_name: str, items: list[DueDelivery]) -> int:
         dest = self.config.destination(dest_name)
-        items = items[: _MAX_CONTEXTS * 4]
         classes = sorted({i.sop_class_uid for i in items})[:_MAX_CONTEXTS]
-        items = [i for i in items if i.sop_class_uid in classes]  # the rest: next batch
+        later = [i.delivery_id for i in items if i.sop_class_uid not in classes]
+        if later:  # the rest: next batch, by whoever claims them then
+            with self.db.write() as session:
+                state.unclaim(session, later, self.owner)
+        items = [i for i in items if i.sop_class_uid in classes]
         contexts = [(c, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for c in classes]
         try:
             assoc = open_association(make_ae(self.config), dest, contexts)
@@ -118,11 +134,15 @@ class Sender:
             self._record({i.delivery_id: Outcome(str(exc)) for i in items}, items)
             return 0
         outcomes: dict[int, Outcome] = {}
+        renewed = time.monotonic()
         try:
             accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
             for item in items:
                 if self._loops.stopping:
                     break
+                if time.monotonic() - renewed > self.lease_seconds / 3:
+                    self._renew([i.delivery_id for i in items if i.delivery_id not in outcomes])
+                    renewed = time.monotonic()
                 outcomes[item.delivery_id] = self._store_one(assoc, item, accepted)
                 if not assoc.is_established:
                     break
@@ -167,6 +187,15 @@ class Sender:
             return Outcome(f"C-STORE refused: status 0x{code:04X} ({_status_text(code)})", permanent=True)
         return Outcome(f"C-STORE status 0x{code:04X} ({category})")
 
+    def _renew(self, delivery_ids: list[int]) -> None:
+        """Keep the claims of a batch that runs long; a claim lost meanwhile is not recorded (`_record`)."""
+        now = utcnow()
+        try:
+            with self.db.write() as session:
+                state.renew_claims(session, delivery_ids, self.owner, now + timedelta(seconds=self.lease_seconds))
+        except Exception:  # a transient database error: the next item tries again
+            log.warning("delivery claims not renewed", exc_info=True)
+
     def _record(self, outcomes: dict[int, Outcome], items: list[DueDelivery]) -> None:
         now = utcnow()
         sent = [i for i in items if outcomes.get(i.delivery_id) == SENT]
@@ -174,10 +203,11 @@ class Sender:
         with self.db.write() as session:
             for delivery_id, outcome in outcomes.items():
                 if outcome == SENT:
-                    state.mark_sent(session, delivery_id, now)
+                    state.mark_sent(session, delivery_id, now, self.owner)
                 else:
                     state.mark_attempt_failed(
-                        session, self.config.delivery, delivery_id, outcome.error, now, permanent=outcome.permanent
+                        session, self.config.delivery, delivery_id, outcome.error, now, self.owner,
+                        permanent=outcome.permanent,
                     )
             session.flush()
             for study_id in {i.study_id for i in sent}:

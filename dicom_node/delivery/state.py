@@ -6,6 +6,11 @@ rejected for good, the object's presentation context refused) makes it `failed` 
 Any other failed attempt keeps the row pending with `next_attempt_at = now + min(initial * 2**attempts,
 max_backoff)` and makes it `failed` with the reason once the row is older than `max_age`.
 
+A process sends only deliveries it has claimed (`claim_due`, see `claims.py`): the claim names the process
+and holds for `delivery.lease_seconds`, renewed while a long batch runs, so two `serve` processes on one
+database never send the same delivery; a dead process's claims are taken over once they expire. Marking a
+delivery sent or failed clears the claim and applies only while the caller still holds it.
+
 An output's file leaves the outbox once every destination has it (`remove_delivered_files`).
 """
 
@@ -17,13 +22,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
+from dicom_node import claims
 from dicom_node.config import DeliveryConfig
 from dicom_node.db.engine import utcnow
 from dicom_node.db.schema import Delivery, DeliveryState, Job, Output, Result, Study, StudyState
-from dicom_node.retry import count_failure, start_all_over, start_over
+from dicom_node.retry import count_failure, count_success, start_all_over, start_over
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,31 @@ def is_refusal(status: int) -> bool:
     return status in (0x0122, 0x0124) or 0xA900 <= status <= 0xA9FF
 
 
+def _due_conditions(
+    now: datetime, destination: str | None, exclude: Collection[str]
+) -> list[ColumnElement[bool]]:
+    conditions = [Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now]
+    if destination is not None:
+        conditions.append(Delivery.destination == destination)
+    if exclude:
+        conditions.append(Delivery.destination.not_in(list(exclude)))
+    return conditions
+
+
+_ORDER = (Delivery.next_attempt_at, Delivery.id)
+
+
+def _items(session: Session, ids: Collection[int]) -> list[DueDelivery]:
+    rows = session.execute(
+        select(Delivery, Output).join(Output, Output.id == Delivery.output_id).where(Delivery.id.in_(list(ids)))
+        .order_by(*_ORDER)
+    ).all()
+    return [
+        DueDelivery(d.id, d.destination, o.id, o.path, o.sop_class_uid, o.sop_instance_uid, o.study_id)
+        for d, o in rows
+    ]
+
+
 def due(
     session: Session,
     now: datetime,
@@ -51,31 +82,56 @@ def due(
     destination: str | None = None,
     exclude: Collection[str] = (),
 ) -> list[DueDelivery]:
-    """Pending deliveries whose time has come: all, one destination's, or all but `exclude`'s."""
-    query = (
-        select(Delivery, Output)
-        .join(Output, Output.id == Delivery.output_id)
-        .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+    """Pending deliveries whose time has come and that nobody holds: all, one destination's, or all but
+    `exclude`'s. Reading them claims nothing: send only what `claim_due` returned."""
+    ids = session.scalars(
+        select(Delivery.id)
+        .where(*_due_conditions(now, destination, exclude), claims.is_free(Delivery, now))
+        .order_by(*_ORDER)
+        .limit(limit)
+    ).all()
+    return _items(session, ids) if ids else []
+
+
+def claim_due(
+    session: Session,
+    owner: str,
+    lease_seconds: float,
+    now: datetime,
+    limit: int = 500,
+    destination: str | None = None,
+    exclude: Collection[str] = (),
+) -> list[DueDelivery]:
+    """Claim the due deliveries nobody holds (as `due` selects them) for `owner`; run in `Database.write()`."""
+    ids = claims.claim(
+        session, Delivery, _due_conditions(now, destination, exclude), _ORDER, owner, lease_seconds, now, limit
     )
-    if destination is not None:
-        query = query.where(Delivery.destination == destination)
-    if exclude:
-        query = query.where(Delivery.destination.not_in(list(exclude)))
-    rows = session.execute(query.order_by(Delivery.next_attempt_at, Delivery.id).limit(limit)).all()
-    return [
-        DueDelivery(d.id, d.destination, o.id, o.path, o.sop_class_uid, o.sop_instance_uid, o.study_id)
-        for d, o in rows
-    ]
+    return _items(session, ids) if ids else []
 
 
-def mark_sent(session: Session, delivery_id: int, now: datetime) -> None:
+def renew_claims(session: Session, delivery_ids: Collection[int], owner: str, until: datetime) -> int:
+    """Extend `owner`'s claims on `delivery_ids` (a long batch); returns how many it still holds."""
+    return claims.renew(session, Delivery, delivery_ids, owner, until)
+
+
+def unclaim(session: Session, delivery_ids: Collection[int], owner: str) -> int:
+    """Give back `owner`'s claims on `delivery_ids` unsent (they did not fit the batch)."""
+    return claims.unclaim(session, Delivery, delivery_ids, owner)
+
+
+def _held(session: Session, delivery_id: int, owner: str) -> Delivery | None:
+    """The pending delivery when `owner` still holds its claim (then cleared: `claims.settle`), else None."""
     d = session.get(Delivery, delivery_id)
     if d is None or d.state != DeliveryState.PENDING:
-        return
-    d.state = DeliveryState.SENT
-    d.attempts += 1
-    d.sent_at = now
-    d.last_error = ""
+        return None
+    return d if claims.settle(d, owner, "delivery", delivery_id) else None
+
+
+def mark_sent(session: Session, delivery_id: int, now: datetime, owner: str) -> None:
+    """PENDING → SENT, when `owner` still holds the claim."""
+    d = _held(session, delivery_id, owner)
+    if d is not None:
+        count_success(d, DeliveryState.SENT, now)
 
 
 def mark_attempt_failed(
@@ -84,11 +140,13 @@ def mark_attempt_failed(
     delivery_id: int,
     error: str,
     now: datetime,
+    owner: str,
     permanent: bool = False,
 ) -> None:
-    """Count a failed try: FAILED with the reason when `permanent` or older than `max_age`, else back off."""
-    d = session.get(Delivery, delivery_id)
-    if d is None or d.state != DeliveryState.PENDING:
+    """Count a failed try: FAILED with the reason when `permanent` or older than `max_age`, else back off.
+    Applies only while `owner` still holds the claim."""
+    d = _held(session, delivery_id, owner)
+    if d is None:
         return
     if count_failure(d, settings, error, now, permanent):
         d.state = DeliveryState.FAILED
@@ -142,10 +200,12 @@ def retry_failed(session: Session, study_uid: str | None = None) -> int:
 
 
 def reset_for_new_content(session: Session, output_id: int, now: datetime) -> None:
-    """An output file was rewritten with new content (a re-run job): send it again everywhere."""
+    """An output file was rewritten with new content (a re-run job): send it again everywhere. A claim in
+    flight is dropped, so a sender still sending the old content cannot mark the new one sent."""
     for d in session.scalars(select(Delivery).where(Delivery.output_id == output_id)):
         d.state = DeliveryState.PENDING
         d.sent_at = None
+        claims.release(d)
         start_over(d, now)
 
 

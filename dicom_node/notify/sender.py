@@ -3,6 +3,9 @@
 A service object (`start()`/`stop()`) that `serve` runs beside the DICOM sender; `run_once()` does one
 pass over both targets and is what tests call. The webhook counts as delivered on HTTP 2xx; the HL7 ORU
 when the MLLP peer's ACK names the message's control ID (MSA-2 = MSH-10) and accepts it (AA or CA).
+
+Each alert is claimed before it is sent (`state.claim_due`, in the name of `owner`, this process by
+default), one at a time, so that several `serve` processes on one database send each alert once.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 import urllib.error
 import urllib.request
 
+from dicom_node import ownership
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.hl7 import send_mllp
@@ -26,10 +30,14 @@ _RETRYABLE_HTTP = {408, 425, 429}  # 4xx statuses that say "later", not "never"
 
 
 class Notifier:
-    def __init__(self, config: Config, db: Database, timeout: float = SEND_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, config: Config, db: Database, timeout: float = SEND_TIMEOUT_SECONDS, owner: str | None = None
+    ) -> None:
         self.config = config
         self.settings = config.notifications
         self.db = db
+        self.owner = owner or ownership.process_id()  # `claimed_by` of the alerts this notifier holds
+        self.lease_seconds = max(config.delivery.lease_seconds, 3 * timeout)
         self.timeout = timeout
         self._loops = ServiceLoops("notifier", config.delivery.poll_seconds)
 
@@ -46,28 +54,31 @@ class Notifier:
         return sum(self.run_target(target) for target in TARGETS)
 
     def run_target(self, target: str) -> int:
-        with self.db.read() as session:
-            items = state.due(session, utcnow(), target)
-        if not items:
-            return 0
+        """Claim and send the due alerts to `target`, one at a time; returns how many were delivered."""
+        with self.db.read() as session:  # a cheap look first: claiming takes the write lock
+            if not state.due(session, utcnow(), target, limit=1):
+                return 0
         missing = self._not_configured(target)
-        if missing:
-            with self.db.write() as session:
-                for item in items:
-                    state.mark_skipped(session, item.notification_id, missing)
-            return 0
         sent = 0
-        for item in items:
-            if self._loops.stopping:
+        while not self._loops.stopping:
+            with self.db.write() as session:
+                items = state.claim_due(session, self.owner, self.lease_seconds, utcnow(), target,
+                                        limit=100 if missing else 1)
+                for item in items if missing else ():
+                    state.mark_skipped(session, item.notification_id, missing, self.owner)
+            if not items:
                 break
+            if missing:
+                continue
+            item = items[0]
             error, permanent = self._send(item)
             with self.db.write() as session:
                 if error:
                     state.mark_attempt_failed(
-                        session, self.config.delivery, item.notification_id, error, utcnow(), permanent
+                        session, self.config.delivery, item.notification_id, error, utcnow(), self.owner, permanent
                     )
                 else:
-                    state.mark_sent(session, item.notification_id, utcnow())
+                    state.mark_sent(session, item.notification_id, utcnow(), self.owner)
             if not error:
                 sent += 1
                 log.info("critical-finding alert sent", extra={"target": target, "study_uid": clean(item.study_uid)})

@@ -6,21 +6,27 @@ study to STAT, so the alert is as durable as the result. The serve process's not
 accepts it), retried with the deliveries' backoff and `max_age` otherwise, `failed` with the reason at
 once when the target refuses for good (HTTP 4xx other than 408/425/429). A target the serve process has
 not configured makes the row `skipped`.
+
+A notifier sends only alerts it has claimed (`claim_due`, see `claims.py`), so two `serve` processes on one
+database never send one twice; recording the outcome clears the claim and applies only while the caller
+still holds it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
+from dicom_node import claims
 from dicom_node.config import DeliveryConfig
 from dicom_node.db.engine import utcnow
 from dicom_node.db.schema import Notification, NotificationState, Study
-from dicom_node.retry import count_failure, start_all_over
+from dicom_node.retry import count_failure, count_success, start_all_over
 from dicom_node.safe_text import clean
 
 log = logging.getLogger(__name__)
@@ -66,38 +72,62 @@ def enqueue(session: Session, study_id: int, messages: dict[str, tuple[str, str]
     return added
 
 
-def due(session: Session, now: datetime, target: str, limit: int = 100) -> list[DueNotification]:
+def _due_conditions(now: datetime, target: str) -> list[ColumnElement[bool]]:
+    return [
+        Notification.state == NotificationState.PENDING,
+        Notification.next_attempt_at <= now,
+        Notification.target == target,
+    ]
+
+
+_ORDER = (Notification.next_attempt_at, Notification.id)
+
+
+def _items(session: Session, ids: Collection[int]) -> list[DueNotification]:
     rows = session.execute(
         select(Notification, Study.study_uid)
         .join(Study, Study.id == Notification.study_id)
-        .where(
-            Notification.state == NotificationState.PENDING,
-            Notification.next_attempt_at <= now,
-            Notification.target == target,
-        )
-        .order_by(Notification.next_attempt_at, Notification.id)
-        .limit(limit)
+        .where(Notification.id.in_(list(ids)))
+        .order_by(*_ORDER)
     ).all()
     return [DueNotification(n.id, n.target, n.body, n.control_id, uid) for n, uid in rows]
 
 
-def _pending(session: Session, notification_id: int) -> Notification | None:
+def due(session: Session, now: datetime, target: str, limit: int = 100) -> list[DueNotification]:
+    """Pending alerts to `target` whose time has come and that nobody holds (reading claims nothing)."""
+    ids = session.scalars(
+        select(Notification.id)
+        .where(*_due_conditions(now, target), claims.is_free(Notification, now))
+        .order_by(*_ORDER)
+        .limit(limit)
+    ).all()
+    return _items(session, ids) if ids else []
+
+
+def claim_due(
+    session: Session, owner: str, lease_seconds: float, now: datetime, target: str, limit: int = 100
+) -> list[DueNotification]:
+    """Claim the due alerts to `target` that nobody holds, for `owner`; run in `Database.write()`."""
+    ids = claims.claim(session, Notification, _due_conditions(now, target), _ORDER, owner, lease_seconds, now, limit)
+    return _items(session, ids) if ids else []
+
+
+def _pending(session: Session, notification_id: int, owner: str) -> Notification | None:
+    """The pending alert when `owner` still holds its claim (then cleared: `claims.settle`), else None."""
     n = session.get(Notification, notification_id)
-    return n if n is not None and n.state == NotificationState.PENDING else None
+    if n is None or n.state != NotificationState.PENDING:
+        return None
+    return n if claims.settle(n, owner, "notification", notification_id) else None
 
 
-def mark_sent(session: Session, notification_id: int, now: datetime) -> None:
-    n = _pending(session, notification_id)
-    if n is None:
-        return
-    n.state = NotificationState.SENT
-    n.attempts += 1
-    n.sent_at = now
-    n.last_error = ""
+def mark_sent(session: Session, notification_id: int, now: datetime, owner: str) -> None:
+    n = _pending(session, notification_id, owner)
+    if n is not None:
+        count_success(n, NotificationState.SENT, now)
 
 
-def mark_skipped(session: Session, notification_id: int, reason: str) -> None:
-    n = _pending(session, notification_id)
+def mark_skipped(session: Session, notification_id: int, reason: str, owner: str) -> None:
+    n = _pending(session, notification_id, owner)
     if n is not None:
         n.state = NotificationState.SKIPPED
         n.last_error = reason
@@ -109,10 +139,12 @@ def mark_attempt_failed(
     notification_id: int,
     error: str,
     now: datetime,
+    owner: str,
     permanent: bool = False,
 ) -> None:
-    """Count a failed try: FAILED with the reason when `permanent` or older than `max_age`, else back off."""
-    n = _pending(session, notification_id)
+    """Count a failed try: FAILED with the reason when `permanent` or older than `max_age`, else back off.
+    Applies only while `owner` still holds the claim."""
+    n = _pending(session, notification_id, owner)
     if n is None:
         return
     context = {"notification_id": n.id, "target": n.target, "attempts": n.attempts + 1, "reason": clean(error)}

@@ -44,6 +44,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicom_node import ownership
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Association
@@ -159,7 +160,8 @@ class _Receiver:
         assoc_id = uuid.uuid4().hex
         try:
             with self.db.write() as session:
-                session.add(Association(id=assoc_id, calling_ae=calling[:16], peer_address=address[:64], started_at=utcnow()))
+                session.add(Association(id=assoc_id, owner=ownership.process_id(), calling_ae=calling[:16],
+                                        peer_address=address[:64], started_at=utcnow()))
         except SQLAlchemyError as exc:
             log.error("cannot record association", extra={"calling_ae": calling, "error": str(exc)})
             return
