@@ -158,6 +158,23 @@ def test_a_dead_senders_claims_are_taken_over_when_their_lease_expires(
     assert all(d.state == DeliveryState.SENT and d.last_error == "" for d in deliveries(db_a))
 
 
+def test_new_content_drops_a_claim_in_flight(config: Config, two_dbs: tuple[Database, Database]) -> None:
+    """A re-run rewrites an output while a sender is sending the old file: that sender's "sent" must not
+    count for the new content."""
+    db_a, _ = two_dbs
+    add_outputs(db_a, config, 1)
+    with db_a.write() as s:
+        (item,) = state.claim_due(s, "node-a", 60, utcnow())
+    with db_a.write() as s:
+        state.reset_for_new_content(s, item.output_id, utcnow())
+    with db_a.write() as s:
+        state.mark_sent(s, item.delivery_id, utcnow(), "node-a")
+    (row,) = deliveries(db_a)
+    assert row.state == DeliveryState.PENDING and row.claimed_by is None
+    with db_a.read() as s:
+        assert [d.delivery_id for d in state.due(s, utcnow())] == [item.delivery_id]
+
+
 def test_two_notifiers_send_each_alert_once(tmp_path: Path) -> None:
     hook = Webhook()
     try:
@@ -181,6 +198,18 @@ def test_two_notifiers_send_each_alert_once(tmp_path: Path) -> None:
         with db_a.read() as s:
             rows = list(s.scalars(select(Notification)))
         assert {n.state for n in rows} == {NotificationState.SENT} and all(n.claimed_by is None for n in rows)
+        # an alert node-a claimed before it died is sent by node-b once the lease has run out
+        with db_a.write() as s:
+            study = Study(study_uid="1.2.826.0.1.3680043.8.498.889", first_received_at=now, last_received_at=now)
+            s.add(study)
+            s.flush()
+            notify_state.enqueue(s, study.id, {notify_state.WEBHOOK: ('{"n": 8}', "")}, now)
+        with db_a.write() as s:
+            assert len(notify_state.claim_due(s, "node-a", 0.5, utcnow(), notify_state.WEBHOOK)) == 1
+        assert notifiers[1].run_target(notify_state.WEBHOOK) == 0
+        time.sleep(0.6)
+        assert notifiers[1].run_target(notify_state.WEBHOOK) == 1
+        assert sorted(b["n"] for b in hook.bodies) == list(range(9))
         db_a.dispose()
         db_b.dispose()
     finally:
