@@ -70,27 +70,30 @@ def claim(
     return ids
 
 
-def renew(session: Session, table: type[Claimed], ids: Collection[int], owner: str, until: datetime) -> int:
-    """Extend the lease of those of `ids` that `owner` still holds; returns how many."""
+def renew(session: Session, table: type[Claimed], ids: Collection[int], owner: str, until: datetime) -> set[int]:
+    """Extend the lease of those of `ids` that `owner` still holds; returns their ids."""
     return _set_held(session, table, ids, owner, {"lease_until": until})
 
 
-def unclaim(session: Session, table: type[Claimed], ids: Collection[int], owner: str) -> int:
-    """Give back those of `ids` that `owner` holds, untouched otherwise; returns how many."""
+def unclaim(session: Session, table: type[Claimed], ids: Collection[int], owner: str) -> set[int]:
+    """Give back those of `ids` that `owner` holds, untouched otherwise; returns their ids."""
     return _set_held(session, table, ids, owner, {"claimed_by": None, "lease_until": None})
 
 
-def _set_held(session: Session, table: type[Claimed], ids: Collection[int], owner: str, values: dict[str, Any]) -> int:
+def _set_held(
+    session: Session, table: type[Claimed], ids: Collection[int], owner: str, values: dict[str, Any]
+) -> set[int]:
     if not ids:
-        return 0
+        return set()
     ident = _primary_key(table)
-    result = session.execute(
+    changed = session.scalars(
         update(table)
         .where(ident.in_(list(ids)), table.claimed_by == owner)
         .values(**values)
+        .returning(ident)
         .execution_options(synchronize_session=False)
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return {int(i) for i in changed}
 
 
 def settle(row: Claimed, owner: str, what: str, row_id: int) -> bool:

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import free_port, write_config
+from conftest import free_port, wait_for, write_config
 from notify_helpers import Webhook
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.events import Event
@@ -156,6 +156,34 @@ def test_a_dead_senders_claims_are_taken_over_when_their_lease_expires(
         for d in deliveries(db_a):
             state.mark_attempt_failed(s, config.delivery, d.id, "late report", utcnow(), "node-a")
     assert all(d.state == DeliveryState.SENT and d.last_error == "" for d in deliveries(db_a))
+
+
+def test_a_long_batch_keeps_its_claims(tmp_path: Path, pacs_port: int) -> None:
+    """A batch that takes longer than the lease renews its claims, so another sender takes none of them."""
+    config = load_config(write_config(
+        tmp_path,
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}],
+        delivery={"poll_seconds": 0.05, "lease_seconds": 1.0},
+    ))
+    scp = CountingSCP(pacs_port, delay=0.2)
+    db_a, db_b = Database(config.database_url), Database(config.database_url)
+    try:
+        uids = add_outputs(db_a, config, 12)  # about 2.4 s of sending: more than two leases' worth
+        slow = threading.Thread(target=Sender(config, db_a, owner="node-a").run_once)
+        slow.start()
+        wait_for(lambda: all(d.claimed_by == "node-a" for d in deliveries(db_a)), timeout=10, msg="node-a's claim")
+        other = Sender(config, db_b, owner="node-b")
+        taken = 0
+        while slow.is_alive():
+            taken += other.run_once()
+            time.sleep(0.1)
+        slow.join()
+        assert taken == 0 and scp.received == Counter(dict.fromkeys(uids, 1))
+        assert {d.state for d in deliveries(db_a)} == {DeliveryState.SENT}
+    finally:
+        scp.close()
+        db_a.dispose()
+        db_b.dispose()
 
 
 def test_new_content_drops_a_claim_in_flight(config: Config, two_dbs: tuple[Database, Database]) -> None:

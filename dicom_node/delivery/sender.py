@@ -104,6 +104,7 @@ class Sender:
         with self.db.read() as session:  # a cheap look first: claiming takes the write lock
             if not state.due(session, utcnow(), limit=1, destination=dest_name, exclude=exclude):
                 return 0
+        claimed_at = time.monotonic()
         with self.db.write() as session:
             items = state.claim_due(
                 session, self.owner, self.lease_seconds, utcnow(), limit=_MAX_CONTEXTS * 4,
@@ -114,9 +115,9 @@ class Sender:
         if dest_name is None:
             self._record({i.delivery_id: Outcome(f"destination {i.destination!r} is not configured") for i in items}, items)
             return 0
-        return self._send_batch(dest_name, items)
+        return self._send_batch(dest_name, items, claimed_at)
 
-    def _send_batch(self, dest_name: str, items: list[DueDelivery]) -> int:
+    def _send_batch(self, dest_name: str, items: list[DueDelivery], claimed_at: float) -> int:
         dest = self.config.destination(dest_name)
         classes = sorted({i.sop_class_uid for i in items})[:_MAX_CONTEXTS]
         later = [i.delivery_id for i in items if i.sop_class_uid not in classes]
@@ -134,15 +135,18 @@ class Sender:
             self._record({i.delivery_id: Outcome(str(exc)) for i in items}, items)
             return 0
         outcomes: dict[int, Outcome] = {}
-        renewed = time.monotonic()
+        renewed, lost = claimed_at, set[int]()
         try:
             accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
             for item in items:
                 if self._loops.stopping:
                     break
                 if time.monotonic() - renewed > self.lease_seconds / 3:
-                    self._renew([i.delivery_id for i in items if i.delivery_id not in outcomes])
+                    # every item until `_record`: one sent is still pending in the database until then
+                    lost |= self._renew([i.delivery_id for i in items])
                     renewed = time.monotonic()
+                if item.delivery_id in lost:
+                    continue  # its lease ran out and another sender has it now: do not send it as well
                 outcomes[item.delivery_id] = self._store_one(assoc, item, accepted)
                 if not assoc.is_established:
                     break
@@ -187,14 +191,20 @@ class Sender:
             return Outcome(f"C-STORE refused: status 0x{code:04X} ({_status_text(code)})", permanent=True)
         return Outcome(f"C-STORE status 0x{code:04X} ({category})")
 
-    def _renew(self, delivery_ids: list[int]) -> None:
-        """Keep the claims of a batch that runs long; a claim lost meanwhile is not recorded (`_record`)."""
+    def _renew(self, delivery_ids: list[int]) -> set[int]:
+        """Keep the claims of a batch that runs long; returns those of `delivery_ids` lost meanwhile (not
+        sent, and their outcome not recorded: `_record`)."""
         now = utcnow()
         try:
             with self.db.write() as session:
-                state.renew_claims(session, delivery_ids, self.owner, now + timedelta(seconds=self.lease_seconds))
+                held = state.renew_claims(session, delivery_ids, self.owner, now + timedelta(seconds=self.lease_seconds))
         except Exception:  # a transient database error: the next item tries again
             log.warning("delivery claims not renewed", exc_info=True)
+            return set()
+        lost = set(delivery_ids) - held
+        if lost:
+            log.warning("delivery claims taken over during a batch", extra={"deliveries": len(lost)})
+        return lost
 
     def _record(self, outcomes: dict[int, Outcome], items: list[DueDelivery]) -> None:
         now = utcnow()

@@ -109,12 +109,12 @@ def claim_due(
     return _items(session, ids) if ids else []
 
 
-def renew_claims(session: Session, delivery_ids: Collection[int], owner: str, until: datetime) -> int:
-    """Extend `owner`'s claims on `delivery_ids` (a long batch); returns how many it still holds."""
+def renew_claims(session: Session, delivery_ids: Collection[int], owner: str, until: datetime) -> set[int]:
+    """Extend `owner`'s claims on `delivery_ids` (a long batch); returns those it still holds."""
     return claims.renew(session, Delivery, delivery_ids, owner, until)
 
 
-def unclaim(session: Session, delivery_ids: Collection[int], owner: str) -> int:
+def unclaim(session: Session, delivery_ids: Collection[int], owner: str) -> set[int]:
     """Give back `owner`'s claims on `delivery_ids` unsent (they did not fit the batch)."""
     return claims.unclaim(session, Delivery, delivery_ids, owner)
 
