@@ -71,11 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     if pre.log_format:  # the environment carries it to the local worker process
         os.environ[LOG_FORMAT_ENV] = pre.log_format
     setup_logging(pre.log_level, json_lines=os.environ.get(LOG_FORMAT_ENV, "text") == "json")
+    from dicom_node.errors import SchemaError
+
     try:
         return int(module.run(args) or 0)
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except SchemaError as exc:  # a database a newer release made: one line, not a traceback
+        print(f"dicom-node {pre.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -64,3 +64,7 @@ class DeliveryRefused(PermanentError):
 
 class LeaseLostError(TransientError):
     """A worker no longer holds the lease on its job (it expired and the job went to another worker)."""
+
+
+class SchemaError(DicomNodeError):
+    """The database cannot be used by this release: its schema was made by a newer one."""

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine
 
 from dicom_node import jobs
+from dicom_node.cli import main
 from dicom_node.config import Config, load_config
 from dicom_node.db import migrations
 from dicom_node.db.engine import Database, utcnow
@@ -151,7 +152,7 @@ def test_previous_release_postgres_database_is_upgraded_at_start(
         db.dispose()
 
 
-def test_a_database_from_a_newer_release_is_refused(config: Config) -> None:
+def test_a_database_from_a_newer_release_is_refused(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
     Database(config.database_url).dispose()
     raw = create_engine(config.database_url)
     with raw.begin() as conn:
@@ -159,3 +160,7 @@ def test_a_database_from_a_newer_release_is_refused(config: Config) -> None:
     raw.dispose()
     with pytest.raises(migrations.SchemaError, match="newer than this release"):
         Database(config.database_url)
+    # the commands say so in one line
+    assert main(["status", "--config", str(config.source)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dicom-node status: the database's schema is version") and "\n" not in err

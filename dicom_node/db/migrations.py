@@ -25,15 +25,13 @@ from sqlalchemy import DateTime, inspect, text
 from sqlalchemy.engine import Connection
 
 from dicom_node.db.schema import Base
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import SchemaError
 
 log = logging.getLogger(__name__)
 
+__all__ = ["LATEST", "STEPS", "SchemaError", "current_version", "upgrade"]
+
 _PG_LOCK_KEY = 0x44434D4E  # "DCMN": pg_advisory_xact_lock key of schema upgrades
-
-
-class SchemaError(DicomNodeError):
-    """The database cannot be used by this release (made by a newer one)."""
 
 
 def _add_column(conn: Connection, table: str, column: str, ddl_type: str) -> None:
