@@ -38,7 +38,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
-from dicom_node.config import Config
+from dicom_node.config import Config, WorkerConfig
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Job, JobState, Series, Study
 from dicom_node.errors import LeaseLostError
@@ -62,7 +62,7 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-DEFAULT_MAX_LEASE_EXPIRIES = 3
+DEFAULT_MAX_LEASE_EXPIRIES = WorkerConfig().max_lease_expiries
 
 
 def is_exhausted(job: Job, max_lease_expiries: int = DEFAULT_MAX_LEASE_EXPIRIES) -> bool:
