@@ -111,6 +111,7 @@ def _demo(config: Config, port: int, pacs: DemoPacs, work: Path, args: argparse.
         print(f"sent {title}: {ok}/{len(statuses)} instances stored (association released)")
 
     sr_class = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.88.34")
+    seg_class = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.66.4")
     deadline = time.monotonic() + args.timeout
 
     def srs_back() -> dict[str, float]:
@@ -122,7 +123,7 @@ def _demo(config: Config, port: int, pacs: DemoPacs, work: Path, args: argparse.
 
     while len(srs_back()) < len(cases) and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)  # overlays follow their SR in the same sender pass
+    time.sleep(1.0)  # overlays and the SEG follow their SR in the same sender pass
     back = srs_back()
 
     print()
@@ -145,7 +146,10 @@ def _demo(config: Config, port: int, pacs: DemoPacs, work: Path, args: argparse.
                 print(f"    {f.presence:<12} {f.finding}{p}")
             for text in sr_text(ds)[:1]:
                 print(f"    note: {text}")
-        overlays = [r for r in mine if r.sop_class_uid != sr_class]
+        segs = [r for r in mine if r.sop_class_uid == seg_class]
+        overlays = [r for r in mine if r.sop_class_uid not in (sr_class, seg_class)]
         print(f"    {len(overlays)} overlay image(s) with the finding marked")
+        if segs:
+            print(f"    {len(segs)} segmentation (DICOM SEG) of the lesion(s)")
     print(f"\nfiles: {pacs.folder}")
     return 1 if failures else 0

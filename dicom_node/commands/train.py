@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
             from dicom_node.ml.train_ensemble import train_ensemble
 
             members = [m.strip() for m in args.members.split(",") if m.strip()]
-            if len(members) < 2:
-                log.error("ich-ensemble needs --members NAME/VERSION,NAME/VERSION[,...]")
+            if not members:  # one member: that model recalibrated at study level on --data
+                log.error("ich-ensemble needs --members NAME/VERSION[,NAME/VERSION,...]")
                 return 2
             folder = train_ensemble(args.data, args.models_dir, members, out, opts.name, opts.version,
                                     args.synthetic_demo, args.seed)

@@ -69,7 +69,9 @@ def _sample(study: CmbStudy, i: int, size: int, crop: int, rng: np.random.Genera
     masks = []
     for bleed in study.bleeds:
         if i in bleed:
-            masks.append(resize_pad(bleed[i][None].astype(np.float32), size)[0][0] >= 0.5)
+            m = resize_pad(bleed[i][None].astype(np.float32), size)[0][0] >= 0.5
+            if m.any():  # a bleed's thin edge on this slice can vanish at the model's size
+                masks.append(m)
     if positive and masks:
         rows, cols = np.nonzero(masks[int(rng.integers(len(masks)))])
         cr, cc = float(rows.mean()), float(cols.mean())
