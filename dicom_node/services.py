@@ -32,6 +32,8 @@ from dicom_node.worker_process import WorkerProcess
 
 log = logging.getLogger(__name__)
 
+TASK_MODALITY = {"ich-ct": "CT", "sih-mr": "MR", "cmb-swi": "MR"}
+
 
 def model_modalities(config: Config) -> list[tuple[str, frozenset[str]]]:
     """(name, modalities) of every enabled model, from its manifest; refuses a model that is not there."""
@@ -42,7 +44,8 @@ def model_modalities(config: Config) -> list[tuple[str, frozenset[str]]]:
         manifest = config.models.path / setting.name / setting.version / "manifest.json"
         try:
             data = json.loads(manifest.read_text())
-            modality = str(data["input"]["modality"])
+            # an ensemble manifest names members instead of an input: its task says the modality
+            modality = str(data["input"]["modality"] if "input" in data else TASK_MODALITY[data["task"]])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"model {setting.name} {setting.version}: cannot read {manifest}: {exc}") from exc
         found.append((setting.name, frozenset({modality})))

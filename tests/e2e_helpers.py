@@ -22,14 +22,16 @@ DICOM_NODE = REPO / ".venv" / "bin" / "dicom-node"
 STORESCU = "/usr/bin/storescu"
 # The shipped demo models; DICOM_NODE_E2E_MODELS points the end-to-end tests at another models folder.
 MODELS = Path(os.environ.get("DICOM_NODE_E2E_MODELS", REPO / "models"))
-DEMO_VERSION = "0.1.0-synthetic-demo"
-DEMO_MODELS = [{"name": "ich", "version": DEMO_VERSION}, {"name": "sih", "version": DEMO_VERSION}]
+DEMO_VERSION = "0.1.0-synthetic-demo"  # the demo models' version (sih, cmb), and the first ICH demo's
+ICH_DEMO_VERSION = "0.2.0-synthetic-demo"  # the weighted ensemble with masks (models/ich/..., ich-* members)
+SIH_DEMO_VERSION = DEMO_VERSION
+DEMO_MODELS = [{"name": "ich", "version": ICH_DEMO_VERSION}, {"name": "sih", "version": SIH_DEMO_VERSION}]
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 
 
 def demo_models_missing() -> list[str]:
     """The shipped demo model folders that have no manifest yet (empty: all there)."""
-    return [m["name"] for m in DEMO_MODELS if not (MODELS / m["name"] / DEMO_VERSION / "manifest.json").is_file()]
+    return [m["name"] for m in DEMO_MODELS if not (MODELS / m["name"] / m["version"] / "manifest.json").is_file()]
 
 
 def e2e_sections(destination_port: int, **overrides: Any) -> dict[str, Any]:

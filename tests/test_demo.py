@@ -1,5 +1,7 @@
-"""`dicom-node demo` (the README's main command) on a copy of the shipped config.toml: exit code 0 and a
-summary naming what came back for each generated study."""
+"""`dicom-node demo` (the README's main command) on a copy of the shipped config.toml, for a few seeds: exit
+code 0 and a summary naming what came back for each generated study, with the right findings (the
+subdural study: subdural and any; the normal CT: nothing; the MR: SIH) and a SEG of the subdural
+hemorrhage. bench/study_level.py --demo-seeds runs 20 seeds."""
 
 from __future__ import annotations
 
@@ -31,10 +33,11 @@ def _demo_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("seed", [2026, 31, 4711])
+def test_demo_runs_the_whole_loop_and_gets_its_studies_right(tmp_path: Path, seed: int) -> None:
     config = _demo_config(tmp_path)
     proc = subprocess.run(
-        [str(DICOM_NODE), "--log-level", "WARNING", "demo", "--config", str(config), "--timeout", "180", "--seed", "2026"],
+        [str(DICOM_NODE), "--log-level", "WARNING", "demo", "--config", str(config), "--timeout", "180", "--seed", str(seed)],
         capture_output=True, text=True, check=False, timeout=230, cwd=tmp_path,
     )
     out = proc.stdout
@@ -46,12 +49,17 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     def present(section: str) -> set[str]:
         return {m.group(1) for m in re.finditer(r"(?m)^\s+Present\s+(.+?)(?: p=[\d.]+)?$", section)}
 
-    assert {"Subdural intracranial hemorrhage", "Intracranial hemorrhage"} <= present(by_title["head CT, subdural hemorrhage"])
+    # the right answer: the subdural hemorrhage found, nothing on the normal CT (whether an extra subtype is
+    # named beside the subdural one is a specificity question: bench/study_level.py counts it over 20 seeds)
+    assert {"Subdural intracranial hemorrhage", "Intracranial hemorrhage"} <= present(
+        by_title["head CT, subdural hemorrhage"])
     assert present(by_title["head CT, normal"]) == set()
     assert re.search(r"(?m)^\s+Absent\s+Intracranial hemorrhage", by_title["head CT, normal"])
     assert present(by_title["brain MR, SIH signs"]) == {"Spontaneous intracranial hypotension"}
     assert "0 overlay image(s)" in by_title["head CT, normal"]
     assert re.search(r"[1-9]\d* overlay image\(s\)", by_title["head CT, subdural hemorrhage"])
+    assert "1 segmentation (DICOM SEG)" in by_title["head CT, subdural hemorrhage"]
+    assert "segmentation" not in by_title["head CT, normal"]
     assert "synthetic" in out.lower(), "the summary says the weights are synthetic demos"
     assert (tmp_path / "var").is_dir(), "relative paths resolve against the config's folder"
     links = re.findall(r"(?m)^one-time login(?: \(24 h\))?: (http://127\.0\.0\.1:\d+/login/once/\S+)$", out)

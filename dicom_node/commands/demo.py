@@ -2,14 +2,16 @@
 
 Starts a receiving PACS on the first configured destination, the node (receiver, assembler, sender,
 local worker) on the config, sends generated studies in as that PACS would (a head CT with a subdural
-hemorrhage, a normal head CT, an SIH-positive brain MR), waits for the SR and overlays to come back,
-and prints what the PACS received. With a dashboard (`[web] port`), it prints its address and a one-time
+hemorrhage, a normal head CT, an SIH-positive brain MR and, when a microbleed model is enabled, an SWI
+brain MR with lobar microbleeds), waits until the node has delivered everything for each study (SR,
+overlays, SEG; one SR per model that reads the study's modality), and prints what the PACS received. With a dashboard (`[web] port`), it prints its address and a one-time
 login link (user `demo`, admin; valid 24 h) that also works later with `dicom-node serve`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         login = _dashboard_login(config, node)
         if login:
             print(f"dashboard: {login[0]}\none-time login (24 h): {login[1]}\n")
-        code = _demo(config, node.port or config.node.port, pacs, work, args)
+        code = _demo(config, node, pacs, work, args)
         if login:
             print(f"\ndashboard (while a node runs on this config, e.g. `dicom-node serve --config {args.config}`):"
                   f" {login[0]}\none-time login: {login[1]}")
@@ -86,12 +88,16 @@ def _dashboard_login(config: Config, node: Node) -> tuple[str, str] | None:
     return dashboard_url(config), dashboard_url(config, f"/login/once/{token}")
 
 
-def _demo(config: Config, port: int, pacs: DemoPacs, work: Path, args: argparse.Namespace) -> int:
+def _demo(config: Config, node: Node, pacs: DemoPacs, work: Path, args: argparse.Namespace) -> int:
     import pydicom
+    from sqlalchemy import select
 
+    from dicom_node.db.schema import Study, StudyState
+    from dicom_node.ml.manifest import load_manifest
     from dicom_node.outputs.readback import sr_findings, sr_text
     from dicom_node.scu import send_files
     from dicom_node.synth import write_ct_head_study, write_mr_sih_study
+    from dicom_node.synth.swi_study import write_mr_swi_study
 
     if args.seed is None:
         args.seed = int(time.time()) % 1_000_000
@@ -102,6 +108,14 @@ def _demo(config: Config, port: int, pacs: DemoPacs, work: Path, args: argparse.
         ("head CT, normal", write_ct_head_study(studies_dir, args.seed, findings=(), patient_index=1)),
         ("brain MR, SIH signs", write_mr_sih_study(studies_dir, args.seed, sih=True, patient_index=2)),
     ]
+    tasks = set()
+    for enabled in config.models.enabled:
+        with contextlib.suppress(ModelError):  # the node's start-up checks have named a broken model
+            tasks.add(load_manifest(Path(config.models.path) / enabled.name / enabled.version).task)
+    if "cmb-swi" in tasks:  # a microbleed model is enabled: an SWI study with lobar microbleeds for it
+        cases.append(("brain MR, SWI microbleeds", write_mr_swi_study(studies_dir, args.seed, svd_class="caa",
+                                                                       patient_index=3, distractors=False)))
+    port = node.port or config.node.port
     sent_at: dict[str, float] = {}
     for title, study in cases:
         statuses = send_files(study.files, "127.0.0.1", port, calling_ae=config.destinations[0].ae_title,
@@ -123,7 +137,17 @@ def _demo(config: Config, port: int, pacs: DemoPacs, work: Path, args: argparse.
 
     while len(srs_back()) < len(cases) and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)  # overlays and the SEG follow their SR in the same sender pass
+    # a study has one SR per enabled model that reads its modality (an answer, or "not analysed"), and
+    # overlays and SEGs follow their SR: wait until the node has delivered everything for every study
+    uids = [study.study_uid for _, study in cases]
+
+    def all_delivered() -> bool:
+        with node.db.read() as session:
+            states = session.scalars(select(Study.state).where(Study.study_uid.in_(uids))).all()
+        return len(states) == len(uids) and all(st == StudyState.DELIVERED for st in states)
+
+    while not all_delivered() and time.monotonic() < deadline:
+        time.sleep(0.2)
     back = srs_back()
 
     print()
