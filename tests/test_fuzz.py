@@ -7,6 +7,7 @@ Bounded: a fixed seed, a fixed count, one serve, a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
@@ -149,13 +150,11 @@ def _malformed_pdus(port: int, rng: random.Random) -> None:
         else:  # an A-ASSOCIATE-RQ whose item lengths lie
             rq = bytearray(_a_associate_rq() + b"\x10\x00\xff\xff" + b"1.2.840.10008.3.1.1.1")
             data = bytes(rq)
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            try:
-                sock.sendall(data)
-                sock.settimeout(0.2)
-                sock.recv(1024)
-            except OSError:
-                pass
+        # the node may reset a hostile connection at once: that is fine (connecting must still work)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, contextlib.suppress(OSError):
+            sock.sendall(data)
+            sock.settimeout(0.2)
+            sock.recv(1024)
 
 
 def test_fuzzed_datasets_and_pdus(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ bytes. At most `max_connections` connections are served at once; more are closed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -43,13 +44,12 @@ def handle_message(db: Database, raw: str, peer: str, facility: str = "DICOMNODE
     """Store one HL7 message (or its refusal) and return the ACK to send."""
     now = utcnow()
     to_app = to_fac = control_id = ""
-    try:
+    # the ACK's addressing from MSH when it can be read; a NAK to an unreadable header goes unaddressed
+    with contextlib.suppress(Malformed, IndexError):
         _, msh = header(raw)
         control_id = msh[10].strip() if len(msh) > 10 else ""
         to_app = msh[3].split(msh[2][0])[0] if len(msh) > 3 else ""
         to_fac = msh[4].split(msh[2][0])[0] if len(msh) > 4 else ""
-    except (Malformed, IndexError):
-        pass
     try:
         parsed = parse_oru(raw)
     except Malformed as exc:
@@ -111,10 +111,8 @@ class ReportListener:
             self._sock.close()
         with self._lock:
             for conn in list(self._open):
-                try:
+                with contextlib.suppress(OSError):  # the peer may have closed it already
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         for thread in list(self._threads):
             thread.join(timeout)
         log.info("report listener stopped")

@@ -10,12 +10,11 @@ How each kind of file is handled (see INVENTORY.md for the files themselves):
 - files without file meta (odd/no_preamble_no_meta/) are not storage objects: they carry no SOP Class /
   Instance UID, storescu refuses to send them, and nothing reaches the node.
 
-Path from DICOM_NODE_SHARED_DATA, default <repo>/../shared/data; skipped when that folder is absent.
+Path from DICOM_NODE_SHARED_DATA, default <repo>/../shared/data; the suite fails, with what to do, when that folder is absent.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import REPO
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from receiver_helpers import make_config, storescu
+from shared_data import DATA, require_data
 from sqlalchemy import func, select
 
 from dicom_node.config import Config
@@ -36,7 +35,6 @@ from dicom_node.receiver import ReceiverHandle, start_receiver
 
 pytestmark = pytest.mark.shared_data
 
-DATA = Path(os.environ.get("DICOM_NODE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # storescu flag that proposes each transfer syntax (uncompressed ones are proposed by default)
 PROPOSE = {
@@ -72,8 +70,7 @@ def _files() -> list[str]:
 
 
 FILES = _files()
-if not FILES:
-    pytest.skip(f"shared data folder {DATA} is absent (set DICOM_NODE_SHARED_DATA)", allow_module_level=True)
+require_data()
 
 
 @dataclass

@@ -8,13 +8,13 @@ Path from DICOM_NODE_SHARED_DATA, default <repo>/../shared/data.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import REPO, wait_for, write_config
+from conftest import wait_for, write_config
 from e2e_helpers import SR_CLASS, CollectingSCP, ServeProcess, e2e_sections, storescu
+from shared_data import DATA, require_data
 
 from dicom_node.config import load_config
 from dicom_node.outputs.readback import sr_findings, sr_text
@@ -22,7 +22,6 @@ from dicom_node.outputs.validate import dciodvfy_errors, dsrdump
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.timeout(600)]
 
-DATA = Path(os.environ.get("DICOM_NODE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # (study folder, files, models expected to answer). One encoding of each single-instance NEMA/CQ500 file:
 # the other files in those folders are the same SOP instance in other transfer syntaxes.
@@ -36,8 +35,7 @@ STUDIES = {
 # storescu proposes uncompressed syntaxes only unless told: JPEG 2000 lossless, JPEG lossless SV1
 PROPOSE = {"philips-mr-survey": ("-xv",), "siemens-mr-loc": ("-xs",)}
 
-if not DATA.is_dir():
-    pytest.skip(f"shared data folder {DATA} is absent (set DICOM_NODE_SHARED_DATA)", allow_module_level=True)
+require_data()
 
 
 @pytest.fixture(scope="module")

@@ -2,26 +2,23 @@
 the rules the shipped manifests declare: "ich", "axial"/"coronal" (SIH), or a fragment of the reason
 it is refused. A series added to the folder fails the test until it is given its decision.
 
-Path from DICOM_NODE_SHARED_DATA, default <repo>/../shared/data; skipped when that folder is absent.
+Path from DICOM_NODE_SHARED_DATA, default <repo>/../shared/data; the suite fails, with what to do, when that folder is absent.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from ml_helpers import decide
+from shared_data import DATA, require_data
 
 from dicom_node.ml.datasets import scan_dicom
 from dicom_node.ml.selection import group_series
 
 pytestmark = pytest.mark.shared_data
 
-DATA = Path(os.environ.get("DICOM_NODE_SHARED_DATA", REPO.parent / "shared" / "data"))
-if not DATA.is_dir():
-    pytest.skip(f"shared data folder {DATA} is absent (set DICOM_NODE_SHARED_DATA)", allow_module_level=True)
+require_data()
 
 NOT_READ = "is not a single-frame image class"  # Enhanced (multi-frame) CT/MR: neither pipeline reads them
 T1_WORDS = "matches none of ['t1'"
