@@ -85,12 +85,7 @@ class Assembler:
             study = session.scalars(select(Study).where(Study.study_uid == study_uid).with_for_update()).one_or_none()
             if study is None or study.state == StudyState.RECEIVING:
                 return None
-            study.state = StudyState.COMPLETE
-            study.generation += 1
-            study.completed_at = now
-            session.flush()
-            if self.on_complete is not None:
-                self.on_complete(session, study)
+            self._complete(session, study, now)
             generation = study.generation
         log.info("study queued for re-analysis", extra={"study_uid": study_uid, "generation": generation})
         return generation
@@ -157,12 +152,7 @@ class Assembler:
                 study = session.scalars(select(Study).where(Study.id == study_id).with_for_update()).one_or_none()
                 if study is None or study.state != StudyState.RECEIVING or not still_due(study):
                     return None
-                study.state = StudyState.COMPLETE
-                study.generation += 1
-                study.completed_at = now
-                session.flush()
-                if self.on_complete is not None:
-                    self.on_complete(session, study)
+                self._complete(session, study, now)
                 uid, generation = study.study_uid, study.generation
         except Exception as exc:  # noqa: BLE001 - one study's failure (DB or callback) must not stop the others
             log.error(
@@ -171,3 +161,12 @@ class Assembler:
             return None
         log.info("study complete", extra={"study_uid": uid, "generation": generation, "trigger": why})
         return uid
+
+    def _complete(self, session: Session, study: Study, now: datetime) -> None:
+        """RECEIVING (or a re-analysis) -> COMPLETE as a new generation, and the jobs it needs, in `session`."""
+        study.state = StudyState.COMPLETE
+        study.generation += 1
+        study.completed_at = now
+        session.flush()
+        if self.on_complete is not None:
+            self.on_complete(session, study)
