@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dicom_node.commands.train", "train a model from DICOM + a labels CSV"),
     "evaluate": ("dicom_node.commands.evaluate", "evaluate a model: metrics.json and ROC/PR curves"),
     "demo": ("dicom_node.commands.demo", "run the whole loop on a generated study against a local PACS"),
+    "db": ("dicom_node.commands.db", "the database schema: db upgrade (to this release's), db current (its revision)"),
     "user": ("dicom_node.commands.user", "dashboard accounts (user add NAME --role admin)"),
     "reports": ("dicom_node.commands.reports",
                 "radiology reports: import, label, train, evaluate, export-labels, monitor"),

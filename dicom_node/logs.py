@@ -101,6 +101,8 @@ def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
     # pynetdicom logs every PDU at INFO; its own warnings and errors still come through.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # Alembic logs its set-up at every start; db/migrations.py logs the upgrades themselves.
+    logging.getLogger("alembic").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
     # highdicom logs every module it copies at INFO, and quotes header values (a PatientName) in its
     # warnings: above DEBUG only its errors come through.
     logging.getLogger("highdicom").setLevel(logging.ERROR if level.upper() != "DEBUG" else logging.DEBUG)

@@ -1,6 +1,7 @@
 """One SQLAlchemy engine per process; SQLite in WAL mode by default, PostgreSQL for scale-out.
 
-Opening a `Database` creates the schema, or upgrades one an earlier release made (`db/migrations.py`).
+Opening a `Database` creates the schema, or upgrades one an earlier release made (`db/migrations.py`, Alembic);
+a schema from a newer release is refused (`SchemaError`).
 `Database.write()` opens a transaction that takes the write lock at once on SQLite (`BEGIN IMMEDIATE`),
 so read-modify-write sequences (job claims, upserts) never interleave between processes; `read()` opens a
 deferred one, so status queries and pollers never hold the lock the receiver needs.
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
@@ -30,7 +32,10 @@ def utcnow() -> datetime:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    write_options: ClassVar[dict[str, bool]] = {_WRITE_OPTION: True}  # a connection's execution options that make its BEGIN a writer's
+
+    def __init__(self, url: str, *, upgrade: bool = True) -> None:
+        """Open the database at `url`; with `upgrade` (the default) also bring its schema to this release's."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -44,15 +49,15 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        with self.write() as session:  # create, or upgrade one an earlier release made (db/migrations.py)
-            migrations.upgrade(session.connection())
+        if upgrade:  # create, or upgrade one an earlier release made
+            migrations.upgrade(self)
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that holds the write lock from its start; commits on success, rolls back on error."""
         with self._sessions() as session, session.begin():
             # the first connection use begins the transaction: tell _sqlite_on_begin it is a writer
-            session.connection(execution_options={_WRITE_OPTION: True})
+            session.connection(execution_options=self.write_options)
             yield session
 
     @contextmanager

@@ -5,10 +5,10 @@ worker); results (worker); outputs, deliveries (reporter → sender); notificati
 users, web_sessions, login_tokens (dashboard accounts) and audit_events (who did what); radiology_reports,
 report_rejections, report_labels and monitor_alerts (report intake, labels and AI-vs-report monitoring).
 Invariants the code relies on are enforced by the database (unique keys, a partial unique index for "one
-open job per study and model").
+open job per study and model", a CHECK constraint naming the allowed values of every state and status column).
 
-A change here is also a numbered step in `db/migrations.py`, which upgrades databases made by earlier
-releases (`schema_version` table).
+A change here is also a new Alembic revision in `db/alembic/versions/`, which upgrades databases made by
+earlier releases (`db/migrations.py` runs them at start-up and in `dicom-node db upgrade`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from datetime import datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Enum,
     Float,
@@ -28,9 +29,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from dicom_node.analysis import AnalysisStatus
 
 
 class Base(DeclarativeBase):
@@ -73,6 +77,12 @@ def _enum(e: type[enum.Enum]) -> Enum:
     return Enum(e, values_callable=lambda x: [m.value for m in x], native_enum=False, length=16)
 
 
+def one_of(table: str, column: str, e: type[enum.Enum]) -> CheckConstraint:
+    """`ck_<table>_<column>`: the database refuses any value of `column` that is not a member of `e`."""
+    values = ", ".join(f"'{m.value}'" for m in e)
+    return CheckConstraint(f"{column} IN ({values})", name=f"ck_{table}_{column}")
+
+
 class Association(Base):
     """One accepted association. `owner` is the serve process that recorded it (`ownership.process_id()`):
     at start-up a node closes only the open associations it or a dead process on its host left behind."""
@@ -102,8 +112,13 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     pixels_deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # retention committed the deletion but some files may still be on disk (`retention.py` unlinks them after
+    # the commit and clears this; a failed unlink or a crash leaves it set, and the next pass tries again)
+    pixels_unlink_pending: Mapped[bool] = mapped_column(default=False, server_default=false())
     last_association_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.series_number")
+
+    __table_args__ = (one_of("studies", "state", StudyState),)
 
 
 class Series(Base):
@@ -158,7 +173,7 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     run_after: Mapped[datetime] = mapped_column(DateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    # claims whose worker stopped (its lease ran out); server default: rows from before migration 1
+    # claims whose worker stopped (its lease ran out); server default: rows from before revision 0001
     lease_expiries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
@@ -177,6 +192,7 @@ class Job(Base):
             postgresql_where=text("state = 'queued'"),
         ),
         Index("ix_job_claim", "state", "priority", "run_after"),
+        one_of("jobs", "state", JobState),
     )
 
 
@@ -193,6 +209,8 @@ class Result(Base):
     critical: Mapped[bool] = mapped_column(default=False)
     payload: Mapped[dict] = mapped_column(JSON)  # StudyAnalysis.to_json()
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (one_of("results", "status", AnalysisStatus),)
 
 
 class Output(Base):
@@ -238,6 +256,7 @@ class Delivery(Retried, Claimed, Base):
     __table_args__ = (
         UniqueConstraint("output_id", "destination", name="uq_delivery_output_destination"),
         Index("ix_delivery_due", "state", "next_attempt_at"),
+        one_of("deliveries", "state", DeliveryState),
     )
 
 
@@ -258,6 +277,7 @@ class Notification(Retried, Claimed, Base):
     __table_args__ = (
         UniqueConstraint("study_id", "target", name="uq_notification_study_target"),
         Index("ix_notification_due", "state", "next_attempt_at"),
+        one_of("notifications", "state", NotificationState),
     )
 
 
@@ -386,4 +406,5 @@ class MonitorAlert(Retried, Base):
         # one open alert per model version, label and rate
         Index("uq_monitor_alert_open", "model_name", "model_version", "label", "metric", unique=True,
               sqlite_where=text("cleared_at IS NULL"), postgresql_where=text("cleared_at IS NULL")),
+        one_of("monitor_alerts", "state", NotificationState),
     )
