@@ -7,8 +7,12 @@ a model that returns after that counts as a failed attempt. A job whose workers 
 `worker.max_lease_expiries` times gets the "analysis failed" SR without the model running again.
 Everything a finished job changes in the database (job state, result, outputs, deliveries, study
 priority and state) is one transaction, keyed so that a re-run inserts nothing twice: results by job,
-outputs by SOP Instance UID (deterministic), deliveries by (output, destination). Output files are
-written durably into the outbox inside that transaction, after the lease is confirmed.
+outputs by SOP Instance UID (deterministic), deliveries by (output, destination). Output files are written
+durably into the outbox BEFORE that transaction, under names that hold a digest of their bytes
+(`outbox.py`), and the transaction only records rows: on SQLite it holds the write lock, which incoming
+C-STOREs wait for, so it does no file I/O beyond checking that the files it records are there. Files no
+row names (a crash before the commit, a lost lease, replaced content) are removed after the commit, or at
+once when recording fails.
 
 When the final attempt fails (or a job comes back after its last attempt's worker died), the worker
 builds a FAILED analysis with the reason and still writes an SR saying that analysis failed.
@@ -27,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 import pydicom
 from sqlalchemy import select
 
-from dicom_node import jobs, ownership, triage
+from dicom_node import jobs, outbox, ownership, triage
 from dicom_node.analysis import AnalysisStatus, InstanceRef, StudyAnalysis, instance_ref
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
@@ -43,17 +47,20 @@ from dicom_node.db.schema import (
     StudyState,
 )
 from dicom_node.delivery import state as delivery_state
-from dicom_node.errors import LeaseLostError, PermanentError
+from dicom_node.errors import LeaseLostError, PermanentError, TransientError
 from dicom_node.outputs import lineage, uids
 from dicom_node.outputs.lineage import PriorReport
 from dicom_node.outputs.objects import OutputObject
-from dicom_node.store import make_dirs_durable, sanitise_uid, write_durable
+from dicom_node.store import write_durable
 from dicom_node.verdicts import reconcile
 
 if TYPE_CHECKING:
     from dicom_node.ml.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+_RECORD_TRIES = 3  # outputs written and recorded again when a file went before its row was recorded
+
 
 class BuildOutputs(Protocol):
     def __call__(self, analysis: StudyAnalysis, sources: Mapping[str, pydicom.Dataset], generation: int, *,
@@ -128,9 +135,11 @@ class Worker:
         pipelines: Sequence[Pipeline] | None = None,
         build_outputs: BuildOutputs | None = None,
         worker_id: str | None = None,
+        write_file: outbox.WriteFile = write_durable,
     ) -> None:
         self.config = config
         self.db = db
+        self.write_file = write_file  # how an output's file is written (atomically, durably)
         self.worker_id = worker_id or default_worker_id()
         if pipelines is None and not any(m.enabled for m in config.models.enabled):
             pipelines = []  # nothing to load (and no reason to import torch)
@@ -289,7 +298,8 @@ class Worker:
             ]
 
     def _finish(self, job: Job, study: StudyInput, analysis: StudyAnalysis, error: str = "") -> None:
-        """Store the result and outputs, queue deliveries and complete the job: one transaction."""
+        """Write the outputs, then store the result, record the outputs, queue deliveries and complete the
+        job in one transaction; then remove the files no row names."""
         with self.db.read() as session:
             row = session.get(Study, study.study_id)
             if row is None:  # study rows are never deleted (retention removes files only)
@@ -301,12 +311,51 @@ class Worker:
         if not stale:
             outputs, reported = self._outputs(study, analysis, job.generation)
         encoded = [(o, _encode(o.dataset)) for o in outputs]
+        files = [(o, data, outbox.relpath(study.study_uid, o.sop_instance_uid, data)) for o, data in encoded]
+        for tries_left in reversed(range(_RECORD_TRIES)):
+            for _obj, data, rel in files:  # no transaction open: the write lock is not held over file I/O
+                outbox.write(self.config.storage.outbox, rel, data, self.write_file)
+            try:
+                raised, recorded = self._record(job, study, analysis, reported, files, error)
+                break
+            except outbox.FileGone as exc:
+                if not tries_left:
+                    raise TransientError(f"output file {exc} kept disappearing before it was recorded") from exc
+                log.warning("output file removed before it was recorded: writing it again",
+                            extra={"job_id": job.id, "file": str(exc)})
+            except BaseException:
+                self._remove_unrecorded(study, [rel for _obj, _data, rel in files])
+                raise
+        for sop_instance_uid, kept in recorded.items():  # after the commit: files no row names
+            outbox.remove(outbox.strays(self.config.storage.outbox, study.study_uid, sop_instance_uid, kept))
+        log.info(
+            "result stored",
+            extra={
+                "job_id": job.id,
+                "study_uid": study.study_uid,
+                "status": reported.status.value,
+                "critical": analysis.critical,
+                "outputs": len(files),
+                "stale": stale,
+            },
+        )
+        if raised:
+            triage.notify_critical(
+                self.config.notifications, study.study_uid, study.accession_number, analysis,
+                patient_id=study.patient_id,
+            )
+
+    def _record(self, job: Job, study: StudyInput, analysis: StudyAnalysis, reported: StudyAnalysis,
+                files: list[tuple[OutputObject, bytes, str]], error: str) -> tuple[bool, dict[str, str]]:
+        """The one transaction of a finished job; returns whether the study was raised to STAT and, per
+        output, the file its row names."""
         now = utcnow()
+        recorded: dict[str, str] = {}
         with self.db.write() as session:
             jobs.complete(session, job.id, self.worker_id, error=error)  # LeaseLostError: roll back
             result, changed = _upsert_result(session, job, reported, now)
-            for obj, data in encoded:
-                self._store_output(session, study, result, obj, data, changed, now)
+            for obj, _data, rel in files:
+                recorded[obj.sop_instance_uid] = self._store_output(session, study, result, obj, rel, changed, now)
             db_study = session.get(Study, study.study_id)
             assert db_study is not None
             raised = triage.apply_priority(session, db_study, analysis)
@@ -318,22 +367,19 @@ class Worker:
                 db_study.state = StudyState.ANALYSED
                 session.flush()
                 delivery_state.update_study_delivered(session, db_study.id)
-        log.info(
-            "result stored",
-            extra={
-                "job_id": job.id,
-                "study_uid": study.study_uid,
-                "status": reported.status.value,
-                "critical": analysis.critical,
-                "outputs": len(encoded),
-                "stale": stale,
-            },
-        )
-        if raised:
-            triage.notify_critical(
-                self.config.notifications, study.study_uid, study.accession_number, analysis,
-                patient_id=study.patient_id,
-            )
+        return raised, recorded
+
+    def _remove_unrecorded(self, study: StudyInput, rels: list[str]) -> None:
+        """After a failed recording: remove the files written for it that no row names (e.g. this worker
+        lost its lease and another one recorded other bytes); what cannot be checked now is left for the
+        next reconciliation of these outputs."""
+        try:
+            with self.db.read() as session:
+                named = set(session.scalars(select(Output.path).where(Output.path.in_(rels))))
+        except Exception:
+            log.warning("unrecorded output files not checked", extra={"study_uid": study.study_uid}, exc_info=True)
+            return
+        outbox.remove(self.config.storage.outbox / rel for rel in rels if rel not in named)
 
     def _outputs(self, study: StudyInput, analysis: StudyAnalysis, generation: int
                  ) -> tuple[list[OutputObject], StudyAnalysis]:
@@ -361,18 +407,19 @@ class Worker:
         study: StudyInput,
         result: Result,
         obj: OutputObject,
-        data: bytes,
+        relpath: str,
         changed: bool,
         now: Any,
-    ) -> None:
-        relpath = f"{sanitise_uid(study.study_uid)}/{sanitise_uid(obj.sop_instance_uid)}.dcm"
-        existing = session.scalar(select(Output).where(Output.sop_instance_uid == obj.sop_instance_uid))
+    ) -> str:
+        """Record one output whose file `relpath` is written; returns the file its row names."""
+        existing = session.scalar(
+            select(Output).where(Output.sop_instance_uid == obj.sop_instance_uid).with_for_update()
+        )
         if existing is not None and not changed and (self.config.storage.outbox / existing.path).is_file():
             row = existing
         else:
-            target = self.config.storage.outbox / relpath
-            make_dirs_durable(target.parent)
-            write_durable(target, data)
+            if not (self.config.storage.outbox / relpath).is_file():  # a stat, no I/O: written before
+                raise outbox.FileGone(relpath)
             if existing is None:
                 row = Output(
                     study_id=study.study_id,
@@ -405,6 +452,7 @@ class Worker:
                     )
                 )
         session.flush()
+        return str(row.path)
 
 
 def _upsert_result(session: Any, job: Job, analysis: StudyAnalysis, now: Any) -> tuple[Result, bool]:

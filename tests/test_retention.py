@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from datetime import timedelta
 from io import BytesIO
 from pathlib import Path
 
+import pytest
 from receiver_helpers import ct_series, make_config
 from sqlalchemy import func, select
 
@@ -67,3 +70,48 @@ def test_zero_days_keeps_everything(tmp_path: Path) -> None:
     _set(db, study_uid, StudyState.DELIVERED, 365)
     assert Retention(config, db).run_once() == 0
     assert all(p.exists() for p in files)
+
+
+def test_a_failed_unlink_is_logged_and_retried_next_pass(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The deletion is committed first, the files unlinked after it: a file that cannot be unlinked (here a
+    directory in its place, which even root cannot unlink) keeps the study pending, and the next pass
+    finishes it once the file can go. Readers see the pixels as deleted from the commit on."""
+    config = make_config(tmp_path, retention={"delete_after_days": 7})
+    db = Database(config.database_url)
+    study_uid, files = _receive(config, db, 3)
+    _set(db, study_uid, StudyState.DELIVERED, 8)
+    stuck = files[1]
+    stuck.unlink()
+    stuck.mkdir()
+    (stuck / "inside").write_bytes(b"x")
+
+    with caplog.at_level(logging.WARNING, logger="dicom_node.retention"):
+        assert Retention(config, db).run_once() == 1
+    assert [r.getMessage() for r in caplog.records] == ["retention: files not deleted, tried again next pass"]
+    assert not files[0].exists() and not files[2].exists() and stuck.is_dir()
+    with db.read() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+        assert study is not None and study.pixels_deleted_at is not None and study.pixels_unlink_pending
+
+    shutil.rmtree(stuck)
+    stuck.write_bytes(b"the file is back and can go")
+    assert Retention(config, db).run_once() == 0, "no new study to purge: only the pending one is finished"
+    assert not stuck.exists()
+    with db.read() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+        assert study is not None and not study.pixels_unlink_pending
+
+
+def test_a_pass_that_stopped_after_its_commit_is_finished_by_the_next(tmp_path: Path) -> None:
+    """A process that dies between committing a deletion and unlinking the files leaves the study pending;
+    the next pass (here a new `Retention`) unlinks them."""
+    config = make_config(tmp_path, retention={"delete_after_days": 7})
+    db = Database(config.database_url)
+    study_uid, files = _receive(config, db, 2)
+    with db.write() as session:  # what the first transaction of run_once commits, and nothing after it
+        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+        assert study is not None
+        study.state, study.pixels_deleted_at, study.pixels_unlink_pending = StudyState.DELIVERED, utcnow(), True
+    assert all(p.exists() for p in files)
+    assert Retention(config, db).unlink_pending() == 1
+    assert not any(p.exists() for p in files)
