@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -416,6 +419,53 @@ def test_lease_lost_during_analysis_stores_nothing(config: Config, db: Database)
     worker.run_once()
     assert outputs(db) == [] and count(db, Result) == 0
     assert job_row(db).worker_id == "thief" and job_row(db).state == JobState.RUNNING
+    # its files were written before the transaction that found the lease gone: removed, none left
+    assert list(config.storage.outbox.rglob("*.dcm")) == []
+
+
+CRASHING_WORKER = """
+import os, sys
+from dicom_node.config import load_config
+from dicom_node.db.engine import Database
+from dicom_node.store import write_durable
+from dicom_node.worker import Worker
+from test_worker import FakePipeline, positive
+
+def write_then_die(path, data):
+    write_durable(path, data)
+    os._exit(17)  # dies once its first output file is durable, before any row is recorded
+
+config = load_config(sys.argv[1])
+Worker(config, Database(config.database_url), pipelines=[FakePipeline(positive)], write_file=write_then_die).run_once()
+"""
+
+
+def test_a_worker_dying_between_writing_and_recording_leaves_harmless_files_the_rerun_reconciles(
+    config: Config, db: Database
+) -> None:
+    """Outputs are written before the transaction that records them. A worker that dies in between leaves
+    files no row names: never sent (no delivery exists), and reconciled when the job runs again: the same
+    bytes have the same name (kept), other bytes for the same output are removed after the commit."""
+    store_study(config, db)
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_WORKER, str(config.source)], env=env,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert crashed.returncode == 17, crashed.stderr[-2000:]
+    (left,) = config.storage.outbox.rglob("*.dcm")
+    assert outputs(db) == [] and count(db, Delivery) == 0, "no row names it: nothing will send it"
+    # an older crashed attempt of the same output, with other bytes
+    other = left.with_name(left.name.split("+")[0] + "+0123456789abcdef.dcm")
+    other.write_bytes(b"other bytes")
+    # the dead worker's lease runs out; the job runs again and records its outputs
+    assert jobs.requeue_expired(db, now=utcnow() + timedelta(seconds=60),
+                                max_lease_expiries=config.worker.max_lease_expiries) == 1
+    make_due(db)
+    assert Worker(config, db, pipelines=[FakePipeline(positive)]).run_once() is True
+    assert job_row(db).state == JobState.DONE
+    recorded = {config.storage.outbox / o.path for o in outputs(db)}
+    assert len(recorded) == 2 and set(config.storage.outbox.rglob("*.dcm")) == recorded
+    assert count(db, Delivery) == 4
 
 
 def test_stale_generation_result_is_stored_without_outputs(config: Config, db: Database) -> None:
