@@ -58,7 +58,8 @@ def _attempts(record: Path) -> str:
     return record.read_text() if record.exists() else ""
 
 
-def test_a_receiver_host_runs_without_the_worker_libraries(tmp_path: Path, without_ml: None) -> None:
+def test_a_receiver_host_runs_without_the_worker_libraries(tmp_path: Path, without_ml: None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     attempts = tmp_path / "imports"  # what the host's commands tried to import of the blocked libraries
     web_port = free_port()
     with CollectingSCP(tmp_path / "pacs") as pacs:
@@ -73,27 +74,24 @@ def test_a_receiver_host_runs_without_the_worker_libraries(tmp_path: Path, witho
         )
         check = _command(attempts, "config", "check", str(config))
         assert check.returncode == 0, check.stderr
-        port = int(re.search(r"port = (\d+)", config.read_text())[1])  # type: ignore[index]
+        port = int(tomllib.loads(config.read_text())["node"]["port"])
         study = write_ct_head_study(tmp_path / "in", 7301, findings=(), n_slices=4, size=64, distractors=False)
         log = tmp_path / "serve.log"
         serve = ServeProcess(config, port, log)
-        os.environ["DICOM_NODE_BLOCKED_IMPORTS"] = str(attempts)  # inherited by serve (monkeypatched env)
-        try:
-            with serve:
-                storescu(port, study.files)  # every instance acknowledged, or this fails
-                wait_for(lambda: _models(config, study.study_uid) == [("ich", "queued")], timeout=30,
-                         msg="the study complete and queued for the ICH model (modality read from its manifest)")
-                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=10) as reply:
-                    assert reply.status == 200
-                for args in (("echo", "--config", str(config), "pacs"),
-                             ("retry", "--config", str(config), "--deliveries"),
-                             ("reports", "list", "--config", str(config)),
-                             ("status", "--config", str(config))):
-                    done = _command(attempts, *args)
-                    assert done.returncode == 0, f"{args}: {done.stderr}"
-                assert serve.stop() == 0
-        finally:
-            del os.environ["DICOM_NODE_BLOCKED_IMPORTS"]
+        monkeypatch.setenv("DICOM_NODE_BLOCKED_IMPORTS", str(attempts))  # inherited by serve
+        with serve:
+            storescu(port, study.files)  # every instance acknowledged, or this fails
+            wait_for(lambda: _models(config, study.study_uid) == [("ich", "queued")], timeout=30,
+                     msg="the study complete and queued for the ICH model (modality read from its manifest)")
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=10) as reply:
+                assert reply.status == 200
+            for args in (("echo", "--config", str(config), "pacs"),
+                         ("retry", "--config", str(config), "--deliveries"),
+                         ("reports", "list", "--config", str(config)),
+                         ("status", "--config", str(config))):
+                done = _command(attempts, *args)
+                assert done.returncode == 0, f"{args}: {done.stderr}"
+            assert serve.stop() == 0
     row = _study(config, study.study_uid)
     assert row is not None and row["instances"] == len(study.files)
     text = log.read_text()
