@@ -1,7 +1,8 @@
 """The `dicom-node` command: parses the sub-command name and hands over to its module.
 
 Each sub-command lives in `dicom_node/commands/<name>.py` with `add_arguments(parser)` and
-`run(args) -> int`. Only the chosen module is imported, so `dicom-node config check` does not load torch.
+`run(args) -> int`. Only the chosen module is imported, so `dicom-node config check` does not load torch;
+a command that needs a library of an install extra the host lacks says which extra, in one line (`extras.py`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except SchemaError as exc:  # a database a newer release made: one line, not a traceback
         print(f"dicom-node {pre.command}: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:  # a library of an extra this host was installed without
+        from dicom_node.extras import install_hint, missing_extra
+
+        command = " ".join(filter(None, (pre.command, getattr(args, "action", None))))
+        extra = missing_extra(exc, command)
+        if extra is None:
+            raise
+        print(install_hint(command, extra), file=sys.stderr)
         return 1
 
 

@@ -107,6 +107,7 @@ class WorkerConfig:
     poll_seconds: float = 0.5
     batch_size: int = 16
     torch_threads: int = 0  # 0: every core but one (ml.device.default_cpu_threads)
+    local: bool = True  # `serve` runs one worker process beside it (false: a receiver/sender host)
 
 
 @dataclass(frozen=True)
@@ -408,7 +409,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     models = ModelsConfig(path=r.path(m, "models", "path", "models", must_exist=True), enabled=tuple(settings))
 
     w = r.table(data, "worker", {"device", "lease_seconds", "max_attempts", "max_run_seconds", "max_lease_expiries",
-                                 "poll_seconds", "batch_size", "torch_threads"})
+                                 "poll_seconds", "batch_size", "torch_threads", "local"})
     device = r.get(w, "worker", "device", str, "auto")
     if device not in ("auto", "cuda", "cpu") and not re.match(r"^cuda:\d+$", device):
         r.problems.append(f"worker.device: {device!r} must be auto, cuda, cuda:N or cpu")
@@ -421,6 +422,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         poll_seconds=r.positive(w, "worker", "poll_seconds", float, 0.5),
         batch_size=r.positive(w, "worker", "batch_size", int, 16),
         torch_threads=r.positive(w, "worker", "torch_threads", int, 0, zero_ok=True),
+        local=r.get(w, "worker", "local", bool, True),
     )
 
     dl = r.table(data, "delivery", {

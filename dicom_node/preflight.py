@@ -1,8 +1,8 @@
 """What `serve` needs beyond a well-formed config: models that load, storage it can write, a database it
 can open, ports it can bind. One line per problem, naming the key, for `config check` and `serve`.
 
-`config.py` checks the file's shape and values; this module checks them against the machine. Models are
-loaded exactly as a worker loads them (`ml.registry.load_pipeline`, on the CPU), so a model name or
+`config.py` checks the file's shape and values; this module checks them against the machine. Where `serve`
+runs a local worker (`[worker] local`), models are loaded exactly as a worker loads them (`ml.registry.load_pipeline`, on the CPU), so a model name or
 version that does not exist, a manifest or weight file whose checksum is wrong and a threshold override
 for a label the model lacks are all refused here instead of in a worker restart loop.
 """
@@ -17,12 +17,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from dicom_node.config import Config
+from dicom_node.extras import missing_extra
 
 
-def problems(config: Config, ports: bool = False) -> list[str]:
+def problems(config: Config, ports: bool = False, local_worker: bool | None = None) -> list[str]:
     """Every problem found; `ports` also tries to bind the listening ports (for `serve`, not while a
-    node is running on them)."""
-    found = _storage(config) + _database(config) + _models(config) + _report_labeller(config)
+    node is running on them). `local_worker` (default `[worker] local`): whether `serve` runs a worker
+    here, which loads the models; without one, only the manifests the receiver reads are checked, and
+    neither torch nor any other library of the [worker] extra is imported."""
+    worker_here = config.worker.local if local_worker is None else local_worker
+    models = _models(config) if worker_here else _manifests(config)
+    found = _storage(config) + _database(config) + models + _report_labeller(config)
     if ports:
         found += _ports(config)
     return found
@@ -69,9 +74,11 @@ def _models(config: Config) -> list[str]:
     try:
         from dicom_node.errors import ModelError
         from dicom_node.ml.registry import load_pipelines
-    except ImportError as exc:
-        return [(f"models.enabled: the worker libraries are not installed ({exc.name}); "
-                 "install dicom-node with its worker extras or disable the models")]
+    except ModuleNotFoundError as exc:
+        if missing_extra(exc, "worker") is None:
+            raise
+        return [(f"worker.local: the local worker needs the [worker] extra ({exc.name} is not installed): "
+                 "pip install 'dicom-node[worker]', or set [worker] local = false where workers run elsewhere")]
     found = []
     quiet = logging.getLogger("dicom_node.ml")
     level = quiet.level
@@ -84,6 +91,22 @@ def _models(config: Config) -> list[str]:
         except ModelError as exc:
             found.append(f"models.enabled[{index}] ({setting.name} {setting.version}): {exc}")
     quiet.setLevel(level)
+    return found
+
+
+def _manifests(config: Config) -> list[str]:
+    """What a `serve` without a local worker needs of each enabled model: its manifest, read as JSON."""
+    from dicom_node.errors import ModelError
+    from dicom_node.services import model_modality
+
+    found = []
+    for index, setting in enumerate(config.models.enabled):
+        if not setting.enabled:
+            continue
+        try:
+            model_modality(config.models.path, setting)
+        except ModelError as exc:
+            found.append(f"models.enabled[{index}] ({setting.name} {setting.version}): {exc}")
     return found
 
 

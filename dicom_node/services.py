@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node import jobs
 from dicom_node.audit import AssociationAudit
-from dicom_node.config import Config
+from dicom_node.config import Config, ModelSetting
 from dicom_node.db.schema import Study
 from dicom_node.delivery.sender import Sender
 from dicom_node.errors import ModelError
@@ -37,19 +37,20 @@ TASK_MODALITY = {"ich-ct": "CT", "sih-mr": "MR", "cmb-swi": "MR"}
 
 def model_modalities(config: Config) -> list[tuple[str, frozenset[str]]]:
     """(name, modalities) of every enabled model, from its manifest; refuses a model that is not there."""
-    found: list[tuple[str, frozenset[str]]] = []
-    for setting in config.models.enabled:
-        if not setting.enabled:
-            continue
-        manifest = config.models.path / setting.name / setting.version / "manifest.json"
-        try:
-            data = json.loads(manifest.read_text())
-            # an ensemble manifest names members instead of an input: its task says the modality
-            modality = str(data["input"]["modality"] if "input" in data else TASK_MODALITY[data["task"]])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelError(f"model {setting.name} {setting.version}: cannot read {manifest}: {exc}") from exc
-        found.append((setting.name, frozenset({modality})))
-    return found
+    return [(setting.name, model_modality(config.models.path, setting))
+            for setting in config.models.enabled if setting.enabled]
+
+
+def model_modality(models_path: Path, setting: ModelSetting) -> frozenset[str]:
+    """The modalities one model reads, from its manifest.json alone (no torch); ModelError if unreadable."""
+    manifest = models_path / setting.name / setting.version / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text())
+        # an ensemble manifest names members instead of an input: its task says the modality
+        modality = str(data["input"]["modality"] if "input" in data else TASK_MODALITY[data["task"]])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"model {setting.name} {setting.version}: cannot read {manifest}: {exc}") from exc
+    return frozenset({modality})
 
 
 class Restartable:

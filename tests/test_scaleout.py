@@ -335,6 +335,8 @@ def test_a_second_serve_process_leaves_a_running_nodes_association_open(tmp_path
         ae.add_requested_context(Verification)
         assoc = ae.associate("127.0.0.1", config.node.port, ae_title="DICOMNODE")
         assert assoc.is_established
+        # the row is written in EVT_ACCEPTED, which pynetdicom triggers after sending the A-ASSOCIATE-AC
+        wait_for(lambda: _open_associations(node.db), timeout=10, msg="the association's row")
         with node.db.read() as s:
             row = s.scalars(select(Association)).one()
         assert row.owner == ownership.process_id() and row.ended_at is None

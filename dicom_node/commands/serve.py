@@ -11,7 +11,7 @@ from dicom_node.commands import load_config_or_report
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config.toml", help="configuration file (default config.toml)")
     parser.add_argument(
-        "--no-worker", action="store_true", help="do not start the local worker (workers run elsewhere)"
+        "--no-worker", action="store_true", help="do not start the local worker (workers run elsewhere), as [worker] local = false"
     )
 
 
@@ -21,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from dicom_node.preflight import problems
 
-    found = problems(config, ports=True)  # refuse to start, one line per problem, instead of a traceback
+    local_worker = config.worker.local and not args.no_worker
+    # refuse to start, one line per problem, instead of a traceback
+    found = problems(config, ports=True, local_worker=local_worker)
     for problem in found:
         print(f"{args.config}: {problem}", file=sys.stderr)
     if found:
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from dicom_node.services import build_node
 
     try:
-        node = build_node(config, log_level=args.log_level, local_worker=not args.no_worker)
+        node = build_node(config, log_level=args.log_level, local_worker=local_worker)
     except ModelError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ import threading
 
 from dicom_node.commands import load_config_or_report
 from dicom_node.errors import ModelError
+from dicom_node.extras import install_hint, missing_extra
 from dicom_node.worker_process import EXIT_CANNOT_LOAD_MODELS, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
         worker = Worker(config, db, worker_id=args.id)
     except ModelError as exc:
         print(f"cannot load models: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_LOAD_MODELS
+    except ModuleNotFoundError as exc:  # installed without the [worker] extra: restarting will not help
+        if missing_extra(exc, "worker") is None:
+            raise
+        print(install_hint("worker", "worker"), file=sys.stderr)
         return EXIT_CANNOT_LOAD_MODELS
     try:
         worker.run_forever(stop)
