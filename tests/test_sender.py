@@ -23,7 +23,6 @@ from dicom_node.db.schema import Delivery, DeliveryState, Job, JobState, Output,
 from dicom_node.delivery.echo import echo
 from dicom_node.delivery.sender import Sender
 from dicom_node.errors import DeliveryError
-from dicom_node.retry import backoff
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.4242"
 
@@ -146,7 +145,8 @@ def db(config: Config) -> Iterator[Database]:
 
 
 def test_backoff_is_exponential_and_capped(config: Config) -> None:
-    assert [backoff(config.delivery, n).total_seconds() for n in range(4)] == [0.3, 0.6, 1.0, 1.0]
+    # the wait after the 1st, 2nd, ... failed try: initial_backoff_seconds (delivery.retry.initial_delay_seconds)
+    assert [config.delivery.retry.delay(n).total_seconds() for n in range(1, 5)] == [0.3, 0.6, 1.0, 1.0]
 
 
 def test_sends_batch_to_storescp_and_marks_study_delivered(
