@@ -102,7 +102,7 @@ def enqueue_for_study(
             },
         )
     now = utcnow()
-    jobs = [_enqueue_one(session, study, name, config.worker.max_attempts, now) for name in chosen]
+    jobs = [_enqueue_one(session, study, name, config.worker.retry.max_attempts, now) for name in chosen]
     session.flush()
     return jobs
 

@@ -9,7 +9,7 @@ negative, and the reverse), to review.
 
 `check_alerts` opens one alert per model version, label and rate when the rate is below its floor
 (`[reports] min_sensitivity` / `min_specificity`) with at least `min_cases` in its denominator, logs it
-(ERROR), and queues a webhook (`[reports] alert_webhook_url`) sent with the deliveries' backoff; the
+(ERROR), and queues a webhook (`[reports] alert_webhook_url`) sent under the alerts' retry policy; the
 alert clears (INFO) when the rate is back at or above the floor. Open alerts are also what the dashboard
 and /metrics can show (`open_alerts`).
 """
