@@ -57,7 +57,10 @@ def _base(info: ValidationInfo) -> Path:
 def _resolve(value: Any, info: ValidationInfo) -> Any:
     if value is None or not isinstance(value, (str, Path)):
         return value  # None where allowed; anything else is refused by the Path type
-    p = Path(value).expanduser()
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # ~user of a user that does not exist
+        raise ValueError(f"{value}: its home folder is unknown") from None
     return p if p.is_absolute() else (_base(info) / p).resolve()
 
 
@@ -232,7 +235,10 @@ class StorageConfig(Frozen):
         if not isinstance(data, dict):
             return data
         default = cls.model_fields["path"].default
-        store = _resolve(data.get("path", default), info)
+        try:
+            store = _resolve(data.get("path", default), info)
+        except ValueError:
+            store = None
         if not isinstance(store, Path):  # refused as `path`; the others still get their defaults
             store = _resolve(default, info)
         return {"quarantine": store.parent / "quarantine", "outbox": store.parent / "outbox", **data}

@@ -9,14 +9,14 @@ the key (`"must be > 0, got -1"`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    PlainSerializer,
     Strict,
     StrictBool,
     StrictInt,
@@ -38,20 +38,54 @@ class Frozen(BaseModel):
         return self.model_validate({**dict(self), **changes})
 
 
+class FrozenDict(Mapping[K, V]):
+    """A read-only mapping (a table inside a frozen object): equal to a dict with the same items, and
+    unlike `types.MappingProxyType` it can be copied and pickled."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[K, V] | None = None) -> None:
+        self._data: dict[K, V] = dict(data or {})
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (self._data,))
+
+
 def _frozen_mapping(value: Mapping[K, V]) -> Mapping[K, V]:
-    return MappingProxyType(dict(value))
+    return FrozenDict(value)
+
+
+def _plain(value: Any) -> Any:
+    """A FrozenDict (nested too) as a dict, for `model_dump`."""
+    return {k: _plain(v) for k, v in value.items()} if isinstance(value, Mapping) else value
 
 
 Number = Annotated[float, Strict()]  # an int or a float; never a bool or a string
 Int = StrictInt
 Bool = StrictBool
 Str = StrictStr
-FrozenMap = Annotated[Mapping[K, V], AfterValidator(_frozen_mapping)]  # a read-only view of a fresh dict
+# a read-only copy of a table
+FrozenMap = Annotated[Mapping[K, V], AfterValidator(_frozen_mapping), PlainSerializer(_plain, return_type=dict)]
 
 
 def empty_map() -> Mapping[Any, Any]:
     """The default of a FrozenMap field: `Field(default_factory=empty_map)`."""
-    return MappingProxyType({})
+    return FrozenDict()
 
 
 def _positive(value: float) -> float:

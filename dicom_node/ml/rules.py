@@ -33,13 +33,12 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
-from dicom_node.validation import Frozen, FrozenMap, Int, Number, Str, problems
+from dicom_node.validation import Frozen, FrozenDict, FrozenMap, Int, Number, Str, problems
 
 
 class Contrast(enum.StrEnum):
@@ -161,9 +160,7 @@ RuleOverride: type[Frozen] = create_model(  # type: ignore[call-overload]
 
 def _given(overrides: Mapping[str, Frozen]) -> Mapping[str, Mapping[str, Any]]:
     """Each override as the read-only mapping of the keys it gives."""
-    return MappingProxyType(
-        {name: MappingProxyType({k: getattr(o, k) for k in o.model_fields_set}) for name, o in overrides.items()}
-    )
+    return FrozenDict({name: FrozenDict({k: getattr(o, k) for k in o.model_fields_set}) for name, o in overrides.items()})
 
 
 # `[models.enabled.rules.<rule>]` of config.toml: rule name -> the validated keys it overrides.
