@@ -1,50 +1,203 @@
 """The node's configuration: one immutable, validated object loaded once from `config.toml`.
 
-`load_config(path)` raises `ConfigError` listing every problem, each naming the key that has it.
-Relative paths resolve against the folder of the config file.
+Each `[section]` of the file is a frozen pydantic model below (`validation.Frozen`): its fields are the
+section's keys, each field's default is the key's only default, and construction validates, whether from
+the file (`load_config`, `parse_config`) or in code (`StorageConfig(path=...)`). An unknown key, a value of
+the wrong type or out of range is refused; `ConfigError.problems` names every problem with its key
+(`destinations[0].port: port 70000 out of range 1-65535`).
+
+Relative paths resolve against the folder of the config file (`parse_config`'s `base`; in code, the
+current folder). Retry policies (`[worker.retry]`, `[delivery.retry]`, `[notifications.retry]`) are
+`retry.RetryPolicy`; the older keys (`[worker] max_attempts`, `[delivery] initial_backoff_seconds`,
+`max_backoff_seconds`, `max_age_seconds`) still set them.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, model_validator
 
 from dicom_node.errors import ConfigError
-from dicom_node.ml.rules import parse_overrides
+from dicom_node.ml.rules import Overrides
+from dicom_node.retry import RetryPolicy
+from dicom_node.validation import (
+    Bool,
+    Frozen,
+    FrozenMap,
+    Int,
+    NonNegativeInt,
+    NonNegativeNumber,
+    Number,
+    PositiveInt,
+    PositiveNumber,
+    Str,
+    empty_map,
+    problems,
+)
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no backslash
+_URL_RE = re.compile(r"^https?://[^\s/]+")
 
 
-@dataclass(frozen=True)
-class TLSConfig:
-    enabled: bool = False
-    cert: Path | None = None
-    key: Path | None = None
-    ca: Path | None = None
-    require_client_cert: bool = True
+# -- value types ----------------------------------------------------------------------------------------
+
+def _base(info: ValidationInfo) -> Path:
+    """The folder relative paths resolve against: the config file's, else the current folder."""
+    context = info.context if isinstance(info.context, Mapping) else {}
+    return Path(context.get("base") or Path.cwd())
 
 
-@dataclass(frozen=True)
-class NodeConfig:
-    ae_title: str = "DICOMNODE"
-    host: str = "127.0.0.1"
-    port: int = 11112
-    max_associations: int = 32  # more than one PACS fills; idle peers time out after acse_timeout
-    max_pdu: int = 0  # 0: unlimited
-    acse_timeout: float = 10.0
-    dimse_timeout: float = 60.0
-    network_timeout: float = 60.0
-    tls: TLSConfig = field(default_factory=TLSConfig)
+def _resolve(value: Any, info: ValidationInfo) -> Any:
+    if value is None or not isinstance(value, (str, Path)):
+        return value  # None where allowed; anything else is refused by the Path type
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # ~user of a user that does not exist
+        raise ValueError(f"{value}: its home folder is unknown") from None
+    return p if p.is_absolute() else (_base(info) / p).resolve()
 
 
-@dataclass(frozen=True)
-class Caller:
-    ae_title: str
-    host: str | None = None  # an IP address or CIDR range; None: any host
+def _creatable(p: Path) -> Path:
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{p} cannot be created or written (nearest folder {probe})")
+    return p
+
+
+def _exists(p: Path | None) -> Path | None:
+    if p is not None and not p.exists():
+        raise ValueError(f"{p} does not exist")
+    return p
+
+
+def _ae_title(value: str) -> str:
+    if not _AE_RE.match(value) or not value.strip():
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)")
+    return value.strip()
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port {value} out of range 1-65535")
+    return value
+
+
+def _port_or_off(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"port {value} out of range 1-65535 (0: off)")
+    return value
+
+
+def _network(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
+    return value
+
+
+def _url(value: str) -> str:
+    if value and not _URL_RE.match(value):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+def _fraction(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be between 0 and 1 (0: no alert), got {value:g}")
+    return value
+
+
+def _threshold(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"must be a number between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _device(value: str) -> str:
+    if value not in ("auto", "cuda", "cpu") and not re.match(r"^cuda:\d+$", value):
+        raise ValueError(f"{value!r} must be auto, cuda, cuda:N or cpu")
+    return value
+
+
+def _database_url(url: str, info: ValidationInfo) -> str:
+    """A SQLite URL's relative path resolves against the config file's folder, like every other path."""
+    if not url.startswith("sqlite"):
+        if not re.match(r"^postgresql(\+\w+)?://", url):
+            raise ValueError(f"{url!r} must be sqlite:///PATH or postgresql://...")
+        return url
+    m = re.match(r"^sqlite(\+\w+)?:///(.*)$", url)
+    if not m:
+        raise ValueError(f"{url!r} is not a sqlite:///PATH URL")
+    if m.group(2) in ("", ":memory:"):
+        raise ValueError("an in-memory SQLite database would lose every study; give a file path")
+    p = Path(m.group(2))
+    p = p if p.is_absolute() else (_base(info) / p).resolve()
+    return f"sqlite{m.group(1) or ''}:///{p}"
+
+
+def _calling_ae_title(value: str) -> str:
+    return _ae_title(value) if value else value
+
+
+def _non_empty(value: str) -> str:
+    if not value:
+        raise ValueError("required")
+    return value
+
+
+ResolvedPath = Annotated[Path, BeforeValidator(_resolve)]
+WritablePath = Annotated[ResolvedPath, AfterValidator(_creatable)]
+ExistingPath = Annotated[ResolvedPath, AfterValidator(_exists)]
+OptionalExistingPath = Annotated[Path | None, BeforeValidator(_resolve), AfterValidator(_exists)]
+AETitle = Annotated[Str, AfterValidator(_ae_title)]
+Port = Annotated[Int, AfterValidator(_port)]
+PortOrOff = Annotated[Int, AfterValidator(_port_or_off)]
+Url = Annotated[Str, AfterValidator(_url)]
+Required = Annotated[Str, AfterValidator(_non_empty)]
+
+
+# -- sections -------------------------------------------------------------------------------------------
+
+class TLSConfig(Frozen):
+    enabled: Bool = False
+    cert: OptionalExistingPath = None
+    key: OptionalExistingPath = None
+    ca: OptionalExistingPath = None
+    require_client_cert: Bool = True
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TLSConfig:
+        if self.enabled and (self.cert is None or self.key is None):
+            raise ValueError("enabled needs both cert and key")
+        return self
+
+
+class NodeConfig(Frozen):
+    ae_title: AETitle = "DICOMNODE"
+    host: Str = "127.0.0.1"
+    port: Port = 11112
+    max_associations: PositiveInt = 32  # more than one PACS fills; idle peers time out after acse_timeout
+    max_pdu: NonNegativeInt = 0  # 0: unlimited
+    acse_timeout: PositiveNumber = 10.0
+    dimse_timeout: PositiveNumber = 60.0
+    network_timeout: PositiveNumber = 60.0
+    tls: TLSConfig = TLSConfig()
+
+
+class Caller(Frozen):
+    ae_title: AETitle
+    host: Annotated[Str | None, AfterValidator(_network)] = None  # an IP address or CIDR range; None: any host
 
     def allows(self, ae_title: str, address: str) -> bool:
         if ae_title.strip() != self.ae_title:
@@ -57,126 +210,205 @@ class Caller:
             return False
 
 
-@dataclass(frozen=True)
-class Destination:
-    name: str
-    ae_title: str
-    host: str
-    port: int
-    tls: TLSConfig = field(default_factory=TLSConfig)
+class Destination(Frozen):
+    name: Required
+    ae_title: AETitle
+    host: Required
+    port: Port
+    tls: TLSConfig = TLSConfig()
 
 
-@dataclass(frozen=True)
-class StorageConfig:
-    path: Path
-    quarantine: Path
-    outbox: Path
-    min_free_mb: int = 500
+class DatabaseConfig(Frozen):
+    url: Annotated[Str, AfterValidator(_database_url)] = "sqlite:///var/dicom-node.db"  # or postgresql+psycopg://
 
 
-@dataclass(frozen=True)
-class AssemblyConfig:
-    quiet_seconds: float = 30.0
-    complete_on_release: bool = True
-    release_grace_seconds: float = 2.0  # after a release, how long a new association may still extend the study
-    check_interval_seconds: float = 1.0
+class StorageConfig(Frozen):
+    path: WritablePath = Path("var/store")
+    quarantine: WritablePath  # default: beside `path` (see _beside_path)
+    outbox: WritablePath
+    min_free_mb: NonNegativeInt = 500
+
+    @model_validator(mode="before")
+    @classmethod
+    def _beside_path(cls, data: Any, info: ValidationInfo) -> Any:
+        """`quarantine` and `outbox` default to folders beside `path`."""
+        if not isinstance(data, dict):
+            return data
+        default = cls.model_fields["path"].default
+        try:
+            store = _resolve(data.get("path", default), info)
+        except ValueError:
+            store = None
+        if not isinstance(store, Path):  # refused as `path`; the others still get their defaults
+            store = _resolve(default, info)
+        return {"quarantine": store.parent / "quarantine", "outbox": store.parent / "outbox", **data}
 
 
-@dataclass(frozen=True)
-class ModelSetting:
-    name: str
-    version: str
-    enabled: bool = True
-    thresholds: dict[str, float] = field(default_factory=dict)
-    rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # rule name -> series-rule keys overridden
+class AssemblyConfig(Frozen):
+    quiet_seconds: NonNegativeNumber = 30.0
+    complete_on_release: Bool = True
+    release_grace_seconds: NonNegativeNumber = 2.0  # after a release, how long a new association may extend it
+    check_interval_seconds: PositiveNumber = 1.0
 
 
-@dataclass(frozen=True)
-class ModelsConfig:
-    path: Path
+class ModelSetting(Frozen):
+    name: Required
+    version: Required
+    enabled: Bool = True
+    thresholds: FrozenMap[str, Annotated[float, BeforeValidator(_threshold)]] = Field(default_factory=empty_map)
+    rules: Overrides = Field(default_factory=empty_map)  # rule name -> series-rule keys overridden (ml/rules.py)
+
+
+class ModelsConfig(Frozen):
+    path: ExistingPath = Path("models")
     enabled: tuple[ModelSetting, ...] = ()
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    device: str = "auto"  # auto | cuda | cpu
-    lease_seconds: float = 120.0
-    max_attempts: int = 3
-    max_run_seconds: float = 1800.0  # a job running longer: its lease is no longer renewed (a hung model)
-    max_lease_expiries: int = 3  # a job whose worker stopped this often fails (with an "analysis failed" SR)
-    poll_seconds: float = 0.5
-    batch_size: int = 16
-    torch_threads: int = 0  # 0: every core but one (ml.device.default_cpu_threads)
+def _legacy(data: Any, section: str, keys: Mapping[str, str]) -> Any:
+    """Move a section's older retry keys (`keys`: old -> RetryPolicy field) into its `retry` table."""
+    if not isinstance(data, dict) or not any(old in data for old in keys):
+        return data
+    retry = data.get("retry", {})
+    if not isinstance(retry, dict):
+        return data  # refused as "must be a table" by the retry field
+    data, retry = dict(data), dict(retry)
+    for old, new in keys.items():
+        if old in data:
+            if new in retry:
+                raise ValueError(f"{old} and retry.{new} both set; keep {section}.retry.{new}")
+            retry[new] = data.pop(old)
+    return {**data, "retry": retry}
+
+
+def _overlay(data: Any, default: RetryPolicy) -> Any:
+    """A section's `retry` table: the keys given over the section's default policy."""
+    if isinstance(data, dict) and isinstance(data.get("retry"), dict):
+        return {**data, "retry": {**dict(default), **data["retry"]}}
+    return data
+
+
+_WORKER_RETRY = RetryPolicy(max_attempts=3, initial_delay_seconds=5.0, max_age_seconds=0.0)
+
+
+class WorkerConfig(Frozen):
+    device: Annotated[Str, AfterValidator(_device)] = "auto"  # auto | cuda | cuda:N | cpu
+    lease_seconds: PositiveNumber = 120.0
+    retry: RetryPolicy = _WORKER_RETRY  # a job's attempts and the backoff between them
+    max_run_seconds: PositiveNumber = 1800.0  # a job running longer: its lease is no longer renewed (a hung model)
+    max_lease_expiries: PositiveInt = 3  # a job whose worker stopped this often fails ("analysis failed" SR)
+    poll_seconds: PositiveNumber = 0.5
+    batch_size: PositiveInt = 16
+    torch_threads: NonNegativeInt = 0  # 0: every core but one (ml.device.default_cpu_threads)
     local: bool = True  # `serve` runs one worker process beside it (false: a receiver/sender host)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _retry_keys(cls, data: Any) -> Any:
+        return _overlay(_legacy(data, "worker", {"max_attempts": "max_attempts"}), _WORKER_RETRY)
 
-@dataclass(frozen=True)
-class DeliveryConfig:
-    initial_backoff_seconds: float = 2.0
-    max_backoff_seconds: float = 300.0
-    max_age_seconds: float = 72 * 3600.0
-    poll_seconds: float = 0.5
-    calling_ae_title: str = ""  # empty: our own AE title
-    lease_seconds: float = 300.0  # a claimed delivery or alert is another process's to take after this
+    @model_validator(mode="after")
+    def _some_attempts(self) -> WorkerConfig:
+        if self.retry.max_attempts < 1:
+            raise ValueError("retry.max_attempts: a job needs a limit, >= 1")
+        return self
 
-
-@dataclass(frozen=True)
-class RetentionConfig:
-    delete_after_days: float = 0.0  # 0: keep received pixel data forever
-
-
-@dataclass(frozen=True)
-class NotificationsConfig:
-    webhook_url: str = ""
-    hl7_host: str = ""
-    hl7_port: int = 0
+    @property
+    def max_attempts(self) -> int:
+        return self.retry.max_attempts
 
 
-@dataclass(frozen=True)
-class WebConfig:
+class DeliveryConfig(Frozen):
+    retry: RetryPolicy = RetryPolicy()  # backoff between tries and the age at which a delivery fails for good
+    poll_seconds: PositiveNumber = 0.5
+    calling_ae_title: Annotated[Str, AfterValidator(_calling_ae_title)] = ""  # "": our AE title
+    lease_seconds: PositiveNumber = 300.0  # a claimed delivery or alert is another process's to take after this
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retry_keys(cls, data: Any) -> Any:
+        legacy = {"initial_backoff_seconds": "initial_delay_seconds", "max_backoff_seconds": "max_delay_seconds",
+                  "max_age_seconds": "max_age_seconds"}
+        return _legacy(data, "delivery", legacy)
+
+
+class RetentionConfig(Frozen):
+    delete_after_days: NonNegativeNumber = 0.0  # 0: keep received pixel data forever
+
+
+class NotificationsConfig(Frozen):
+    webhook_url: Url = ""
+    hl7_host: Str = ""
+    hl7_port: PortOrOff = 0
+    retry: RetryPolicy | None = None  # None: the deliveries' policy (Config.notify_retry)
+
+
+class WebConfig(Frozen):
     """The dashboard, /healthz and /metrics (`dicom_node.web`); port 0 turns them off."""
 
-    host: str = "127.0.0.1"
-    port: int = 0  # off unless [web] names a port (the shipped config.toml: 8080)
-    tls: TLSConfig = field(default_factory=TLSConfig)  # HTTPS with cert/key; client certificates when `ca` is set
-    session_hours: float = 12.0  # a login lasts this long
+    host: Str = "127.0.0.1"
+    port: PortOrOff = 0  # off unless [web] names a port (the shipped config.toml: 8080)
+    tls: TLSConfig = TLSConfig()  # HTTPS with cert/key; client certificates when `ca` is set
+    session_hours: PositiveNumber = 12.0  # a login lasts this long
 
 
-@dataclass(frozen=True)
-class ReportsConfig:
+class ReportsConfig(Frozen):
     """Radiology reports (`dicom_node.textreports`): the HL7 ORU listener (port 0: off), the report labeller
     (model name/version under models.path; version "": the newest) and AI-vs-report monitoring (a floor of
     0 turns that rate's alert off)."""
 
-    host: str = "127.0.0.1"
-    hl7_port: int = 0
-    model: str = "report-labels"
-    version: str = ""
-    label_interval_seconds: float = 5.0
-    window_days: float = 30.0
-    min_sensitivity: float = 0.0
-    min_specificity: float = 0.0
-    min_cases: int = 20
-    check_interval_seconds: float = 300.0
-    alert_webhook_url: str = ""
+    host: Str = "127.0.0.1"
+    hl7_port: PortOrOff = 0
+    model: Str = "report-labels"
+    version: Str = ""
+    label_interval_seconds: PositiveNumber = 5.0
+    window_days: PositiveNumber = 30.0
+    min_sensitivity: Annotated[Number, AfterValidator(_fraction)] = 0.0
+    min_specificity: Annotated[Number, AfterValidator(_fraction)] = 0.0
+    min_cases: PositiveInt = 20
+    check_interval_seconds: PositiveNumber = 300.0
+    alert_webhook_url: Url = ""
 
 
-@dataclass(frozen=True)
-class Config:
-    source: Path | None
-    node: NodeConfig
-    callers: tuple[Caller, ...]
-    destinations: tuple[Destination, ...]
-    database_url: str
+class Config(Frozen):
+    source: Path | None = Field(default=None, exclude=True)  # the file it was read from (not a key in it)
+    node: NodeConfig = NodeConfig()
+    callers: tuple[Caller, ...] = ()
+    destinations: tuple[Destination, ...] = ()
+    database: DatabaseConfig = DatabaseConfig()
     storage: StorageConfig
-    assembly: AssemblyConfig
+    assembly: AssemblyConfig = AssemblyConfig()
     models: ModelsConfig
-    worker: WorkerConfig
-    delivery: DeliveryConfig
-    retention: RetentionConfig
-    notifications: NotificationsConfig
-    web: WebConfig = field(default_factory=WebConfig)
-    reports: ReportsConfig = field(default_factory=ReportsConfig)
+    worker: WorkerConfig = WorkerConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    retention: RetentionConfig = RetentionConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
+    web: WebConfig = WebConfig()
+    reports: ReportsConfig = ReportsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_with_paths(cls, data: Any) -> Any:
+        """`[storage]` and `[models]` hold paths (resolved, checked): validated even when the file omits them."""
+        if isinstance(data, dict):
+            return {"storage": {}, "models": {}, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> Config:
+        names = [d.name for d in self.destinations]
+        doubles = sorted({n for n in names if names.count(n) > 1})
+        if doubles:
+            raise ValueError(f"destinations: duplicate destination name(s) {', '.join(map(repr, doubles))}")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url
+
+    @property
+    def notify_retry(self) -> RetryPolicy:
+        """How alerts are retried: `[notifications.retry]`, else the deliveries' policy."""
+        return self.notifications.retry or self.delivery.retry
 
     def destination(self, name: str) -> Destination:
         for dest in self.destinations:
@@ -185,356 +417,15 @@ class Config:
         raise KeyError(name)
 
 
-class _Reader:
-    """Walks a TOML table, collecting every problem with the dotted key that has it."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.problems: list[str] = []
-
-    def table(self, data: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
-        value = data.get(key, {}) if key else data
-        if not isinstance(value, dict):
-            self.problems.append(f"{key}: must be a table")
-            return {}
-        for unknown in sorted(set(value) - allowed):
-            self.problems.append(f"{_join(key, unknown)}: unknown key")
-        return value
-
-    def get(self, data: dict[str, Any], prefix: str, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        if key not in data:
-            return default
-        value = data[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and kind is not bool:
-            self.problems.append(f"{_join(prefix, key)}: expected {_kind_name(kind)}, got a boolean")
-            return default
-        if not isinstance(value, kind):
-            self.problems.append(f"{_join(prefix, key)}: expected {_kind_name(kind)}, got {type(value).__name__}")
-            return default
-        return value
-
-    def ae_title(self, data: dict[str, Any], prefix: str, key: str, default: str | None) -> str:
-        value = self.get(data, prefix, key, str, default)
-        if value is None:
-            self.problems.append(f"{_join(prefix, key)}: required")
-            return ""
-        if not _AE_RE.match(value) or not value.strip():
-            self.problems.append(
-                f"{_join(prefix, key)}: {value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)"
-            )
-        return value.strip()
-
-    def port(self, data: dict[str, Any], prefix: str, key: str, default: int | None) -> int:
-        value = self.get(data, prefix, key, int, default)
-        if value is None:
-            self.problems.append(f"{_join(prefix, key)}: required")
-            return 0
-        if not 1 <= value <= 65535:
-            self.problems.append(f"{_join(prefix, key)}: port {value} out of range 1-65535")
-        return value
-
-    def positive(self, data: dict[str, Any], prefix: str, key: str, kind: type, default: Any, zero_ok: bool = False) -> Any:
-        value = self.get(data, prefix, key, kind, default)
-        if value < 0 or (value == 0 and not zero_ok):
-            self.problems.append(f"{_join(prefix, key)}: must be {'>= 0' if zero_ok else '> 0'}, got {value}")
-        return value
-
-    def path(self, data: dict[str, Any], prefix: str, key: str, default: str, must_exist: bool = False) -> Path:
-        raw = self.get(data, prefix, key, str, default)
-        p = Path(raw).expanduser()
-        if not p.is_absolute():
-            p = (self.base / p).resolve()
-        if must_exist and not p.exists():
-            self.problems.append(f"{_join(prefix, key)}: {p} does not exist")
-        elif not must_exist:
-            probe = p
-            while not probe.exists() and probe != probe.parent:
-                probe = probe.parent
-            if not probe.is_dir() or not _writable(probe):
-                self.problems.append(f"{_join(prefix, key)}: {p} cannot be created or written (nearest folder {probe})")
-        return p
-
-    def tls(self, data: dict[str, Any], prefix: str) -> TLSConfig:
-        t = self.table(data, "tls", {"enabled", "cert", "key", "ca", "require_client_cert"})
-        p = _join(prefix, "tls")
-        enabled = self.get(t, p, "enabled", bool, False)
-        paths: dict[str, Path | None] = {}
-        for name in ("cert", "key", "ca"):
-            paths[name] = self.path(t, p, name, "", must_exist=True) if name in t else None
-        if enabled and (paths["cert"] is None or paths["key"] is None):
-            self.problems.append(f"{p}: enabled needs both cert and key")
-        return TLSConfig(
-            enabled=enabled,
-            cert=paths["cert"],
-            key=paths["key"],
-            ca=paths["ca"],
-            require_client_cert=self.get(t, p, "require_client_cert", bool, True),
-        )
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array", dict: "a table"}
-    if isinstance(kind, tuple):
-        return " or ".join(names.get(k, k.__name__) for k in kind)
-    return names.get(kind, kind.__name__)
-
-
-def _writable(folder: Path) -> bool:
-    import os
-
-    return os.access(folder, os.W_OK | os.X_OK)
-
-
-_TOP_KEYS = {
-    "node", "callers", "destinations", "database", "storage", "assembly", "models", "worker",
-    "delivery", "retention", "notifications", "web", "reports",
-}
-
-
 def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -> Config:
-    r = _Reader(base)
-    r.table(data, "", _TOP_KEYS)
-
-    n = r.table(data, "node", {
-        "ae_title", "host", "port", "max_associations", "max_pdu", "acse_timeout", "dimse_timeout",
-        "network_timeout", "tls",
-    })
-    node = NodeConfig(
-        ae_title=r.ae_title(n, "node", "ae_title", "DICOMNODE"),
-        host=r.get(n, "node", "host", str, "127.0.0.1"),
-        port=r.port(n, "node", "port", 11112),
-        max_associations=r.positive(n, "node", "max_associations", int, 32),
-        max_pdu=r.positive(n, "node", "max_pdu", int, 0, zero_ok=True),
-        acse_timeout=r.positive(n, "node", "acse_timeout", float, 10.0),
-        dimse_timeout=r.positive(n, "node", "dimse_timeout", float, 60.0),
-        network_timeout=r.positive(n, "node", "network_timeout", float, 60.0),
-        tls=r.tls(n, "node"),
-    )
-
-    callers: list[Caller] = []
-    raw_callers = r.get(data, "", "callers", list, [])
-    for i, c in enumerate(raw_callers):
-        prefix = f"callers[{i}]"
-        if not isinstance(c, dict):
-            r.problems.append(f"{prefix}: must be a table")
-            continue
-        _unknown(r, c, prefix, {"ae_title", "host"})
-        host = r.get(c, prefix, "host", str, None)
-        if host is not None:
-            try:
-                ipaddress.ip_network(host, strict=False)
-            except ValueError:
-                r.problems.append(f"{prefix}.host: {host!r} is not an IP address or CIDR range")
-        callers.append(Caller(ae_title=r.ae_title(c, prefix, "ae_title", None), host=host))
-
-    destinations: list[Destination] = []
-    seen: set[str] = set()
-    for i, d in enumerate(r.get(data, "", "destinations", list, [])):
-        prefix = f"destinations[{i}]"
-        if not isinstance(d, dict):
-            r.problems.append(f"{prefix}: must be a table")
-            continue
-        _unknown(r, d, prefix, {"name", "ae_title", "host", "port", "tls"})
-        name = r.get(d, prefix, "name", str, None)
-        if not name:
-            r.problems.append(f"{prefix}.name: required")
-            name = f"destination-{i}"
-        elif name in seen:
-            r.problems.append(f"{prefix}.name: duplicate destination name {name!r}")
-        seen.add(name)
-        host = r.get(d, prefix, "host", str, None)
-        if not host:
-            r.problems.append(f"{prefix}.host: required")
-        destinations.append(
-            Destination(
-                name=name,
-                ae_title=r.ae_title(d, prefix, "ae_title", None),
-                host=host or "",
-                port=r.port(d, prefix, "port", None),
-                tls=r.tls(d, prefix),
-            )
-        )
-
-    db = r.table(data, "database", {"url"})
-    url = r.get(db, "database", "url", str, "sqlite:///var/dicom-node.db")
-    url = _resolve_sqlite_url(url, base, r)
-
-    s = r.table(data, "storage", {"path", "quarantine", "outbox", "min_free_mb"})
-    storage_path = r.path(s, "storage", "path", "var/store")
-    storage = StorageConfig(
-        path=storage_path,
-        quarantine=r.path(s, "storage", "quarantine", str(storage_path.parent / "quarantine")),
-        outbox=r.path(s, "storage", "outbox", str(storage_path.parent / "outbox")),
-        min_free_mb=r.positive(s, "storage", "min_free_mb", int, 500, zero_ok=True),
-    )
-
-    a = r.table(data, "assembly", {"quiet_seconds", "complete_on_release", "release_grace_seconds",
-                                   "check_interval_seconds"})
-    assembly = AssemblyConfig(
-        quiet_seconds=r.positive(a, "assembly", "quiet_seconds", float, 30.0, zero_ok=True),
-        complete_on_release=r.get(a, "assembly", "complete_on_release", bool, True),
-        release_grace_seconds=r.positive(a, "assembly", "release_grace_seconds", float, 2.0, zero_ok=True),
-        check_interval_seconds=r.positive(a, "assembly", "check_interval_seconds", float, 1.0),
-    )
-
-    m = r.table(data, "models", {"path", "enabled"})
-    settings: list[ModelSetting] = []
-    for i, ms in enumerate(r.get(m, "models", "enabled", list, [])):
-        prefix = f"models.enabled[{i}]"
-        if not isinstance(ms, dict):
-            r.problems.append(f"{prefix}: must be a table")
-            continue
-        _unknown(r, ms, prefix, {"name", "version", "enabled", "thresholds", "rules"})
-        name = r.get(ms, prefix, "name", str, "")
-        version = r.get(ms, prefix, "version", str, "")
-        if not name:
-            r.problems.append(f"{prefix}.name: required")
-        if not version:
-            r.problems.append(f"{prefix}.version: required")
-        thresholds: dict[str, float] = {}
-        for label, value in r.get(ms, prefix, "thresholds", dict, {}).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-                r.problems.append(f"{prefix}.thresholds.{label}: must be a number between 0 and 1, got {value!r}")
-            else:
-                thresholds[label] = float(value)
-        rules = parse_overrides(ms.get("rules", {}), f"{prefix}.rules", r.problems)
-        settings.append(ModelSetting(name=name, version=version, enabled=r.get(ms, prefix, "enabled", bool, True),
-                                     thresholds=thresholds, rules=rules))
-    models = ModelsConfig(path=r.path(m, "models", "path", "models", must_exist=True), enabled=tuple(settings))
-
-    w = r.table(data, "worker", {"device", "lease_seconds", "max_attempts", "max_run_seconds", "max_lease_expiries",
-                                 "poll_seconds", "batch_size", "torch_threads", "local"})
-    device = r.get(w, "worker", "device", str, "auto")
-    if device not in ("auto", "cuda", "cpu") and not re.match(r"^cuda:\d+$", device):
-        r.problems.append(f"worker.device: {device!r} must be auto, cuda, cuda:N or cpu")
-    worker = WorkerConfig(
-        device=device,
-        lease_seconds=r.positive(w, "worker", "lease_seconds", float, 120.0),
-        max_attempts=r.positive(w, "worker", "max_attempts", int, 3),
-        max_run_seconds=r.positive(w, "worker", "max_run_seconds", float, 1800.0),
-        max_lease_expiries=r.positive(w, "worker", "max_lease_expiries", int, 3),
-        poll_seconds=r.positive(w, "worker", "poll_seconds", float, 0.5),
-        batch_size=r.positive(w, "worker", "batch_size", int, 16),
-        torch_threads=r.positive(w, "worker", "torch_threads", int, 0, zero_ok=True),
-        local=r.get(w, "worker", "local", bool, True),
-    )
-
-    dl = r.table(data, "delivery", {
-        "initial_backoff_seconds", "max_backoff_seconds", "max_age_seconds", "poll_seconds", "calling_ae_title",
-        "lease_seconds",
-    })
-    calling = r.get(dl, "delivery", "calling_ae_title", str, "")
-    if calling:
-        calling = r.ae_title(dl, "delivery", "calling_ae_title", "")
-    delivery = DeliveryConfig(
-        initial_backoff_seconds=r.positive(dl, "delivery", "initial_backoff_seconds", float, 2.0),
-        max_backoff_seconds=r.positive(dl, "delivery", "max_backoff_seconds", float, 300.0),
-        max_age_seconds=r.positive(dl, "delivery", "max_age_seconds", float, 72 * 3600.0),
-        poll_seconds=r.positive(dl, "delivery", "poll_seconds", float, 0.5),
-        calling_ae_title=calling,
-        lease_seconds=r.positive(dl, "delivery", "lease_seconds", float, 300.0),
-    )
-
-    rt = r.table(data, "retention", {"delete_after_days"})
-    retention = RetentionConfig(delete_after_days=r.positive(rt, "retention", "delete_after_days", float, 0.0, zero_ok=True))
-
-    nt = r.table(data, "notifications", {"webhook_url", "hl7_host", "hl7_port"})
-    notifications = NotificationsConfig(
-        webhook_url=r.get(nt, "notifications", "webhook_url", str, ""),
-        hl7_host=r.get(nt, "notifications", "hl7_host", str, ""),
-        hl7_port=r.get(nt, "notifications", "hl7_port", int, 0),
-    )
-    if notifications.hl7_port and not 1 <= notifications.hl7_port <= 65535:
-        r.problems.append(f"notifications.hl7_port: port {notifications.hl7_port} out of range 1-65535 (0: off)")
-    if notifications.webhook_url and not re.match(r"^https?://[^\s/]+", notifications.webhook_url):
-        r.problems.append(f"notifications.webhook_url: {notifications.webhook_url!r} is not an http:// or https:// URL")
-
-    wb = r.table(data, "web", {"host", "port", "tls", "session_hours"})
-    web_port = r.get(wb, "web", "port", int, 0)
-    if not 0 <= web_port <= 65535:
-        r.problems.append(f"web.port: port {web_port} out of range 1-65535 (0: dashboard off)")
-    web = WebConfig(
-        host=r.get(wb, "web", "host", str, "127.0.0.1"),
-        port=web_port,
-        tls=r.tls(wb, "web"),
-        session_hours=r.positive(wb, "web", "session_hours", float, 12.0),
-    )
-
-    reports = _reports(r, data)
-    if r.problems:
-        raise ConfigError(r.problems)
-    return Config(
-        source=source,
-        node=node,
-        callers=tuple(callers),
-        destinations=tuple(destinations),
-        database_url=url,
-        storage=storage,
-        assembly=assembly,
-        models=models,
-        worker=worker,
-        delivery=delivery,
-        retention=retention,
-        notifications=notifications,
-        web=web,
-        reports=reports,
-    )
-
-
-def _reports(r: _Reader, data: dict[str, Any]) -> ReportsConfig:
-    keys = {f.name for f in fields(ReportsConfig)}
-    rp = r.table(data, "reports", keys)
-    port = r.get(rp, "reports", "hl7_port", int, 0)
-    if not 0 <= port <= 65535:
-        r.problems.append(f"reports.hl7_port: port {port} out of range 1-65535 (0: no listener)")
-    floors = {}
-    for key in ("min_sensitivity", "min_specificity"):
-        floors[key] = r.get(rp, "reports", key, float, 0.0)
-        if not 0.0 <= floors[key] <= 1.0:
-            r.problems.append(f"reports.{key}: must be between 0 and 1 (0: no alert), got {floors[key]}")
-    url = r.get(rp, "reports", "alert_webhook_url", str, "")
-    if url and not re.match(r"^https?://[^\s/]+", url):
-        r.problems.append(f"reports.alert_webhook_url: {url!r} is not an http:// or https:// URL")
-    return ReportsConfig(
-        host=r.get(rp, "reports", "host", str, "127.0.0.1"), hl7_port=port,
-        model=r.get(rp, "reports", "model", str, "report-labels"), version=r.get(rp, "reports", "version", str, ""),
-        label_interval_seconds=r.positive(rp, "reports", "label_interval_seconds", float, 5.0),
-        window_days=r.positive(rp, "reports", "window_days", float, 30.0),
-        min_sensitivity=floors["min_sensitivity"], min_specificity=floors["min_specificity"],
-        min_cases=r.positive(rp, "reports", "min_cases", int, 20),
-        check_interval_seconds=r.positive(rp, "reports", "check_interval_seconds", float, 300.0),
-        alert_webhook_url=url,
-    )
-
-
-def _unknown(r: _Reader, data: dict[str, Any], prefix: str, allowed: set[str]) -> None:
-    for unknown in sorted(set(data) - allowed):
-        r.problems.append(f"{prefix}.{unknown}: unknown key")
-
-
-def _resolve_sqlite_url(url: str, base: Path, r: _Reader) -> str:
-    if not url.startswith("sqlite"):
-        if not re.match(r"^postgresql(\+\w+)?://", url):
-            r.problems.append(f"database.url: {url!r} must be sqlite:///PATH or postgresql://...")
-        return url
-    m = re.match(r"^sqlite(\+\w+)?:///(.*)$", url)
-    if not m:
-        r.problems.append(f"database.url: {url!r} is not a sqlite:///PATH URL")
-        return url
-    path = m.group(2)
-    if path in ("", ":memory:"):
-        r.problems.append("database.url: an in-memory SQLite database would lose every study; give a file path")
-        return url
-    p = Path(path)
-    if not p.is_absolute():
-        p = (base / p).resolve()
-    return f"sqlite{m.group(1) or ''}:///{p}"
+    """Validate a parsed TOML document; relative paths resolve against `base`. Raises ConfigError naming
+    every problem."""
+    if "source" in data:
+        raise ConfigError(["source: unknown key"])
+    try:
+        return Config.model_validate({**data, "source": source}, context={"base": base})
+    except ValidationError as exc:
+        raise ConfigError(problems(exc)) from None
 
 
 def load_config(path: str | Path) -> Config:

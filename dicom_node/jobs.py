@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -42,26 +41,12 @@ from dicom_node.config import Config, WorkerConfig
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Job, JobState, Series, Study
 from dicom_node.errors import LeaseLostError
+from dicom_node.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff between attempts of a job, as data: `initial * factor**(attempt-1)`, capped at `maximum`."""
-
-    initial_seconds: float = 5.0
-    factor: float = 2.0
-    maximum_seconds: float = 300.0
-
-    def delay(self, attempts: int) -> timedelta:
-        seconds = self.initial_seconds * self.factor ** max(0, attempts - 1)
-        return timedelta(seconds=min(seconds, self.maximum_seconds))
-
-
-DEFAULT_RETRY = RetryPolicy()
-
-
+DEFAULT_RETRY = WorkerConfig().retry  # `[worker.retry]`: the backoff between a job's attempts
 DEFAULT_MAX_LEASE_EXPIRIES = WorkerConfig().max_lease_expiries
 
 
@@ -117,7 +102,7 @@ def enqueue_for_study(
             },
         )
     now = utcnow()
-    jobs = [_enqueue_one(session, study, name, config.worker.max_attempts, now) for name in chosen]
+    jobs = [_enqueue_one(session, study, name, config.worker.retry.max_attempts, now) for name in chosen]
     session.flush()
     return jobs
 

@@ -13,7 +13,6 @@ import errno
 import logging
 import socket
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 from dicom_node.config import Config
@@ -84,8 +83,8 @@ def _models(config: Config) -> list[str]:
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # "model loaded" lines belong to a worker's start, not to a check
     for index, setting in enabled:
-        one = replace(config, models=replace(config.models, enabled=(setting,)),
-                      worker=replace(config.worker, device="cpu", torch_threads=1, batch_size=1))
+        one = config.replace(models=config.models.replace(enabled=(setting,)),
+                             worker=config.worker.replace(device="cpu", torch_threads=1, batch_size=1))
         try:
             load_pipelines(one)  # exactly what a worker does, one model at a time, on the CPU
         except ModelError as exc:

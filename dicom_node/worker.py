@@ -241,7 +241,7 @@ class Worker:
 
     def _fail_attempt(self, job: Job, reason: str, permanent: bool) -> None:
         try:
-            jobs.fail_attempt(self.db, job.id, self.worker_id, reason, permanent=permanent)
+            jobs.fail_attempt(self.db, job.id, self.worker_id, reason, permanent, self.config.worker.retry)
         except LeaseLostError:
             log.warning("attempt failure not recorded: lease lost", extra={"job_id": job.id})
 

@@ -19,6 +19,7 @@ from dicom_node.config import Config, load_config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Job, JobState, Series, Study
 from dicom_node.errors import LeaseLostError
+from dicom_node.retry import RetryPolicy
 
 MODELS = [("ich", {"CT"}), ("sih", {"MR"})]
 
@@ -223,7 +224,7 @@ def test_lease_renew_expiry_and_requeue(db: Database, config: Config) -> None:
 
 def test_attempts_then_failed_with_backoff(db: Database, config: Config) -> None:
     enqueue(db, config, make_study(db, "1.2.6.2"))
-    policy = jobs.RetryPolicy(initial_seconds=10, factor=2, maximum_seconds=15)
+    policy = RetryPolicy(max_attempts=3, initial_delay_seconds=10, factor=2, max_delay_seconds=15)
     job = jobs.claim(db, "w", 30)
     assert jobs.fail_attempt(db, job.id, "w", "boom 1", permanent=False, policy=policy) == JobState.QUEUED
     assert jobs.claim(db, "w", 30) is None  # backing off

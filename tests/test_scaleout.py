@@ -109,7 +109,7 @@ def test_two_senders_claim_disjoint_sets(config: Config, two_dbs: tuple[Database
     with db_b.write() as s:
         state.mark_sent(s, one_of_a, now, "node-b")
     with db_a.write() as s:
-        state.mark_attempt_failed(s, config.delivery, one_of_a, "peer down", now, "node-a")
+        state.mark_attempt_failed(s, config.delivery.retry, one_of_a, "peer down", now, "node-a")
     row = next(d for d in deliveries(db_a) if d.id == one_of_a)
     assert row.state == DeliveryState.PENDING and row.attempts == 1 and row.last_error == "peer down"
     assert row.claimed_by is None and row.lease_until is None
@@ -154,7 +154,7 @@ def test_a_dead_senders_claims_are_taken_over_when_their_lease_expires(
     # node-a comes back and reports on claims that are no longer its own: nothing changes
     with db_a.write() as s:
         for d in deliveries(db_a):
-            state.mark_attempt_failed(s, config.delivery, d.id, "late report", utcnow(), "node-a")
+            state.mark_attempt_failed(s, config.delivery.retry, d.id, "late report", utcnow(), "node-a")
     assert all(d.state == DeliveryState.SENT and d.last_error == "" for d in deliveries(db_a))
 
 

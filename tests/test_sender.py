@@ -23,7 +23,6 @@ from dicom_node.db.schema import Delivery, DeliveryState, Job, JobState, Output,
 from dicom_node.delivery.echo import echo
 from dicom_node.delivery.sender import Sender
 from dicom_node.errors import DeliveryError
-from dicom_node.retry import backoff
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.4242"
 
@@ -146,7 +145,8 @@ def db(config: Config) -> Iterator[Database]:
 
 
 def test_backoff_is_exponential_and_capped(config: Config) -> None:
-    assert [backoff(config.delivery, n).total_seconds() for n in range(4)] == [0.3, 0.6, 1.0, 1.0]
+    # the wait after the 1st, 2nd, ... failed try: initial_backoff_seconds (delivery.retry.initial_delay_seconds)
+    assert [config.delivery.retry.delay(n).total_seconds() for n in range(1, 5)] == [0.3, 0.6, 1.0, 1.0]
 
 
 def test_sends_batch_to_storescp_and_marks_study_delivered(
@@ -171,7 +171,7 @@ def test_destination_down_backs_off_then_delivers_when_up(
     rows = deliveries(db)
     assert all(d.state == DeliveryState.PENDING and d.attempts == 1 and d.last_error for d in rows)
     wait = (rows[0].next_attempt_at - utcnow()).total_seconds()
-    assert 0.3 < wait <= 0.61
+    assert 0.1 < wait <= 0.31  # the first wait is initial_backoff_seconds (delivery.retry.initial_delay_seconds)
     assert sender.run_once() == 0 and all(d.attempts == 1 for d in deliveries(db))  # not due yet: no new try
     wait_for(lambda: sender.run_once() == 0 and deliveries(db)[0].attempts >= 2, timeout=5, msg="second try")
     assert study_state(db) == StudyState.ANALYSED
@@ -193,7 +193,7 @@ def test_fails_after_max_age_with_reason_and_retry_command_requeues(
     add_outputs(db, config, 1)
     with db.write() as s:
         for d in s.scalars(select(Delivery)):
-            d.created_at = utcnow() - timedelta(seconds=config.delivery.max_age_seconds + 1)
+            d.created_at = utcnow() - timedelta(seconds=config.delivery.retry.max_age_seconds + 1)
     Sender(config, db).run_once()
     (row,) = deliveries(db)
     assert row.state == DeliveryState.FAILED and "could not connect" in row.last_error

@@ -105,8 +105,9 @@ def test_quarantine_keeps_bytes_and_reason(store: InstanceStore) -> None:
 
 def test_free_disk_watermark(tmp_path: Path) -> None:
     free = shutil.disk_usage(tmp_path).free // (1024 * 1024)
-    roomy = InstanceStore(StorageConfig(tmp_path / "a", tmp_path / "q", tmp_path / "o", min_free_mb=1))
-    full = InstanceStore(StorageConfig(tmp_path / "b", tmp_path / "q", tmp_path / "o", min_free_mb=free + 10_000))
+    roomy = InstanceStore(StorageConfig(path=tmp_path / "a", quarantine=tmp_path / "q", outbox=tmp_path / "o", min_free_mb=1))
+    full = InstanceStore(StorageConfig(path=tmp_path / "b", quarantine=tmp_path / "q", outbox=tmp_path / "o",
+                                       min_free_mb=free + 10_000))
     assert roomy.has_room()
     assert not full.has_room()
 

@@ -108,7 +108,7 @@ def test_client_context_verifies_the_server(pki: Path, tmp_path: Path) -> None:
         assert ctx.verify_mode.name == "CERT_REQUIRED"
         with pytest.raises(DeliveryError):
             open_association(
-                make_ae(client), type(dest)(dest.name, dest.ae_title, dest.host, dest.port, bad_tls),
+                make_ae(client), dest.replace(tls=bad_tls),
                 [("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])],
             )
     finally:

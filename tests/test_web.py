@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from receiver_helpers import ct_series, write_series
 from web_helpers import PASSWORD, WebClient, add_user, echoscu
 
 from dicom_node import audit
-from dicom_node.config import StorageConfig, load_config
+from dicom_node.config import load_config
 from dicom_node.node import Node
 from dicom_node.services import build_node
 from dicom_node.status import study_status
@@ -272,8 +272,7 @@ def test_healthz_fails_when_the_database_is_locked_or_the_disk_is_low(running: R
         moved.rename(running.db_path)
 
     config = running.node.config
-    low = replace(config, storage=StorageConfig(config.storage.path, config.storage.quarantine, config.storage.outbox,
-                                                min_free_mb=10**9))
+    low = config.replace(storage=config.storage.replace(min_free_mb=10**9))
     running.node.apply_config(low)
     reply = client.get("/healthz")
     assert reply.status == 503 and '"disk":{"ok":false' in reply.body and "min_free_mb" in reply.body

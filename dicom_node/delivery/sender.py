@@ -216,7 +216,7 @@ class Sender:
                     state.mark_sent(session, delivery_id, now, self.owner)
                 else:
                     state.mark_attempt_failed(
-                        session, self.config.delivery, delivery_id, outcome.error, now, self.owner,
+                        session, self.config.delivery.retry, delivery_id, outcome.error, now, self.owner,
                         permanent=outcome.permanent,
                     )
             session.flush()

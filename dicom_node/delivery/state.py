@@ -3,8 +3,9 @@
 `pending → sent` on a success or warning status. A permanent refusal (C-STORE status `0x0122` SOP class
 not supported, `0x0124` not authorised, `0xA9xx` dataset does not match the SOP class, an association
 rejected for good, the object's presentation context refused) makes it `failed` at once with the reason.
-Any other failed attempt keeps the row pending with `next_attempt_at = now + min(initial * 2**attempts,
-max_backoff)` and makes it `failed` with the reason once the row is older than `max_age`.
+Any other failed attempt keeps the row pending, due again after the `[delivery.retry]` policy's delay
+(`retry.RetryPolicy`), and makes it `failed` with the reason once the policy gives up (`max_age_seconds`,
+or `max_attempts` when set).
 
 A process sends only deliveries it has claimed (`claim_due`, see `claims.py`): the claim names the process
 and holds for `delivery.lease_seconds`, renewed while a long batch runs, so two `serve` processes on one
@@ -26,10 +27,9 @@ from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
 from dicom_node import claims
-from dicom_node.config import DeliveryConfig
 from dicom_node.db.engine import utcnow
 from dicom_node.db.schema import Delivery, DeliveryState, Job, Output, Result, Study, StudyState
-from dicom_node.retry import count_failure, count_success, start_all_over, start_over
+from dicom_node.retry import RetryPolicy, count_failure, count_success, start_all_over, start_over
 
 log = logging.getLogger(__name__)
 
@@ -136,19 +136,19 @@ def mark_sent(session: Session, delivery_id: int, now: datetime, owner: str) -> 
 
 def mark_attempt_failed(
     session: Session,
-    settings: DeliveryConfig,
+    policy: RetryPolicy,
     delivery_id: int,
     error: str,
     now: datetime,
     owner: str,
     permanent: bool = False,
 ) -> None:
-    """Count a failed try: FAILED with the reason when `permanent` or older than `max_age`, else back off.
+    """Count a failed try: FAILED with the reason when `permanent` or `policy` gives up, else back off.
     Applies only while `owner` still holds the claim."""
     d = _held(session, delivery_id, owner)
     if d is None:
         return
-    if count_failure(d, settings, error, now, permanent):
+    if count_failure(d, policy, error, now, permanent):
         d.state = DeliveryState.FAILED
         log.error(
             "delivery refused" if permanent else "delivery failed for good",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.ml.cmb_detector import DEFAULT_ANCHORS, DETECTORS
-from dicom_node.ml.manifest import Component, InputSpec, Manifest
+from dicom_node.ml.manifest import Component, InputSpec, Manifest, build, component_of, validated
 from dicom_node.ml.microbleeds import CLASSES, DEFAULT_RULES, LABELS, CmbSettings
 from dicom_node.ml.rules import SeriesRule, parse_rule
 
@@ -60,12 +60,13 @@ def parse_cmb(folder: Path, digest: str, d: dict[str, Any], problems: list[str])
     if problems or spec is None or settings is None:
         return None
     tags = d.get("tags", [])
-    return Manifest(
-        folder=folder, sha256=digest, name=str(name), version=str(version),
+    out: Manifest | None = build(
+        problems, folder=folder, sha256=digest, name=str(name), version=str(version),
         display_name=str(d.get("display_name") or name), task=TASK, labels=LABELS,
-        thresholds={"microbleeds": float(t)}, critical_labels=critical, input=spec,  # type: ignore[arg-type]
+        thresholds={"microbleeds": t}, critical_labels=critical, input=spec,
         components=components, synthetic_demo=bool(d.get("synthetic_demo", False)) or "synthetic-demo" in tags,
         intended_use=str(d.get("intended_use", "")), rules=rules, raw=d)
+    return out
 
 
 def _input(i: Any, problems: list[str]) -> InputSpec | None:
@@ -87,7 +88,9 @@ def _input(i: Any, problems: list[str]) -> InputSpec | None:
     unknown = sorted(set(i) - {"modality", "size", "channels", "percentiles"})
     if unknown:
         problems.append(f"input: unsupported keys {unknown}")
-    return InputSpec(modality="MR", size=size, channels=CHANNELS, percentiles=(float(p[0]), float(p[1])))
+    spec: InputSpec | None = validated(InputSpec, {"modality": "MR", "size": size, "channels": CHANNELS,
+                                                   "percentiles": p}, problems, "input")
+    return spec
 
 
 def _components(items: Any, d: dict[str, Any], problems: list[str]) -> tuple[Component, ...]:
@@ -104,12 +107,9 @@ def _components(items: Any, d: dict[str, Any], problems: list[str]) -> tuple[Com
         role, arch = c.get("role"), c.get("architecture")
         if role in expected and arch != expected[role]:
             problems.append(f"components[{n}].architecture: {arch!r} is not the {role} architecture {expected[role]!r}")
-        if not isinstance(c.get("weights"), str) or "/" in c["weights"] or not c["weights"]:
-            problems.append(f"components[{n}].weights: a file name inside the model folder is required")
-        sha = c.get("sha256")
-        if not isinstance(sha, str) or len(sha) != 64:
-            problems.append(f"components[{n}].sha256: 64 hex digits required")
-        out.append(Component(str(role), str(arch), str(c.get("weights", "")), str(sha or "").lower()))
+        component = component_of(c, f"components[{n}]", problems)
+        if component is not None:
+            out.append(component)
     if sorted(c.role for c in out) != sorted(ROLES):
         problems.append(f"components: roles {[c.role for c in out]} do not match {TASK}'s {list(ROLES)}")
     return tuple(out)

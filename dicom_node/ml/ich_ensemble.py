@@ -20,11 +20,11 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, StringConstraints
 
 from dicom_node.analysis import InstanceRef, StudyAnalysis
 from dicom_node.errors import ModelError
@@ -32,13 +32,35 @@ from dicom_node.ml.device import Device
 from dicom_node.ml.ich import IchPipeline
 from dicom_node.ml.ich_findings import SeriesOutputs, build_analysis
 from dicom_node.ml.ich_outputs import run_network, sigmoid, study_probabilities
-from dicom_node.ml.manifest import ICH_LABELS, MANIFEST_NAME, Manifest, load_manifest, sha256_file
+from dicom_node.ml.manifest import (
+    ICH_LABELS,
+    MANIFEST_NAME,
+    Aggregation,
+    Manifest,
+    Sha256,
+    load_manifest,
+    sha256_file,
+    validated,
+)
 from dicom_node.ml.pipeline import Pipeline
 from dicom_node.ml.preprocess import read_image
+from dicom_node.validation import Frozen, Str
 
 log = logging.getLogger(__name__)
 
-RULE = "weighted_logit"
+RULE = Aggregation.WEIGHTED_LOGIT.value
+
+
+class Member(Frozen):
+    """One member of an ensemble: the model folder's name and version, and its manifest.json's sha256."""
+
+    name: Annotated[Str, StringConstraints(min_length=1)]
+    version: Annotated[Str, StringConstraints(min_length=1)]
+    sha256: Sha256
+
+
+class Members(Frozen):
+    members: Annotated[tuple[Member, ...], Field(min_length=1)]
 
 
 def is_ensemble(folder: Path) -> bool:
@@ -131,17 +153,18 @@ def load_ich_ensemble(models_dir: Path, folder: Path, device: Device, batch_size
     labels = tuple(d.get("labels", ()))
     if d.get("task") != "ich-ct" or e.get("rule") != RULE or labels != ICH_LABELS:
         raise ModelError(f"{where}: an ensemble needs task ich-ct, the ICH labels {list(ICH_LABELS)} and rule {RULE!r}")
-    members_raw = e.get("members")
-    if not isinstance(members_raw, list) or not members_raw:
-        raise ModelError(f"{where}: ensemble.members: a list of {{name, version, sha256}} is required")
+    found: list[str] = []
+    listed = validated(Members, {"members": e.get("members")}, found, "ensemble")
+    if listed is None:
+        raise ModelError(f"{where}: " + "; ".join(found))
     members: list[IchPipeline] = []
-    for item in members_raw:
-        name, version, sha = str(item.get("name", "")), str(item.get("version", "")), str(item.get("sha256", ""))
+    for item in listed.members:
+        name, version, sha = item.name, item.version, item.sha256
         path = model_folder(models_dir, name, version) / MANIFEST_NAME
         if not path.is_file():
             raise ModelError(f"{where}: member {name} {version} is missing ({path})")
         actual = sha256_file(path)
-        if actual != sha.lower():
+        if actual != sha:
             raise ModelError(f"{where}: member {name} {version} has manifest sha256 {actual}, the ensemble names "
                              f"{sha}; refusing to combine a member that is not the one the weights were fitted for")
         member = load_pipeline(models_dir, name, version, device, batch_size, None, rules)
@@ -163,12 +186,12 @@ def load_ich_ensemble(models_dir: Path, folder: Path, device: Device, batch_size
         raise ModelError(f"{where}: ensemble weights must be >= 0 and thresholds between 0 and 1")
     first = members[0].manifest
     tags = d.get("tags", [])
-    manifest = replace(
-        first, folder=folder, sha256=hashlib.sha256(raw_bytes).hexdigest(), name=str(d["name"]),
+    manifest = first.replace(
+        folder=folder, sha256=hashlib.sha256(raw_bytes).hexdigest(), name=str(d["name"]),
         version=str(d["version"]), display_name=display_name(str(d.get("display_name") or d["name"]),
                                                              [m.manifest for m in members]),
         labels=labels, thresholds=base_thresholds, critical_labels=frozenset(d.get("critical_labels", labels)),
-        components=(), aggregation=RULE, study_model=None, operating_points=dict(d.get("operating_points", {})),
+        components=(), aggregation=Aggregation.WEIGHTED_LOGIT, study_model=None, operating_points=dict(d.get("operating_points", {})),
         synthetic_demo=bool(d.get("synthetic_demo", False)) or "synthetic-demo" in tags,
         intended_use=str(d.get("intended_use", "")), raw=d)
     unknown = sorted(set(thresholds) - set(labels))

@@ -1,82 +1,140 @@
 """`models/<name>/<version>/manifest.json`: what a model is, what it reads, and how to trust its weights.
 
 `load_manifest(folder)` parses and validates a manifest; it raises `ModelError` listing every problem,
-including an input spec the pipelines here do not support. Weights are checked separately
+including an input spec the pipelines here do not support. The result is a frozen pydantic model
+(`validation.Frozen`): its parts (`Component`, `InputSpec`, `Ensemble`, the series rules of `ml/rules.py`)
+validate on construction too, so a manifest built in code (training, the ensemble) is checked the same way. Weights are checked separately
 (`verify_weights`) so a manifest can be inspected without them. See docs/models.md for the format.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 
 from dicom_node.errors import ModelError
 from dicom_node.ml.nets import ARCHITECTURES, SEGMENTATION_ARCHITECTURES
 from dicom_node.ml.rules import SeriesRule, parse_rule
 from dicom_node.ml.selection import DEFAULT_RULES
 from dicom_node.ml.study_model import StudyModel
+from dicom_node.validation import Bool, Frozen, FrozenMap, Int, Number, Str, empty_map, problems
 
 MANIFEST_NAME = "manifest.json"
 ICH_LABELS: tuple[str, ...] = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 SIH_LABELS: tuple[str, ...] = ("sih",)
 SIH_ROLES: tuple[str, ...] = ("axial", "coronal1", "coronal2")
 TASKS = {"ich-ct": "CT", "sih-mr": "MR"}
-AGGREGATIONS = ("max", "topk_mean", "study_model")
 
 
-@dataclass(frozen=True)
-class Component:
-    role: str  # "slice" for ICH; "axial" | "coronal1" | "coronal2" for SIH
-    architecture: str
-    weights: str  # file name inside the model folder
-    sha256: str
+class Task(enum.StrEnum):
+    ICH_CT = "ich-ct"
+    SIH_MR = "sih-mr"
+    CMB_SWI = "cmb-swi"
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    modality: str
-    size: int
-    channels: tuple[str, ...]
-    windows: tuple[tuple[float, float], ...] = ()  # CT: (centre, width) per channel
-    context_slices: int = 0  # CT: neighbours on each side stacked as extra channels
-    percentiles: tuple[float, float] = (1.0, 99.0)  # MR normalisation
+class Aggregation(enum.StrEnum):
+    """How slice outputs become a study probability (`preprocessing.study_aggregation`)."""
+
+    MAX = "max"
+    TOPK_MEAN = "topk_mean"
+    STUDY_MODEL = "study_model"
+    WEIGHTED_LOGIT = "weighted_logit"  # an ensemble of models (ich_ensemble.py), not a manifest key's value
+
+
+AGGREGATIONS = (Aggregation.MAX, Aggregation.TOPK_MEAN, Aggregation.STUDY_MODEL)
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _sha256(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError("64 hex digits required")
+    return value
+
+
+def _file_name(value: str) -> str:
+    if not value or "/" in value:
+        raise ValueError("a file name inside the model folder is required")
+    return value
+
+
+def _percentiles(value: tuple[float, float]) -> tuple[float, float]:
+    if not 0 <= value[0] < value[1] <= 100:
+        raise ValueError(f"must be [low, high] within 0-100, got {list(value)}")
+    return value
+
+
+def _context(value: int) -> int:
+    if not 0 <= value <= 3:
+        raise ValueError(f"must be an integer 0-3, got {value}")
+    return value
+
+
+def _threshold(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"must be a number between 0 and 1, got {value!r}")
+    return value
+
+
+Sha256 = Annotated[Str, BeforeValidator(_lower), AfterValidator(_sha256)]
+
+
+class Component(Frozen):
+    role: Str  # "slice" for ICH; "axial" | "coronal1" | "coronal2" for SIH
+    architecture: Str
+    weights: Annotated[Str, AfterValidator(_file_name)]  # file name inside the model folder
+    sha256: Sha256
+
+
+class InputSpec(Frozen):
+    modality: Str
+    size: Int
+    channels: tuple[Str, ...]
+    windows: tuple[tuple[Number, Number], ...] = ()  # CT: (centre, width) per channel
+    context_slices: Annotated[Int, AfterValidator(_context)] = 0  # CT: neighbours each side, as extra channels
+    percentiles: Annotated[tuple[Number, Number], AfterValidator(_percentiles)] = (1.0, 99.0)  # MR normalisation
 
     @property
     def in_channels(self) -> int:
         return len(self.channels) * (2 * self.context_slices + 1)
 
 
-@dataclass(frozen=True)
-class Ensemble:
-    coefficients: dict[str, float]  # role -> weight on that component's logit
-    intercept: float
+class Ensemble(Frozen):
+    coefficients: FrozenMap[str, Number]  # role -> weight on that component's logit
+    intercept: Number
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(Frozen):
     folder: Path
-    sha256: str  # of manifest.json itself
-    name: str
-    version: str
-    display_name: str
-    task: str
-    labels: tuple[str, ...]
-    thresholds: dict[str, float]
+    sha256: Sha256  # of manifest.json itself
+    name: Str
+    version: Str
+    display_name: Str
+    task: Task
+    labels: tuple[Str, ...]
+    thresholds: FrozenMap[str, Annotated[Number, AfterValidator(_threshold)]]
     critical_labels: frozenset[str]
     input: InputSpec
     components: tuple[Component, ...]
-    aggregation: str = "max"
-    aggregation_k: int = 1
+    aggregation: Aggregation = Aggregation.MAX
+    aggregation_k: Int = 1
     ensemble: Ensemble | None = None
-    synthetic_demo: bool = False
-    intended_use: str = ""
+    synthetic_demo: Bool = False
+    intended_use: Str = ""
     study_model: StudyModel | None = None  # aggregation "study_model": the study-level logistic model
-    operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> how its threshold was chosen
-    rules: dict[str, SeriesRule] = field(default_factory=dict)  # "selection": rule name -> series rule
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # label -> how its threshold was chosen
+    operating_points: FrozenMap[str, Mapping[str, Any]] = Field(default_factory=empty_map)
+    rules: FrozenMap[str, SeriesRule] = Field(default_factory=empty_map)  # "selection": rule name -> series rule
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False, exclude=True)  # the JSON as read
 
     def component(self, role: str) -> Component:
         for c in self.components:
@@ -139,11 +197,7 @@ def _parse(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) ->
     unknown = [x for x in labels if x not in allowed]
     if unknown or not labels:
         problems.append(f"labels: {unknown or '(none)'} not supported for {task} (supported: {', '.join(allowed)})")
-    thresholds = {str(k): v for k, v in req("thresholds", dict).items()}
-    for label in labels:
-        t = thresholds.get(label)
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) < 1.0:
-            problems.append(f"thresholds.{label}: must be a number between 0 and 1, got {t!r}")
+    thresholds = {str(k): v for k, v in req("thresholds", dict).items()}  # validated by Manifest
     critical = frozenset(d.get("critical_labels", []))
     if not critical <= set(labels):
         problems.append(f"critical_labels: {sorted(critical - set(labels))} are not model labels")
@@ -177,16 +231,28 @@ def _parse(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) ->
     rules = _selection(task, d.get("selection"), problems)
     tags = d.get("tags", [])
     synthetic = bool(d.get("synthetic_demo", False)) or "synthetic-demo" in tags
-    if problems:
+    if problems or spec is None:
         return None
-    return Manifest(
-        folder=folder, sha256=digest, name=name, version=version,
-        display_name=str(d.get("display_name") or name), task=task, labels=labels,
-        thresholds={label: float(thresholds[label]) for label in labels}, critical_labels=critical,
-        input=spec, components=components, aggregation=aggregation, aggregation_k=k, ensemble=ensemble,
-        synthetic_demo=synthetic, intended_use=str(d.get("intended_use", "")),
-        study_model=study_model, operating_points=points, rules=rules, raw=d,
-    )
+    return build(problems, folder=folder, sha256=digest, name=name, version=version,
+                 display_name=str(d.get("display_name") or name), task=task, labels=labels,
+                 thresholds={label: thresholds.get(label) for label in labels}, critical_labels=critical,
+                 input=spec, components=components, aggregation=aggregation, aggregation_k=k, ensemble=ensemble,
+                 synthetic_demo=synthetic, intended_use=str(d.get("intended_use", "")),
+                 study_model=study_model, operating_points=points, rules=rules, raw=d)
+
+
+def build(found: list[str], prefix: str = "", **values: Any) -> Any:
+    """`Manifest(**values)`, or None with its problems appended to `found` (named under `prefix`)."""
+    return validated(Manifest, values, found, prefix)
+
+
+def validated(kind: type[Frozen], values: Mapping[str, Any], found: list[str], prefix: str = "") -> Any:
+    """`kind(**values)`, or None with its problems appended to `found` (named under `prefix`)."""
+    try:
+        return kind.model_validate(values)
+    except ValidationError as exc:
+        found.extend(problems(exc, prefix))
+        return None
 
 
 def _selection(task: str, raw: Any, problems: list[str]) -> dict[str, SeriesRule]:
@@ -208,7 +274,7 @@ def _selection(task: str, raw: Any, problems: list[str]) -> dict[str, SeriesRule
     return rules
 
 
-def _input_spec(task: str, i: dict[str, Any], problems: list[str]) -> InputSpec:
+def _input_spec(task: str, i: dict[str, Any], problems: list[str]) -> InputSpec | None:
     modality = i.get("modality")
     if modality != TASKS[task]:
         problems.append(f"input.modality: {modality!r} is not supported for {task} (needs {TASKS[task]})")
@@ -243,8 +309,8 @@ def _input_spec(task: str, i: dict[str, Any], problems: list[str]) -> InputSpec:
     unknown = sorted(set(i) - {"modality", "size", "channels", "windows", "context_slices", "percentiles"})
     if unknown:
         problems.append(f"input: unsupported keys {unknown}")
-    return InputSpec(modality=str(modality), size=size, channels=channels, windows=windows,
-                     context_slices=context, percentiles=percentiles)
+    return validated(InputSpec, {"modality": str(modality), "size": size, "channels": channels, "windows": windows,
+                                 "context_slices": context, "percentiles": percentiles}, problems, "input")
 
 
 def _components(task: str, items: list[Any], problems: list[str]) -> tuple[Component, ...]:
@@ -256,17 +322,22 @@ def _components(task: str, items: list[Any], problems: list[str]) -> tuple[Compo
         arch = c.get("architecture")
         if arch not in ARCHITECTURES:
             problems.append(f"components[{n}].architecture: {arch!r} not supported ({', '.join(sorted(ARCHITECTURES))})")
-        if not isinstance(c.get("weights"), str) or "/" in c["weights"] or not c["weights"]:
-            problems.append(f"components[{n}].weights: a file name inside the model folder is required")
-        sha = c.get("sha256")
-        if not isinstance(sha, str) or len(sha) != 64:
-            problems.append(f"components[{n}].sha256: 64 hex digits required")
-        out.append(Component(str(c.get("role", "")), str(arch), str(c.get("weights", "")), str(sha or "").lower()))
+        component = component_of(c, f"components[{n}]", problems)
+        if component is not None:
+            out.append(component)
     roles = tuple(c.role for c in out)
     expected = ("slice",) if task == "ich-ct" else SIH_ROLES
     if sorted(roles) != sorted(expected):
         problems.append(f"components: roles {list(roles)} do not match {task}'s {list(expected)}")
     return tuple(out)
+
+
+def component_of(c: Mapping[str, Any], prefix: str, found: list[str]) -> Component | None:
+    """A manifest's component entry (its other keys are the task's to read), or None with its problems."""
+    values = {"role": str(c.get("role", "")), "architecture": str(c.get("architecture")),
+              "weights": c.get("weights"), "sha256": c.get("sha256")}
+    out: Component | None = validated(Component, values, found, prefix)
+    return out
 
 
 def _ensemble(e: Any, problems: list[str]) -> Ensemble | None:
@@ -277,11 +348,9 @@ def _ensemble(e: Any, problems: list[str]) -> Ensemble | None:
     if not isinstance(coef, dict) or sorted(coef) != sorted(SIH_ROLES):
         problems.append(f"ensemble.coefficients: one number per role {list(SIH_ROLES)} required")
         return None
-    try:
-        return Ensemble({k: float(v) for k, v in coef.items()}, float(e.get("intercept", 0.0)))
-    except (TypeError, ValueError):
-        problems.append("ensemble: coefficients and intercept must be numbers")
-        return None
+    out: Ensemble | None = validated(Ensemble, {"coefficients": coef, "intercept": e.get("intercept", 0.0)},
+                                     problems, "ensemble")
+    return out
 
 
 def verify_weights(manifest: Manifest, component: Component) -> Path:

@@ -56,7 +56,7 @@ class Pipeline(abc.ABC):
         self.info = ModelInfo(
             name=manifest.name,
             version=manifest.version,
-            task=manifest.task,
+            task=str(manifest.task),
             display_name=manifest.display_name,
             manifest_sha256=manifest.sha256,
             synthetic_demo=manifest.synthetic_demo,

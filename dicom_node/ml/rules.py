@@ -1,8 +1,8 @@
 """Series-selection rules as data: what a model's input series must look like, read from the model's
 manifest (`"selection"`) and overridden per site in `config.toml` (`[models.enabled.rules.<rule>]`).
 
-This module only holds and validates the data (stdlib only, so `config.py` can use it); matching a series
-against a rule is `ml/selection.py`. Every field below is a key of a rule in JSON/TOML:
+This module only holds and validates the data (frozen pydantic models, so `config.py` can use it); matching
+a series against a rule is `ml/selection.py`. Every field below is a key of a rule in JSON/TOML:
 
 | key | value | a series passes when |
 | --- | --- | --- |
@@ -23,18 +23,22 @@ against a rule is `ml/selection.py`. Every field below is a key of a rule in JSO
 | `min_images` | integer >= 1 | it has at least this many images |
 
 Regexes are Python `re` syntax, matched case-insensitively anywhere in the value; in descriptions an
-underscore reads as a space, so `\\bgd\\b` matches `t1_mprage_tra_Gd`. String options go through an Enum,
-so a typo (`"contrast": "abesnt"`) fails with the key named.
+underscore reads as a space, so `\\bgd\\b` matches `t1_mprage_tra_Gd`. String options are Enums, so
+a typo (`"contrast": "abesnt"`) fails with the key named, also when a `SeriesRule` is built in code.
+A site override (`RuleOverride`) takes the same keys, each optional, validated the same way.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, ValidationError, create_model
+from pydantic.fields import FieldInfo
+
+from dicom_node.validation import Frozen, FrozenDict, FrozenMap, Int, Number, Str, problems
 
 
 class Contrast(enum.StrEnum):
@@ -50,141 +54,123 @@ class Orientation(enum.StrEnum):
     ANY = "any"
 
 
-@dataclass(frozen=True)
-class SeriesRule:
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from None
+    return value
+
+
+def _regexes(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        _regex(value)
+    return values
+
+
+def _upper(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(v.upper() for v in values)
+
+
+def _empty_is_none(value: Any) -> Any:
+    return None if value == [] or value == () else value
+
+
+def _zero_is_none(value: Any) -> Any:
+    return None if value == 0 and not isinstance(value, bool) else value
+
+
+def _thickness_range(value: tuple[float, float] | None) -> tuple[float, float] | None:
+    if value is not None and not 0 <= value[0] <= value[1]:
+        raise ValueError(f"must be [low, high] in mm with 0 <= low <= high, or [] for any, got {list(value)}")
+    return value
+
+
+def _thickness(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise ValueError(f"must be a thickness in mm > 0 (0: none), got {value:g}")
+    return value
+
+
+def _degrees(value: float) -> float:
+    if not 0 <= value <= 90:
+        raise ValueError(f"must be a number of degrees 0-90, got {value:g}")
+    return value
+
+
+def _min_images(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+Text = Annotated[Str, AfterValidator(_non_empty)]
+Codes = Annotated[tuple[Text, ...], AfterValidator(_upper)]  # DICOM code strings, compared upper-case
+Regexes = Annotated[tuple[Text, ...], AfterValidator(_regexes)]
+
+
+class SeriesRule(Frozen):
     """What a series must look like. Empty criteria accept anything (see the module's table)."""
 
-    label: str
-    modalities: tuple[str, ...]
-    sop_classes: tuple[str, ...] = ()
-    body_part: str = ""
-    description_include: tuple[str, ...] = ()
-    description_exclude: tuple[str, ...] = ()
-    image_type_include: tuple[str, ...] = ()
-    image_type_exclude: tuple[str, ...] = ()
-    kernel_exclude: tuple[str, ...] = ()
+    label: Text
+    modalities: Codes
+    sop_classes: Codes = ()
+    body_part: Annotated[Str, AfterValidator(_regex)] = ""
+    description_include: Regexes = ()
+    description_exclude: Regexes = ()
+    image_type_include: Codes = ()
+    image_type_exclude: Codes = ()
+    kernel_exclude: Regexes = ()
     orientation: Orientation = Orientation.ANY
-    max_tilt_degrees: float = 35.0
-    slice_thickness_mm: tuple[float, float] | None = None
-    preferred_thickness_mm: float | None = None
+    max_tilt_degrees: Annotated[Number, AfterValidator(_degrees)] = 35.0
+    slice_thickness_mm: Annotated[
+        tuple[Number, Number] | None, BeforeValidator(_empty_is_none), AfterValidator(_thickness_range)
+    ] = None
+    preferred_thickness_mm: Annotated[Number | None, BeforeValidator(_zero_is_none), AfterValidator(_thickness)] = None
     contrast: Contrast = Contrast.ANY
-    min_images: int = 1
-
-    def replace(self, **changes: Any) -> SeriesRule:
-        return dataclasses.replace(self, **changes)
+    min_images: Annotated[Int, AfterValidator(_min_images)] = 1
 
     def to_json(self) -> dict[str, Any]:
         """The rule as a manifest writes it (`parse_rule` reads it back equal)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, enum.Enum):
-                value = value.value
-            elif isinstance(value, tuple):
-                value = list(value)
-            if value is not None:
-                out[f.name] = value
-        return out
+        return {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
 
 
-_STRINGS = ("modalities", "sop_classes", "image_type_include", "image_type_exclude")
-_REGEX_LISTS = ("description_include", "description_exclude", "kernel_exclude")
-FIELDS = frozenset(f.name for f in dataclasses.fields(SeriesRule))
+FIELDS = frozenset(SeriesRule.model_fields)
 
 
-def parse_fields(data: Mapping[str, Any], prefix: str, problems: list[str]) -> dict[str, Any]:
-    """Validate rule keys from JSON/TOML; returns `SeriesRule` field values, appends a problem per bad key.
+def _optional(f: FieldInfo) -> Any:
+    """A SeriesRule field's type with its validators, for a key that may be left out."""
+    if not f.metadata:
+        return f.annotation
+    return Annotated[(f.annotation, *f.metadata)]
 
-    `prefix` is the dotted key of the rule (e.g. `models.enabled[0].rules.series`), so every problem names
-    the exact key that has it.
-    """
-    out: dict[str, Any] = {}
-    for key in sorted(set(data) - FIELDS):
-        problems.append(f"{prefix}.{key}: unknown key (rule keys: {', '.join(sorted(FIELDS))})")
-    for key in sorted(set(data) & FIELDS):
-        value = _field(key, data[key], f"{prefix}.{key}", problems)
-        if value is not _BAD:
-            out[key] = value
-    return out
+# A site's override of a rule: the same keys, each optional (only those given are kept).
+RuleOverride: type[Frozen] = create_model(  # type: ignore[call-overload]
+    "RuleOverride",
+    __base__=Frozen,
+    **{name: (_optional(f), None) for name, f in SeriesRule.model_fields.items()},
+)
 
 
-def parse_rule(data: Mapping[str, Any], prefix: str, problems: list[str]) -> SeriesRule | None:
-    """A whole rule (a manifest's); `label` and `modalities` are required."""
-    values = parse_fields(data, prefix, problems)
-    missing = [k for k in ("label", "modalities") if k not in data]
-    for key in missing:
-        problems.append(f"{prefix}.{key}: required")
-    if missing or len(values) != len(set(data) & FIELDS):
-        return None
-    return SeriesRule(**values)
+def _given(overrides: Mapping[str, Frozen]) -> Mapping[str, Mapping[str, Any]]:
+    """Each override as the read-only mapping of the keys it gives."""
+    return FrozenDict({name: FrozenDict({k: getattr(o, k) for k in o.model_fields_set}) for name, o in overrides.items()})
 
 
-def parse_overrides(data: Any, prefix: str, problems: list[str]) -> dict[str, dict[str, Any]]:
-    """A site's `rules` table: rule name -> the validated fields it overrides."""
-    if not isinstance(data, Mapping):
-        problems.append(f"{prefix}: must be a table of rule tables (e.g. [{prefix}.series])")
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for name, fields in data.items():
-        if not isinstance(fields, Mapping):
-            problems.append(f"{prefix}.{name}: must be a table of rule keys")
-            continue
-        out[str(name)] = parse_fields(fields, f"{prefix}.{name}", problems)
-    return out
+# `[models.enabled.rules.<rule>]` of config.toml: rule name -> the validated keys it overrides.
+Overrides = Annotated[FrozenMap[str, RuleOverride], AfterValidator(_given)]  # type: ignore[valid-type]
 
 
-_BAD = object()
-
-
-def _field(key: str, value: Any, where: str, problems: list[str]) -> Any:
-    def bad(what: str) -> object:
-        problems.append(f"{where}: {what}, got {value!r}")
-        return _BAD
-
-    if key == "label":
-        return value if isinstance(value, str) and value.strip() else bad("must be a non-empty string")
-    if key in _STRINGS or key in _REGEX_LISTS:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            return bad("must be a list of non-empty strings")
-        if key in _REGEX_LISTS and not all(_compiles(v, where, problems) for v in value):
-            return _BAD
-        return tuple(v.upper() for v in value) if key in _STRINGS else tuple(value)
-    if key == "body_part":
-        if not isinstance(value, str):
-            return bad("must be a regular expression string")
-        return value if _compiles(value, where, problems) else _BAD
-    if key in ("orientation", "contrast"):
-        kind = Orientation if key == "orientation" else Contrast
-        try:
-            return kind(value)
-        except ValueError:
-            return bad(f"must be one of {', '.join(m.value for m in kind)}")
-    if key == "min_images":
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        return value if ok else bad("must be an integer >= 1")
-    if key == "slice_thickness_mm":
-        if value == []:
-            return None
-        if not (isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value)
-                and 0 <= value[0] <= value[1]):
-            return bad("must be [low, high] in mm with 0 <= low <= high, or [] for any")
-        return (float(value[0]), float(value[1]))
-    if key == "preferred_thickness_mm":
-        if value is None or value == 0:
-            return None
-        return float(value) if _number(value) and value > 0 else bad("must be a thickness in mm > 0 (0: none)")
-    # max_tilt_degrees
-    return float(value) if _number(value) and 0 <= value <= 90 else bad("must be a number of degrees 0-90")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _compiles(pattern: str, where: str, problems: list[str]) -> bool:
+def parse_rule(data: Mapping[str, Any], prefix: str, found: list[str]) -> SeriesRule | None:
+    """A whole rule (a manifest's): every problem appended to `found` under `prefix`, None when any."""
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        problems.append(f"{where}: {pattern!r} is not a valid regular expression: {exc}")
-        return False
-    return True
+        return SeriesRule.model_validate(data)
+    except ValidationError as exc:
+        found.extend(problems(exc, prefix))
+        return None

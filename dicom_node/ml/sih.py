@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from dicom_node.ml.selection import SihImages, select_sih_images
 log = logging.getLogger(__name__)
 
 
-def ensemble_probability(logits: dict[str, float], coefficients: dict[str, float], intercept: float) -> float:
+def ensemble_probability(logits: dict[str, float], coefficients: Mapping[str, float], intercept: float) -> float:
     z = intercept + sum(coefficients[r] * logits[r] for r in SIH_ROLES)
     return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 

@@ -75,7 +75,7 @@ class Notifier:
             with self.db.write() as session:
                 if error:
                     state.mark_attempt_failed(
-                        session, self.config.delivery, item.notification_id, error, utcnow(), self.owner, permanent
+                        session, self.config.notify_retry, item.notification_id, error, utcnow(), self.owner, permanent
                     )
                 else:
                     state.mark_sent(session, item.notification_id, utcnow(), self.owner)

@@ -3,8 +3,8 @@
 `triage.apply_priority` queues one row per target (`webhook`, `hl7`) in the transaction that raises a
 study to STAT, so the alert is as durable as the result. The serve process's notifier sends them:
 `pending → sent` when the target confirms (HTTP 2xx; an HL7 ACK that names the message's control ID and
-accepts it), retried with the deliveries' backoff and `max_age` otherwise, `failed` with the reason at
-once when the target refuses for good (HTTP 4xx other than 408/425/429). A target the serve process has
+accepts it), retried under `[notifications.retry]` (absent: `[delivery.retry]`) otherwise, `failed` with
+the reason at once when the target refuses for good (HTTP 4xx other than 408/425/429). A target the serve process has
 not configured makes the row `skipped`.
 
 A notifier sends only alerts it has claimed (`claim_due`, see `claims.py`), so two `serve` processes on one
@@ -23,10 +23,9 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from dicom_node import claims
-from dicom_node.config import DeliveryConfig
 from dicom_node.db.engine import utcnow
 from dicom_node.db.schema import Notification, NotificationState, Study
-from dicom_node.retry import count_failure, count_success, start_all_over
+from dicom_node.retry import RetryPolicy, count_failure, count_success, start_all_over
 from dicom_node.safe_text import clean
 
 log = logging.getLogger(__name__)
@@ -135,20 +134,20 @@ def mark_skipped(session: Session, notification_id: int, reason: str, owner: str
 
 def mark_attempt_failed(
     session: Session,
-    settings: DeliveryConfig,
+    policy: RetryPolicy,
     notification_id: int,
     error: str,
     now: datetime,
     owner: str,
     permanent: bool = False,
 ) -> None:
-    """Count a failed try: FAILED with the reason when `permanent` or older than `max_age`, else back off.
+    """Count a failed try: FAILED with the reason when `permanent` or `policy` gives up, else back off.
     Applies only while `owner` still holds the claim."""
     n = _pending(session, notification_id, owner)
     if n is None:
         return
     context = {"notification_id": n.id, "target": n.target, "attempts": n.attempts + 1, "reason": clean(error)}
-    if count_failure(n, settings, error, now, permanent):
+    if count_failure(n, policy, error, now, permanent):
         n.state = NotificationState.FAILED
         log.error("critical-finding alert failed for good", extra=context)
     else:

@@ -9,7 +9,7 @@ negative, and the reverse), to review.
 
 `check_alerts` opens one alert per model version, label and rate when the rate is below its floor
 (`[reports] min_sensitivity` / `min_specificity`) with at least `min_cases` in its denominator, logs it
-(ERROR), and queues a webhook (`[reports] alert_webhook_url`) sent with the deliveries' backoff; the
+(ERROR), and queues a webhook (`[reports] alert_webhook_url`) sent under the alerts' retry policy; the
 alert clears (INFO) when the rate is back at or above the floor. Open alerts are also what the dashboard
 and /metrics can show (`open_alerts`).
 """
@@ -27,10 +27,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.analysis import AnalysisStatus, StudyAnalysis
-from dicom_node.config import DeliveryConfig
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import MonitorAlert, NotificationState, Result, Study
-from dicom_node.retry import count_failure
+from dicom_node.retry import RetryPolicy, count_failure
 from dicom_node.safe_text import clean
 from dicom_node.textreports import LABELS, store
 from dicom_node.verdicts import reconcile
@@ -181,7 +180,7 @@ def open_alerts(session: Session) -> list[MonitorAlert]:
                                 .order_by(MonitorAlert.id)))
 
 
-def send_alerts(db: Database, url: str, settings: DeliveryConfig, timeout: float = 5.0) -> int:
+def send_alerts(db: Database, url: str, policy: RetryPolicy, timeout: float = 5.0) -> int:
     """POST the due alert webhooks; returns how many were delivered."""
     from dicom_node.notify.sender import post_json
 
@@ -199,7 +198,7 @@ def send_alerts(db: Database, url: str, settings: DeliveryConfig, timeout: float
                 row.state, row.sent_at, row.last_error = NotificationState.SENT, utcnow(), ""
                 row.attempts += 1
                 sent += 1
-            elif count_failure(row, settings, error, utcnow(), permanent):
+            elif count_failure(row, policy, error, utcnow(), permanent):
                 row.state = NotificationState.FAILED
                 log.error("monitoring alert webhook failed for good", extra={"alert_id": alert_id,
                                                                             "reason": clean(error)})

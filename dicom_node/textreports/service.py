@@ -52,7 +52,7 @@ def run_monitor(config: Config, db: Database, labeller: ReportLabeller) -> list[
                                               "specificity": settings.min_specificity},
                              settings.min_cases, settings.window_days, bool(settings.alert_webhook_url), utcnow())
     if settings.alert_webhook_url:
-        monitor.send_alerts(db, settings.alert_webhook_url, config.delivery)
+        monitor.send_alerts(db, settings.alert_webhook_url, config.notify_retry)
     return found
 
 
