@@ -131,3 +131,27 @@ def test_sr_names_the_ensemble_and_its_members(models: tuple[Path, Path]) -> Non
     walk(list(sr.ContentSequence))
     assert any(f"ich-a {V}" in t and f"ich-b {V}" in t for t in names), names
     assert p.info.manifest_sha256 in " ".join(names)
+
+
+def test_specialist_subsets_choose_their_studies_and_the_normal_ones() -> None:
+    """Each specialist learns from the studies with its subtype plus the normal ones; the intraparenchymal
+    specialist also gets the intraventricular studies, the look-alike an all-ICH network confuses it with."""
+    from dicom_node.ml.datasets import IchData
+    from dicom_node.ml.train_ich import subset_studies
+
+    # one slice per study: normal, epidural, intraparenchymal, intraventricular, subdural
+    order = ["normal", "epidural", "intraparenchymal", "intraventricular", "subdural"]
+    labels = np.zeros((5, len(ICH_LABELS)), dtype=np.float32)
+    for i, name in enumerate(order[1:], 1):
+        labels[i, 0] = labels[i, ICH_LABELS.index(name)] = 1
+    data = IchData(np.zeros((5, 1, 4, 4), np.float16), labels, np.arange(5), order, order)
+    studies = np.arange(5)
+
+    def chosen(subset: str) -> list[str]:
+        return [order[s] for s in subset_studies(data, studies, subset)]
+
+    assert chosen("all") == order
+    assert chosen("subdural") == ["normal", "subdural"]
+    assert chosen("intraparenchymal") == ["normal", "intraparenchymal", "intraventricular"]
+    with pytest.raises(ValueError, match="subset must be one of"):
+        subset_studies(data, studies, "parenchyma")

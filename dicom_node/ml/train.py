@@ -46,7 +46,7 @@ class TrainOptions:
     learning_rate: float = 2e-3
     context_slices: int = 0
     annotations: str = "auto"  # ICH: "auto" | "seg" | "boxes" | "none" (weak: slice labels only)
-    subset: str = "all"  # ICH: "all" | "subdural" | "subarachnoid" | "small-lesion" (specialists)
+    subset: str = "all"  # ICH: "all" | "subdural" | "subarachnoid" | "intraparenchymal" | "small-lesion" (specialists)
     neg_ratio: float = 1.0  # ICH: negative slices per positive slice in each epoch
     seg_weight: float = 1.0  # ICH: weight of the mask loss (0: do not train the segmentation head)
     name: str = ""

@@ -4,7 +4,9 @@ the study-level model and thresholds fitted on the validation studies. Writes a 
 - Data: `datasets.load_ich` (the node's own selection and preprocessing) with the masks of
   `--annotations` (SEG files, boxes.csv, or none = weak: slice labels only).
 - Subset (seed 002's specialists): `all`; `subdural` / `subarachnoid` (training studies with that subtype,
-  plus the normal ones); `small-lesion` (positive studies whose largest lesion cross-section is at or
+  plus the normal ones); `intraparenchymal` (studies with parenchymal or ventricular blood, plus the normal
+  ones: ventricular blood is what an all-ICH network mistakes for parenchymal, so this specialist sees it as
+  the hard negative it is); `small-lesion` (positive studies whose largest lesion cross-section is at or
   below the median of the positive training studies, plus the normal ones). Validation is always every
   validation study, so specialists and the all-ICH model are judged, and combined, on the same studies.
 - Each epoch sees every positive slice of the subset and `neg_ratio` times as many negative slices drawn
@@ -40,7 +42,7 @@ from dicom_node.ml.study_model import FEATURES_CLS, FEATURES_SEG, fit_study_mode
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("all", "subdural", "subarachnoid", "small-lesion")
+SUBSETS = ("all", "subdural", "subarachnoid", "intraparenchymal", "small-lesion")
 ANNOTATIONS = ("auto", "seg", "boxes", "none")
 
 
@@ -62,6 +64,9 @@ def subset_studies(data: IchData, studies: np.ndarray, subset: str) -> np.ndarra
     normal = y[:, 0] == 0
     if subset in ("subdural", "subarachnoid"):
         return studies[normal | (y[:, ICH_LABELS.index(subset)] > 0)]
+    if subset == "intraparenchymal":
+        look_alike = (y[:, ICH_LABELS.index("intraparenchymal")] > 0) | (y[:, ICH_LABELS.index("intraventricular")] > 0)
+        return studies[normal | look_alike]
     size = np.array([_largest_section(data, s) for s in studies], dtype=np.float64)
     cut = float(np.median(size[~normal])) if (~normal).any() else 0.0
     return studies[normal | (size <= cut)]
