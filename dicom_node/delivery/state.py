@@ -7,7 +7,7 @@ Any other failed attempt keeps the row pending, due again after the `[delivery.r
 (`retry.RetryPolicy`), and makes it `failed` with the reason once the policy gives up (`max_age_seconds`,
 or `max_attempts` when set).
 
-A process sends only deliveries it has claimed (`claim_due`, see `claims.py`): the claim names the process
+A process sends only deliveries it has claimed (`claim_due`, see `db/claims.py`): the claim names the process
 and holds for `delivery.lease_seconds`, renewed while a long batch runs, so two `serve` processes on one
 database never send the same delivery; a dead process's claims are taken over once they expire. Marking a
 delivery sent or failed clears the claim and applies only while the caller still holds it.
@@ -26,10 +26,10 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
-from dicom_node import claims
+from dicom_node.db import claims
 from dicom_node.db.engine import utcnow
 from dicom_node.db.schema import Delivery, DeliveryState, Job, Output, Result, Study, StudyState
-from dicom_node.retry import RetryPolicy, count_failure, count_success, start_all_over, start_over
+from dicom_node.runtime.retry import RetryPolicy, count_failure, count_success, start_all_over, start_over
 
 log = logging.getLogger(__name__)
 

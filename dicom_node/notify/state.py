@@ -7,7 +7,7 @@ accepts it), retried under `[notifications.retry]` (absent: `[delivery.retry]`) 
 the reason at once when the target refuses for good (HTTP 4xx other than 408/425/429). A target the serve process has
 not configured makes the row `skipped`.
 
-A notifier sends only alerts it has claimed (`claim_due`, see `claims.py`), so two `serve` processes on one
+A notifier sends only alerts it has claimed (`claim_due`, see `db/claims.py`), so two `serve` processes on one
 database never send one twice; recording the outcome clears the claim and applies only while the caller
 still holds it.
 """
@@ -22,11 +22,11 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
-from dicom_node import claims
+from dicom_node.db import claims
 from dicom_node.db.engine import utcnow
 from dicom_node.db.schema import Notification, NotificationState, Study
-from dicom_node.retry import RetryPolicy, count_failure, count_success, start_all_over
-from dicom_node.safe_text import clean
+from dicom_node.runtime.retry import RetryPolicy, count_failure, count_success, start_all_over
+from dicom_node.runtime.safe_text import clean
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from dicom_node.analysis import header_fields
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Association, Base, Instance, Series, Study, StudyState
 from dicom_node.errors import ConflictingIdentifiersError, DatasetTooLargeError, UnparseableDatasetError
+from dicom_node.ml.analysis import header_fields
 
 log = logging.getLogger(__name__)
 

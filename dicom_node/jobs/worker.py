@@ -9,7 +9,7 @@ Everything a finished job changes in the database (job state, result, outputs, d
 priority and state) is one transaction, keyed so that a re-run inserts nothing twice: results by job,
 outputs by SOP Instance UID (deterministic), deliveries by (output, destination). Output files are written
 durably into the outbox BEFORE that transaction, under names that hold a digest of their bytes
-(`outbox.py`), and the transaction only records rows: on SQLite it holds the write lock, which incoming
+(`delivery/outbox.py`), and the transaction only records rows: on SQLite it holds the write lock, which incoming
 C-STOREs wait for, so it does no file I/O beyond checking that the files it records are there. Files no
 row names (a crash before the commit, a lost lease, replaced content) are removed after the commit, or at
 once when recording fails.
@@ -31,8 +31,6 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 import pydicom
 from sqlalchemy import select
 
-from dicom_node import jobs, outbox, ownership, triage
-from dicom_node.analysis import AnalysisStatus, InstanceRef, StudyAnalysis, instance_ref
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import (
@@ -46,13 +44,18 @@ from dicom_node.db.schema import (
     Study,
     StudyState,
 )
+from dicom_node.delivery import outbox
 from dicom_node.delivery import state as delivery_state
 from dicom_node.errors import LeaseLostError, PermanentError, TransientError
+from dicom_node.jobs import queue as jobs
+from dicom_node.ml.analysis import AnalysisStatus, InstanceRef, StudyAnalysis, instance_ref
+from dicom_node.ml.verdicts import reconcile
 from dicom_node.outputs import lineage, uids
 from dicom_node.outputs.lineage import PriorReport
 from dicom_node.outputs.objects import OutputObject
-from dicom_node.store import write_durable
-from dicom_node.verdicts import reconcile
+from dicom_node.receiver.store import write_durable
+from dicom_node.runtime import ownership
+from dicom_node.studies import triage
 
 if TYPE_CHECKING:
     from dicom_node.ml.pipeline import Pipeline

@@ -9,7 +9,7 @@ rows under a lease, so they do not retry in lock step.
 
 A retried row (a delivery, a notification, a report-monitor alert) has `attempts`, `last_error`,
 `created_at` and `next_attempt_at`; its owner module sets the state from what `count_failure` decides.
-Jobs keep their own state machine (`jobs.py`) and use `RetryPolicy.delay` and `max_attempts`.
+Jobs keep their own state machine (`jobs/queue.py`) and use `RetryPolicy.delay` and `max_attempts`.
 """
 
 from __future__ import annotations
