@@ -34,17 +34,14 @@ from sqlalchemy import select
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import (
-    Delivery,
-    DeliveryState,
     Instance,
     Job,
     Output,
     Result,
     Series,
     Study,
-    StudyState,
 )
-from dicom_node.delivery import outbox
+from dicom_node.delivery import fanout, outbox
 from dicom_node.delivery import state as delivery_state
 from dicom_node.errors import LeaseLostError, PermanentError, TransientError
 from dicom_node.jobs import queue as jobs
@@ -55,6 +52,7 @@ from dicom_node.outputs.lineage import PriorReport
 from dicom_node.outputs.objects import OutputObject
 from dicom_node.receiver.store import write_durable
 from dicom_node.runtime import ownership
+from dicom_node.studies import state as study_state
 from dicom_node.studies import triage
 
 if TYPE_CHECKING:
@@ -362,13 +360,7 @@ class Worker:
             db_study = session.get(Study, study.study_id)
             assert db_study is not None
             raised = triage.apply_priority(session, db_study, analysis)
-            if (
-                job.generation == db_study.generation
-                and db_study.state != StudyState.RECEIVING
-                and jobs.open_jobs(session, db_study.id, db_study.generation) == 0
-            ):
-                db_study.state = StudyState.ANALYSED
-                session.flush()
+            if study_state.analysed(session, db_study, job.generation):
                 delivery_state.update_study_delivered(session, db_study.id)
         return raised, recorded
 
@@ -418,6 +410,7 @@ class Worker:
         existing = session.scalar(
             select(Output).where(Output.sop_instance_uid == obj.sop_instance_uid).with_for_update()
         )
+        replaced = False
         if existing is not None and not changed and (self.config.storage.outbox / existing.path).is_file():
             row = existing
         else:
@@ -439,22 +432,8 @@ class Worker:
             else:
                 row = existing
                 row.result_id, row.path, row.kind = result.id, relpath, obj.kind
-                delivery_state.reset_for_new_content(session, row.id, now)
-        have = set(session.scalars(select(Delivery.destination).where(Delivery.output_id == row.id)))
-        for dest in self.config.destinations:
-            if dest.name not in have:
-                session.add(
-                    Delivery(
-                        output_id=row.id,
-                        destination=dest.name,
-                        state=DeliveryState.PENDING,
-                        attempts=0,
-                        next_attempt_at=now,
-                        last_error="",
-                        created_at=now,
-                    )
-                )
-        session.flush()
+                replaced = True
+        fanout.fan_out(session, row.id, [d.name for d in self.config.destinations], now, replaced=replaced)
         return str(row.path)
 
 

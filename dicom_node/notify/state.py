@@ -122,7 +122,8 @@ def _pending(session: Session, notification_id: int, owner: str) -> Notification
 def mark_sent(session: Session, notification_id: int, now: datetime, owner: str) -> None:
     n = _pending(session, notification_id, owner)
     if n is not None:
-        count_success(n, NotificationState.SENT, now)
+        n.state = NotificationState.SENT
+        count_success(n, now)
 
 
 def mark_skipped(session: Session, notification_id: int, reason: str, owner: str) -> None:
@@ -159,4 +160,8 @@ def retry_failed(session: Session, study_uid: str | None = None) -> int:
     query = select(Notification).where(Notification.state == NotificationState.FAILED)
     if study_uid:
         query = query.join(Study, Study.id == Notification.study_id).where(Study.study_uid == study_uid)
-    return start_all_over(session.scalars(query), NotificationState.PENDING, utcnow())
+    return start_all_over(session.scalars(query), utcnow(), _reopen)
+
+
+def _reopen(row: Notification) -> None:
+    row.state = NotificationState.PENDING
