@@ -194,7 +194,7 @@ def main() -> int:
 
 def _swi_order(st: Any) -> dict[str, int]:
     """SOP Instance UID -> slice index of the study's SWI series (sorted along the slice normal)."""
-    from dicom_node.analysis import instance_ref_from_file
+    from dicom_node.ml.analysis import instance_ref_from_file
     from dicom_node.ml.selection import sort_slices
 
     refs = [instance_ref_from_file(str(f)) for f in st.files]

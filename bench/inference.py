@@ -20,7 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from dicom_node.analysis import instance_ref_from_file
+from dicom_node.ml.analysis import instance_ref_from_file
 from dicom_node.ml.device import Device, choose_device
 from dicom_node.ml.ich import IchPipeline
 from dicom_node.ml.manifest import ICH_LABELS, sha256_file, write_manifest

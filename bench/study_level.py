@@ -35,13 +35,13 @@ import pydicom
 from scipy import ndimage
 
 from dicom_node.config import load_config
-from dicom_node.demo_pacs import DemoPacs
+from dicom_node.delivery.demo_pacs import DemoPacs
+from dicom_node.delivery.scu import send_files
 from dicom_node.ml.annotations import seg_masks
 from dicom_node.ml.localise import head_mask
 from dicom_node.outputs.codes import FINDINGS
 from dicom_node.outputs.readback import sr_findings
-from dicom_node.scu import send_files
-from dicom_node.services import build_node
+from dicom_node.runtime.services import build_node
 from dicom_node.synth import SUBTYPES, write_ct_head_study, write_mr_sih_study
 from dicom_node.synth.studies import ct_findings, sih_flag
 

@@ -188,8 +188,8 @@ def _db_stamps(db: Database, study_uid: str) -> dict[str, float]:
 
 def profile(work: Path, files: list[Path], models: Path, torch_threads: int) -> dict[str, float]:
     """The ICH analysis and output build in-process, split into stages by wrapping the pipeline's steps."""
-    from dicom_node.analysis import instance_ref_from_file
     from dicom_node.ml import ich
+    from dicom_node.ml.analysis import instance_ref_from_file
     from dicom_node.ml.registry import load_pipelines
     from dicom_node.outputs import build_outputs
 

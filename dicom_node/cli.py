@@ -2,7 +2,7 @@
 
 Each sub-command lives in `dicom_node/commands/<name>.py` with `add_arguments(parser)` and
 `run(args) -> int`. Only the chosen module is imported, so `dicom-node config check` does not load torch;
-a command that needs a library of an install extra the host lacks says which extra, in one line (`extras.py`).
+a command that needs a library of an install extra the host lacks says which extra, in one line (`runtime/extras.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from dicom_node.logs import LOG_FORMAT_ENV
+from dicom_node.runtime.logs import LOG_FORMAT_ENV
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("dicom_node.commands.serve", "run the node: receiver, assembler, sender and one local worker"),
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     args.log_level = pre.log_level
 
-    from dicom_node.logs import setup_logging
+    from dicom_node.runtime.logs import setup_logging
 
     if pre.log_format:  # the environment carries it to the local worker process
         os.environ[LOG_FORMAT_ENV] = pre.log_format
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dicom-node {pre.command}: {exc}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as exc:  # a library of an extra this host was installed without
-        from dicom_node.extras import install_hint, missing_extra
+        from dicom_node.runtime.extras import install_hint, missing_extra
 
         command = " ".join(filter(None, (pre.command, getattr(args, "action", None))))
         extra = missing_extra(exc, command)

@@ -26,7 +26,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, Va
 
 from dicom_node.errors import ConfigError
 from dicom_node.ml.rules import Overrides
-from dicom_node.retry import RetryPolicy
+from dicom_node.runtime.retry import RetryPolicy
 from dicom_node.validation import (
     Bool,
     Frozen,

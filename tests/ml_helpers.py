@@ -11,7 +11,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicom_node.analysis import InstanceRef, instance_ref_from_file
+from dicom_node.ml.analysis import InstanceRef, instance_ref_from_file
 from dicom_node.ml.manifest import Manifest, load_manifest
 from dicom_node.ml.selection import orientation_of, reject_reason
 

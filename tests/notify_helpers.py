@@ -12,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-from dicom_node.hl7 import END, START, read_mllp
+from dicom_node.notify.hl7 import END, START, read_mllp
 
 
 class Webhook:

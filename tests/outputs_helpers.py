@@ -7,7 +7,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from dicom_node.analysis import AnalysisStatus, Finding, KeyImage, ModelInfo, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, Finding, KeyImage, ModelInfo, StudyAnalysis
 
 ICH_MODEL = ModelInfo(
     name="ich", version="0.1.0-synthetic-demo", task="ich-ct", display_name="dicom-node ICH classifier",

@@ -14,13 +14,13 @@ from receiver_helpers import ct_dataset, ct_series, make_config, storescu, write
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.analysis import header_fields
-from dicom_node.assembler import Assembler
 from dicom_node.config import Config
 from dicom_node.db.engine import Database
 from dicom_node.db.schema import Association, Study, StudyState
+from dicom_node.ml.analysis import header_fields
 from dicom_node.receiver import start_receiver
 from dicom_node.receiver.ingest import ParsedInstance, record_instance
+from dicom_node.studies.assembler import Assembler
 
 T0 = datetime(2024, 1, 1, 12, 0, 0)
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from dicom_node.config import Config, Destination, NodeConfig, parse_config
 from dicom_node.errors import ConfigError
 from dicom_node.ml.rules import Orientation, SeriesRule
-from dicom_node.retry import RetryPolicy
+from dicom_node.runtime.retry import RetryPolicy
 from dicom_node.validation import problems
 
 DICOM_NODE = REPO / ".venv" / "bin" / "dicom-node"
@@ -158,10 +158,10 @@ def test_each_consumer_has_its_retry_policy_with_todays_defaults(tmp_path: Path)
 def test_configured_retry_delays_are_what_the_consumers_use(tmp_path: Path) -> None:
     from test_sender import add_outputs
 
-    from dicom_node import jobs
     from dicom_node.db.engine import Database, utcnow
     from dicom_node.db.schema import Delivery, Job, JobState
     from dicom_node.delivery import state
+    from dicom_node.jobs import queue as jobs
 
     config = _parse(tmp_path, destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 9}],
                     worker={"retry": {"initial_delay_seconds": 40, "factor": 1}},

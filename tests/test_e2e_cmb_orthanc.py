@@ -24,9 +24,9 @@ from sqlalchemy import select
 
 from dicom_node.config import load_config
 from dicom_node.db.schema import Output, Study, StudyState
-from dicom_node.node import Node
 from dicom_node.outputs.readback import sr_counts, sr_findings, sr_text
-from dicom_node.services import build_node
+from dicom_node.runtime.node import Node
+from dicom_node.runtime.services import build_node
 from dicom_node.synth import write_mr_sih_study
 from dicom_node.synth.swi_study import read_seg_bleeds, write_mr_swi_study
 

@@ -21,13 +21,13 @@ from sqlalchemy import select
 
 from dicom_node.config import load_config
 from dicom_node.db.schema import Output, Priority, Study, StudyState
-from dicom_node.node import Node
 from dicom_node.outputs.codes import (
     INTRACRANIAL_HEMORRHAGE,
     SPONTANEOUS_INTRACRANIAL_HYPOTENSION,
     SUBDURAL_HEMORRHAGE,
 )
-from dicom_node.services import build_node
+from dicom_node.runtime.node import Node
+from dicom_node.runtime.services import build_node
 from dicom_node.synth import write_ct_head_study, write_mr_sih_study
 
 pytestmark = [pytest.mark.timeout(240)]

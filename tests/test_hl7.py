@@ -7,7 +7,7 @@ from conftest import free_port
 from notify_helpers import MllpListener
 from outputs_helpers import ich_analysis, make_series
 
-from dicom_node.hl7 import Ack, oru_message, parse_ack, send_mllp
+from dicom_node.notify.hl7 import Ack, oru_message, parse_ack, send_mllp
 
 
 def test_oru_message_segments_and_escaping() -> None:

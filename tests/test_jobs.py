@@ -14,12 +14,12 @@ from conftest import write_config
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from dicom_node import jobs
 from dicom_node.config import Config, load_config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Job, JobState, Series, Study
 from dicom_node.errors import LeaseLostError
-from dicom_node.retry import RetryPolicy
+from dicom_node.jobs import queue as jobs
+from dicom_node.runtime.retry import RetryPolicy
 
 MODELS = [("ich", {"CT"}), ("sih", {"MR"})]
 
@@ -177,7 +177,7 @@ def test_concurrent_claims_threads_never_share_a_job(db: Database, config: Confi
 
 CLAIMER = """
 import sys
-from dicom_node import jobs
+from dicom_node.jobs import queue as jobs
 from dicom_node.db.engine import Database
 db = Database(sys.argv[1])
 while (job := jobs.claim(db, sys.argv[2], 30)) is not None:

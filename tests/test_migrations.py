@@ -22,7 +22,6 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from dicom_node import jobs
 from dicom_node.cli import main
 from dicom_node.config import Config, load_config
 from dicom_node.db import migrations
@@ -30,7 +29,8 @@ from dicom_node.db.alembic.versions import r0002_status_checks
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Association, Delivery, Job, JobState
 from dicom_node.delivery import state
-from dicom_node.node import Node
+from dicom_node.jobs import queue as jobs
+from dicom_node.runtime.node import Node
 
 DATA = Path(__file__).parent / "data"
 NEW_COLUMNS = {  # since version 0

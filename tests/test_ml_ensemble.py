@@ -15,8 +15,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.analysis import AnalysisStatus, instance_ref_from_file
 from dicom_node.errors import ModelError
+from dicom_node.ml.analysis import AnalysisStatus, instance_ref_from_file
 from dicom_node.ml.device import choose_device
 from dicom_node.ml.ich_ensemble import IchEnsemblePipeline
 from dicom_node.ml.ich_outputs import sigmoid

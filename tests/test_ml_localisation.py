@@ -13,7 +13,7 @@ import pytest
 from e2e_helpers import ICH_DEMO_VERSION, MODELS
 from scipy import ndimage
 
-from dicom_node.analysis import AnalysisStatus, instance_ref_from_file
+from dicom_node.ml.analysis import AnalysisStatus, instance_ref_from_file
 from dicom_node.ml.annotations import seg_masks
 from dicom_node.ml.device import choose_device
 from dicom_node.ml.localise import head_mask

@@ -15,8 +15,8 @@ import pydicom
 import pytest
 import torch
 
-from dicom_node.analysis import AnalysisStatus
 from dicom_node.errors import ModelError, SelectionError
+from dicom_node.ml.analysis import AnalysisStatus
 from dicom_node.ml.cmb_metrics import class_metrics, match
 from dicom_node.ml.datasets import by_study, scan_dicom
 from dicom_node.ml.device import choose_device

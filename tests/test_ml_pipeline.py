@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicom_node.analysis import AnalysisStatus, InstanceRef, instance_ref_from_file
+from dicom_node.ml.analysis import AnalysisStatus, InstanceRef, instance_ref_from_file
 from dicom_node.ml.device import choose_device
 from dicom_node.ml.manifest import ICH_LABELS
 from dicom_node.ml.registry import Pipeline, load_pipeline

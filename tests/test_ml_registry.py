@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from ml_helpers import write_ct_study, write_ich_dataset
 
-from dicom_node.analysis import AnalysisStatus, StudyAnalysis
 from dicom_node.config import parse_config
 from dicom_node.errors import ModelError
+from dicom_node.ml.analysis import AnalysisStatus, StudyAnalysis
 from dicom_node.ml.device import choose_device
 from dicom_node.ml.manifest import ICH_LABELS
 from dicom_node.ml.registry import Pipeline, load_pipeline, load_pipelines

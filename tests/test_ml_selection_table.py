@@ -17,9 +17,9 @@ import pytest
 from conftest import REPO, write_config
 from ml_helpers import CORONAL, MR, SC, decide, series, shipped_manifest
 
-from dicom_node.analysis import InstanceRef
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError, ModelError
+from dicom_node.ml.analysis import InstanceRef
 from dicom_node.ml.datasets import scan_dicom
 from dicom_node.ml.device import choose_device
 from dicom_node.ml.manifest import load_manifest

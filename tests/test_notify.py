@@ -18,12 +18,12 @@ from notify_helpers import MllpListener, Webhook, control_id
 from outputs_helpers import ich_analysis, make_series
 from sqlalchemy import select
 
-from dicom_node import triage
 from dicom_node.config import Config, load_config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Notification, NotificationState, Study
 from dicom_node.notify.sender import Notifier
-from dicom_node.status import study_status
+from dicom_node.studies import triage
+from dicom_node.studies.status import study_status
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.7701"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 from outputs_helpers import make_series, sources_of
 
-from dicom_node.analysis import AnalysisStatus, Finding, KeyImage, Measurement, ModelInfo, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, Finding, KeyImage, Measurement, ModelInfo, StudyAnalysis
 from dicom_node.outputs import build_outputs
 from dicom_node.outputs.lineage import PriorReport, content_digest
 from dicom_node.outputs.readback import sr_counts, sr_findings

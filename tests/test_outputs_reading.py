@@ -22,13 +22,13 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from dicom_node.analysis import AnalysisStatus, Finding
+from dicom_node.ml.analysis import AnalysisStatus, Finding
+from dicom_node.ml.verdicts import reconcile
 from dicom_node.outputs import build_outputs, wording
 from dicom_node.outputs.lineage import PriorReport, content_digest
 from dicom_node.outputs.marks import marker
 from dicom_node.outputs.readback import sr_findings
 from dicom_node.outputs.validate import dciodvfy_errors, dsr2html
-from dicom_node.verdicts import reconcile
 
 
 def _epidural_only(series: list[Dataset]) -> object:

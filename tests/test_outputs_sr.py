@@ -21,7 +21,7 @@ from outputs_helpers import (
 )
 from pydicom.dataset import Dataset
 
-from dicom_node.analysis import AnalysisStatus, Finding, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, Finding, StudyAnalysis
 from dicom_node.outputs import EquipmentInfo, build_outputs, codes, uids
 from dicom_node.outputs.validate import dataset_problems, dciodvfy_errors, dsr2html, dsrdump
 

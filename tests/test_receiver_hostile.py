@@ -141,7 +141,7 @@ def test_idle_connections_time_out_and_slot_exhaustion_is_logged(
 def test_start_up_indexes_complete_files_without_a_row(tmp_path: Path) -> None:
     """A receiver killed between fsync and commit leaves a complete file without a row; the next start
     indexes it (or quarantines it when it does not parse)."""
-    from dicom_node.store import instance_relpath
+    from dicom_node.receiver.store import instance_relpath
 
     config = make_config(tmp_path)
     ds = ct_series(1)[0]

@@ -21,7 +21,7 @@ from receiver_helpers import make_config, storescu
 from sqlalchemy import func, select
 
 from dicom_node.db.schema import Instance
-from dicom_node.node import Node
+from dicom_node.runtime.node import Node
 
 SUBTYPE_WORDS = {"epidural": "a left temporal epidural hematoma", "intraparenchymal": "a right frontal intraparenchymal "
                  "hematoma", "intraventricular": "intraventricular hemorrhage layering in the occipital horns",

@@ -21,9 +21,9 @@ from receiver_helpers import ct_series, make_config, storescu, write_series
 from sqlalchemy import select
 
 from dicom_node.db.schema import RadiologyReport, ReportLabel, ReportRejection, Study
-from dicom_node.hl7 import END, START, parse_ack, read_mllp, send_mllp
-from dicom_node.node import Node
-from dicom_node.services import build_node
+from dicom_node.notify.hl7 import END, START, parse_ack, read_mllp, send_mllp
+from dicom_node.runtime.node import Node
+from dicom_node.runtime.services import build_node
 from dicom_node.textreports import store
 
 UID_A = "1.2.826.0.1.3680043.8.498.120001"

@@ -23,10 +23,10 @@ from notify_helpers import Webhook
 from outputs_helpers import ICH_MODEL
 from sqlalchemy import select
 
-from dicom_node.analysis import AnalysisStatus, Finding, StudyAnalysis
 from dicom_node.config import Config, load_config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Job, JobState, MonitorAlert, NotificationState, Result, Study
+from dicom_node.ml.analysis import AnalysisStatus, Finding, StudyAnalysis
 from dicom_node.ml.manifest import ICH_LABELS
 from dicom_node.textreports.importer import import_file
 from dicom_node.textreports.service import ReportsService

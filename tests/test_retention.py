@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Instance, Study, StudyState
 from dicom_node.receiver.ingest import parse_instance, record_instance
-from dicom_node.retention import Retention
-from dicom_node.store import InstanceStore, instance_relpath
+from dicom_node.receiver.store import InstanceStore, instance_relpath
+from dicom_node.studies.retention import Retention
 
 
 def _receive(config, db: Database, n: int) -> tuple[str, list[Path]]:  # type: ignore[no-untyped-def]
@@ -85,9 +85,9 @@ def test_a_failed_unlink_is_logged_and_retried_next_pass(tmp_path: Path, caplog:
     stuck.mkdir()
     (stuck / "inside").write_bytes(b"x")
 
-    with caplog.at_level(logging.WARNING, logger="dicom_node.retention"):
+    with caplog.at_level(logging.WARNING, logger="dicom_node.studies.retention"):
         assert Retention(config, db).run_once() == 1
-    assert [r.getMessage() for r in caplog.records if r.name == "dicom_node.retention"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "dicom_node.studies.retention"] == [
         "retention: files not deleted, tried again next pass"]
     assert not files[0].exists() and not files[2].exists() and stuck.is_dir()
     with db.read() as session:

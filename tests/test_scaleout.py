@@ -26,15 +26,15 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 from test_sender import add_outputs, deliveries
 
-from dicom_node import ownership
 from dicom_node.config import Config, load_config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Association, DeliveryState, Notification, NotificationState, Study
 from dicom_node.delivery import state
 from dicom_node.delivery.sender import Sender
-from dicom_node.node import Node
 from dicom_node.notify import state as notify_state
 from dicom_node.notify.sender import Notifier
+from dicom_node.runtime import ownership
+from dicom_node.runtime.node import Node
 
 
 class CountingSCP:
@@ -341,7 +341,7 @@ def test_a_second_serve_process_leaves_a_running_nodes_association_open(tmp_path
             row = s.scalars(select(Association)).one()
         assert row.owner == ownership.process_id() and row.ended_at is None
         # another serve process starting on the same database (a second host's, here this host's)
-        script = ("import sys; from dicom_node.config import load_config; from dicom_node.node import Node; "
+        script = ("import sys; from dicom_node.config import load_config; from dicom_node.runtime.node import Node; "
                   "Node(load_config(sys.argv[1]))._close_stale_associations()")
         subprocess.run([sys.executable, "-c", script, str(config.source)], check=True, timeout=60)
         assert _open_associations(node.db) == {row.id}

@@ -14,7 +14,6 @@ from outputs_helpers import ICH_MODEL
 from receiver_helpers import ct_series, make_config, storescu, write_series
 from sqlalchemy import select
 
-from dicom_node.analysis import AnalysisStatus, StudyAnalysis
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import (
     Delivery,
@@ -27,8 +26,9 @@ from dicom_node.db.schema import (
     Study,
     StudyState,
 )
-from dicom_node.logs import setup_logging
+from dicom_node.ml.analysis import AnalysisStatus, StudyAnalysis
 from dicom_node.receiver import start_receiver
+from dicom_node.runtime.logs import setup_logging
 
 DICOM_NODE = REPO / ".venv" / "bin" / "dicom-node"
 

@@ -10,7 +10,7 @@ import pytest
 
 from dicom_node.config import StorageConfig
 from dicom_node.errors import StoreError
-from dicom_node.store import InstanceStore, instance_relpath, sanitise_uid
+from dicom_node.receiver.store import InstanceStore, instance_relpath, sanitise_uid
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from dataclasses import replace
 from outputs_helpers import ich_analysis, make_series
 from sqlalchemy import select
 
-from dicom_node import triage
 from dicom_node.config import NotificationsConfig
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Notification, NotificationState, Priority, Study
+from dicom_node.studies import triage
 
 
 def test_priority_for_findings() -> None:

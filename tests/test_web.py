@@ -19,11 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver_helpers import ct_series, write_series
 from web_helpers import PASSWORD, WebClient, add_user, echoscu
 
-from dicom_node import audit
 from dicom_node.config import load_config
-from dicom_node.node import Node
-from dicom_node.services import build_node
-from dicom_node.status import study_status
+from dicom_node.runtime import audit
+from dicom_node.runtime.node import Node
+from dicom_node.runtime.services import build_node
+from dicom_node.studies.status import study_status
 from dicom_node.web import accounts
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -292,7 +292,7 @@ def test_json_log_lines(tmp_path: Path) -> None:
     import io
     import logging
 
-    from dicom_node.logs import setup_logging
+    from dicom_node.runtime.logs import setup_logging
 
     stream = io.StringIO()
     with contextlib.redirect_stderr(stream):

@@ -15,8 +15,8 @@ from test_reports_monitor import NEGATIVE, POSITIVE, add_case, import_reports
 from web_helpers import PASSWORD, WebClient
 
 from dicom_node.config import load_config
-from dicom_node.node import Node
-from dicom_node.services import build_node
+from dicom_node.runtime.node import Node
+from dicom_node.runtime.services import build_node
 from dicom_node.textreports.service import ReportsService
 from dicom_node.web import accounts
 

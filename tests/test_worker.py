@@ -19,8 +19,6 @@ from notify_helpers import Webhook
 from outputs_helpers import ICH_MODEL, ich_analysis, make_series
 from sqlalchemy import func, select
 
-from dicom_node import jobs
-from dicom_node.analysis import AnalysisStatus, Finding, InstanceRef, StudyAnalysis, header_fields
 from dicom_node.config import Config, load_config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import (
@@ -36,10 +34,12 @@ from dicom_node.db.schema import (
     StudyState,
 )
 from dicom_node.errors import PermanentError
+from dicom_node.jobs import queue as jobs
+from dicom_node.jobs.worker import Worker
+from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, StudyAnalysis, header_fields
 from dicom_node.notify.sender import Notifier
-from dicom_node.store import instance_relpath
-from dicom_node.worker import Worker
-from dicom_node.worker_process import WorkerProcess
+from dicom_node.receiver.store import instance_relpath
+from dicom_node.runtime.worker_process import WorkerProcess
 
 Analyse = Callable[[list[pydicom.Dataset]], StudyAnalysis]
 
@@ -427,8 +427,8 @@ CRASHING_WORKER = """
 import os, sys
 from dicom_node.config import load_config
 from dicom_node.db.engine import Database
-from dicom_node.store import write_durable
-from dicom_node.worker import Worker
+from dicom_node.receiver.store import write_durable
+from dicom_node.jobs.worker import Worker
 from test_worker import FakePipeline, positive
 
 def write_then_die(path, data):
@@ -515,7 +515,7 @@ def test_a_local_worker_that_cannot_load_its_models_is_not_restarted(tmp_path: P
     EXIT_CANNOT_LOAD_MODELS, and serve leaves it down (not ready) instead of restarting it every 5 s."""
     from conftest import REPO
 
-    from dicom_node.worker_process import EXIT_CANNOT_LOAD_MODELS
+    from dicom_node.runtime.worker_process import EXIT_CANNOT_LOAD_MODELS
 
     cfg_path = write_config(tmp_path, models={"path": str(REPO / "models"), "enabled": [
         {"name": "sih", "version": "0.1.0-synthetic-demo", "thresholds": {"tumour": 0.5}}]})

@@ -11,7 +11,7 @@ under way, must be answered well within the injected delay.
 
 Against the previous structure this test fails: run against the code before this change (commit dd7eb10,
 where the worker has no `write_file` parameter, so the same slow writer was patched in as
-`dicom_node.worker.write_durable`), the C-STOREs sent during the slow writes waited for them (1.3 s and
+`dicom_node.jobs.worker.write_durable`), the C-STOREs sent during the slow writes waited for them (1.3 s and
 3.2 s: the transaction wrote two files), and only 2 could be sent during 4 writes.
 """
 
@@ -28,9 +28,9 @@ from receiver_helpers import ct_series, make_config
 from test_worker import FakePipeline, positive, store_study
 
 from dicom_node.db.engine import Database
+from dicom_node.jobs.worker import Worker
 from dicom_node.receiver import start_receiver
-from dicom_node.store import write_durable
-from dicom_node.worker import Worker
+from dicom_node.receiver.store import write_durable
 
 DELAY = 1.5  # seconds each output file takes to write
 WRITES = 4  # slow writes to send through (two jobs of an SR and an overlay each)

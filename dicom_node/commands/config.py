@@ -1,5 +1,5 @@
 """`dicom-node config check FILE`: validate a configuration, one line per problem naming the key: the
-file's shape and values (config.py), then what serve needs of the machine (preflight.py)."""
+file's shape and values (config.py), then what serve needs of the machine (runtime/preflight.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config_or_report(args.file)
     if cfg is None:
         return 1
-    from dicom_node.preflight import problems
+    from dicom_node.runtime.preflight import problems
 
     found = problems(cfg)  # models, storage and database as serve will use them
     for problem in found:

@@ -22,8 +22,8 @@ from dicom_node.config import Config
 from dicom_node.errors import ModelError
 
 if TYPE_CHECKING:
-    from dicom_node.demo_pacs import DemoPacs
-    from dicom_node.node import Node
+    from dicom_node.delivery.demo_pacs import DemoPacs
+    from dicom_node.runtime.node import Node
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
 
-    from dicom_node.demo_pacs import DemoPacs
-    from dicom_node.services import build_node
+    from dicom_node.delivery.demo_pacs import DemoPacs
+    from dicom_node.runtime.services import build_node
 
     work = config.storage.path.parent / "demo"
     pacs = DemoPacs(dest.ae_title, dest.host, dest.port, work / "pacs")
@@ -93,9 +93,9 @@ def _demo(config: Config, node: Node, pacs: DemoPacs, work: Path, args: argparse
     from sqlalchemy import select
 
     from dicom_node.db.schema import Study, StudyState
+    from dicom_node.delivery.scu import send_files
     from dicom_node.ml.manifest import load_manifest
     from dicom_node.outputs.readback import sr_findings, sr_text
-    from dicom_node.scu import send_files
     from dicom_node.synth import write_ct_head_study, write_mr_sih_study
     from dicom_node.synth.swi_study import write_mr_swi_study
 

@@ -257,7 +257,7 @@ def _list(args: argparse.Namespace) -> int:
 
     from dicom_node.db.engine import Database
     from dicom_node.db.schema import RadiologyReport, ReportRejection
-    from dicom_node.safe_text import clean
+    from dicom_node.runtime.safe_text import clean
     from dicom_node.textreports import store
 
     config = _config(args)

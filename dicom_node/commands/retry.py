@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config)
     if config is None:
         return 1
-    from dicom_node import jobs
     from dicom_node.db.engine import Database
     from dicom_node.delivery import state
+    from dicom_node.jobs import queue as jobs
     from dicom_node.notify import state as notify_state
 
     every = not (args.deliveries or args.jobs or args.notifications)

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config)
     if config is None:
         return 1
-    from dicom_node.preflight import problems
+    from dicom_node.runtime.preflight import problems
 
     local_worker = config.worker.local and not args.no_worker
     # refuse to start, one line per problem, instead of a traceback
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if found:
         return 1
     from dicom_node.errors import ModelError
-    from dicom_node.services import build_node
+    from dicom_node.runtime.services import build_node
 
     try:
         node = build_node(config, log_level=args.log_level, local_worker=local_worker)

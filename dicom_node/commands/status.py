@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     from dicom_node.db.engine import Database
-    from dicom_node.status import study_status
+    from dicom_node.studies.status import study_status
 
     db = Database(config.database_url)
     try:

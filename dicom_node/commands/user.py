@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config)
     if config is None:
         return 1
-    from dicom_node import audit
     from dicom_node.db.engine import Database
+    from dicom_node.runtime import audit
     from dicom_node.web import accounts
     from dicom_node.web.links import dashboard_url
 

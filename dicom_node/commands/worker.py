@@ -10,8 +10,8 @@ import threading
 
 from dicom_node.commands import load_config_or_report
 from dicom_node.errors import ModelError
-from dicom_node.extras import install_hint, missing_extra
-from dicom_node.worker_process import EXIT_CANNOT_LOAD_MODELS, die_with_parent
+from dicom_node.runtime.extras import install_hint, missing_extra
+from dicom_node.runtime.worker_process import EXIT_CANNOT_LOAD_MODELS, die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     from dicom_node.db.engine import Database
-    from dicom_node.worker import Worker
+    from dicom_node.jobs.worker import Worker
 
     db = Database(config.database_url)
     try:

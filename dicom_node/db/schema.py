@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from dicom_node.analysis import AnalysisStatus
+from dicom_node.ml.analysis import AnalysisStatus
 
 
 class Base(DeclarativeBase):
@@ -112,7 +112,7 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     pixels_deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    # retention committed the deletion but some files may still be on disk (`retention.py` unlinks them after
+    # retention committed the deletion but some files may still be on disk (`studies/retention.py` unlinks them after
     # the commit and clears this; a failed unlink or a crash leaves it set, and the next pass tries again)
     pixels_unlink_pending: Mapped[bool] = mapped_column(default=False, server_default=false())
     last_association_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
@@ -160,7 +160,7 @@ class Instance(Base):
 
 
 class Job(Base):
-    """One model run over one study generation. `jobs.py` owns every change of `state`."""
+    """One model run over one study generation. `jobs/queue.py` owns every change of `state`."""
 
     __tablename__ = "jobs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -229,7 +229,7 @@ class Output(Base):
 
 
 class Retried:
-    """Columns of a row sent with retries (deliveries, notifications); `retry.py` is the policy."""
+    """Columns of a row sent with retries (deliveries, notifications); `runtime/retry.py` is the policy."""
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
@@ -239,7 +239,7 @@ class Retried:
 
 
 class Claimed:
-    """Columns of a row a sending process claims before it sends (`claims.py`): who holds it, until when.
+    """Columns of a row a sending process claims before it sends (`db/claims.py`): who holds it, until when.
     Both NULL, or `lease_until` in the past: free for any process to claim."""
 
     claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
@@ -315,7 +315,7 @@ class LoginToken(Base):
 
 
 class AuditEvent(Base):
-    """Who did what (`audit.py` writes every row): association accepts and rejects, logins, config
+    """Who did what (`runtime/audit.py` writes every row): association accepts and rejects, logins, config
     changes with before/after, re-analyses and re-sends. No patient identifiers: AE titles, peers,
     user names, Study Instance UIDs and configuration values only."""
 

@@ -29,14 +29,14 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
-from dicom_node import ownership
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.delivery import state
 from dicom_node.delivery.association import make_ae, open_association
 from dicom_node.delivery.state import DueDelivery
 from dicom_node.errors import DeliveryError, DeliveryRefused
-from dicom_node.loops import ServiceLoops
+from dicom_node.runtime import ownership
+from dicom_node.runtime.loops import ServiceLoops
 
 log = logging.getLogger(__name__)
 

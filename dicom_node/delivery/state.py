@@ -7,7 +7,7 @@ Any other failed attempt keeps the row pending, due again after the `[delivery.r
 (`retry.RetryPolicy`), and makes it `failed` with the reason once the policy gives up (`max_age_seconds`,
 or `max_attempts` when set).
 
-A process sends only deliveries it has claimed (`claim_due`, see `claims.py`): the claim names the process
+A process sends only deliveries it has claimed (`claim_due`, see `db/claims.py`): the claim names the process
 and holds for `delivery.lease_seconds`, renewed while a long batch runs, so two `serve` processes on one
 database never send the same delivery; a dead process's claims are taken over once they expire. Marking a
 delivery sent or failed clears the claim and applies only while the caller still holds it.
@@ -26,10 +26,11 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
-from dicom_node import claims
+from dicom_node.db import claims
 from dicom_node.db.engine import utcnow
 from dicom_node.db.schema import Delivery, DeliveryState, Job, Output, Result, Study, StudyState
-from dicom_node.retry import RetryPolicy, count_failure, count_success, start_all_over, start_over
+from dicom_node.runtime.retry import RetryPolicy, count_failure, count_success, start_all_over, start_over
+from dicom_node.studies import state as study_state
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,8 @@ def mark_sent(session: Session, delivery_id: int, now: datetime, owner: str) -> 
     """PENDING → SENT, when `owner` still holds the claim."""
     d = _held(session, delivery_id, owner)
     if d is not None:
-        count_success(d, DeliveryState.SENT, now)
+        d.state = DeliveryState.SENT
+        count_success(d, now)
 
 
 def mark_attempt_failed(
@@ -169,7 +171,7 @@ def mark_attempt_failed(
 def update_study_delivered(session: Session, study_id: int) -> bool:
     """Study → DELIVERED when it is ANALYSED and every delivery of its current generation is sent."""
     study = session.get(Study, study_id)
-    if study is None or study.state != StudyState.ANALYSED:
+    if study is None or study.state != StudyState.ANALYSED:  # the cheap check before counting deliveries
         return False
     base = (
         select(func.count(Delivery.id))
@@ -182,7 +184,7 @@ def update_study_delivered(session: Session, study_id: int) -> bool:
     unsent = session.scalar(base.where(Delivery.state != DeliveryState.SENT)) or 0
     if total == 0 or unsent:
         return False
-    study.state = StudyState.DELIVERED
+    study_state.delivered(study)
     log.info("study delivered", extra={"study_uid": study.study_uid, "generation": study.generation})
     return True
 
@@ -196,7 +198,24 @@ def retry_failed(session: Session, study_uid: str | None = None) -> int:
             .join(Study, Study.id == Output.study_id)
             .where(Study.study_uid == study_uid)
         )
-    return start_all_over(session.scalars(query), DeliveryState.PENDING, utcnow())
+    return start_all_over(session.scalars(query), utcnow(), _reopen)
+
+
+def _reopen(row: Delivery) -> None:
+    row.state = DeliveryState.PENDING
+
+
+def new(output_id: int, destination: str, now: datetime) -> Delivery:
+    """A delivery of an output to a destination, PENDING and due at once (added by `fanout`)."""
+    return Delivery(
+        output_id=output_id,
+        destination=destination,
+        state=DeliveryState.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        last_error="",
+        created_at=now,
+    )
 
 
 def reset_for_new_content(session: Session, output_id: int, now: datetime) -> None:

@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import torch
 
-from dicom_node.analysis import InstanceRef, StudyAnalysis
 from dicom_node.errors import ModelError
+from dicom_node.ml.analysis import InstanceRef, StudyAnalysis
 from dicom_node.ml.cmb_detector import build_detector
 from dicom_node.ml.cmb_manifest import cmb_settings
 from dicom_node.ml.manifest import Manifest, verify_weights

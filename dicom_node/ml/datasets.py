@@ -20,8 +20,8 @@ import numpy as np
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
-from dicom_node.analysis import InstanceRef, instance_ref_from_file
 from dicom_node.errors import PixelDataError, SelectionError
+from dicom_node.ml.analysis import InstanceRef, instance_ref_from_file
 from dicom_node.ml.manifest import ICH_LABELS, SIH_ROLES, InputSpec
 from dicom_node.ml.preprocess import ct_input, mr_input, read_image, resize_pad
 from dicom_node.ml.selection import ICH_CT_RULE, select_series, select_sih_images

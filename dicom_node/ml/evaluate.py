@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dicom_node.analysis import AnalysisStatus, Finding, StudyAnalysis
 from dicom_node.errors import PixelDataError, SelectionError
+from dicom_node.ml.analysis import AnalysisStatus, Finding, StudyAnalysis
 from dicom_node.ml.datasets import by_study, read_rsna_labels, read_study_labels, scan_dicom
 from dicom_node.ml.ich import IchPipeline
 from dicom_node.ml.ich_ensemble import IchEnsemblePipeline
 from dicom_node.ml.metrics import label_metrics, plot_curves, rsna_weighted_log_loss
 from dicom_node.ml.pipeline import Pipeline
 from dicom_node.ml.sih import SihPipeline, ensemble_probability
-from dicom_node.verdicts import reconcile
+from dicom_node.ml.verdicts import reconcile
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dicom_node.analysis import InstanceRef, StudyAnalysis
+from dicom_node.ml.analysis import InstanceRef, StudyAnalysis
 from dicom_node.ml.device import inference_mode
 from dicom_node.ml.ich_findings import SeriesOutputs, build_analysis
 from dicom_node.ml.ich_outputs import run_network, sigmoid, study_probabilities

@@ -26,8 +26,8 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, StringConstraints
 
-from dicom_node.analysis import InstanceRef, StudyAnalysis
 from dicom_node.errors import ModelError
+from dicom_node.ml.analysis import InstanceRef, StudyAnalysis
 from dicom_node.ml.device import Device
 from dicom_node.ml.ich import IchPipeline
 from dicom_node.ml.ich_findings import SeriesOutputs, build_analysis

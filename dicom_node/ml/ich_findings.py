@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dicom_node.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, ModelInfo, StudyAnalysis
 from dicom_node.ml import localise
+from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, ModelInfo, StudyAnalysis
 from dicom_node.ml.gradcam import grad_cam, to_source
 from dicom_node.ml.preprocess import Placement
 

@@ -36,8 +36,8 @@ import numpy as np
 import pydicom
 import torch
 
-from dicom_node.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, Measurement, StudyAnalysis
 from dicom_node.errors import PixelDataError, SelectionError
+from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, Measurement, StudyAnalysis
 from dicom_node.ml.mil import AttentionMIL
 from dicom_node.ml.preprocess import Placement, resize_pad, unplace
 from dicom_node.ml.rules import Orientation, SeriesRule

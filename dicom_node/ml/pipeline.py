@@ -10,13 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from dicom_node.analysis import AnalysisStatus, InstanceRef, ModelInfo, StudyAnalysis
 from dicom_node.errors import ModelError, PixelDataError, SelectionError
+from dicom_node.ml.analysis import AnalysisStatus, InstanceRef, ModelInfo, StudyAnalysis
 from dicom_node.ml.device import Device
 from dicom_node.ml.manifest import Component, Manifest, verify_weights
 from dicom_node.ml.nets import build_model
 from dicom_node.ml.rules import SeriesRule
-from dicom_node.verdicts import reconcile
+from dicom_node.ml.verdicts import reconcile
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from dicom_node.analysis import InstanceRef
 from dicom_node.errors import SelectionError
+from dicom_node.ml.analysis import InstanceRef
 from dicom_node.ml.rules import Contrast, Orientation, SeriesRule
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from dicom_node.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, StudyAnalysis
 from dicom_node.ml.device import inference_mode
 from dicom_node.ml.gradcam import grad_cam, peak_region, to_source
 from dicom_node.ml.manifest import SIH_ROLES

@@ -14,14 +14,14 @@ import logging
 import urllib.error
 import urllib.request
 
-from dicom_node import ownership
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
-from dicom_node.hl7 import send_mllp
-from dicom_node.loops import ServiceLoops
 from dicom_node.notify import state
+from dicom_node.notify.hl7 import send_mllp
 from dicom_node.notify.state import HL7, TARGETS, WEBHOOK, DueNotification
-from dicom_node.safe_text import clean
+from dicom_node.runtime import ownership
+from dicom_node.runtime.loops import ServiceLoops
+from dicom_node.runtime.safe_text import clean
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ accepts it), retried under `[notifications.retry]` (absent: `[delivery.retry]`) 
 the reason at once when the target refuses for good (HTTP 4xx other than 408/425/429). A target the serve process has
 not configured makes the row `skipped`.
 
-A notifier sends only alerts it has claimed (`claim_due`, see `claims.py`), so two `serve` processes on one
+A notifier sends only alerts it has claimed (`claim_due`, see `db/claims.py`), so two `serve` processes on one
 database never send one twice; recording the outcome clears the claim and applies only while the caller
 still holds it.
 """
@@ -22,11 +22,11 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
-from dicom_node import claims
+from dicom_node.db import claims
 from dicom_node.db.engine import utcnow
 from dicom_node.db.schema import Notification, NotificationState, Study
-from dicom_node.retry import RetryPolicy, count_failure, count_success, start_all_over
-from dicom_node.safe_text import clean
+from dicom_node.runtime.retry import RetryPolicy, count_failure, count_success, start_all_over
+from dicom_node.runtime.safe_text import clean
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ def _pending(session: Session, notification_id: int, owner: str) -> Notification
 def mark_sent(session: Session, notification_id: int, now: datetime, owner: str) -> None:
     n = _pending(session, notification_id, owner)
     if n is not None:
-        count_success(n, NotificationState.SENT, now)
+        n.state = NotificationState.SENT
+        count_success(n, now)
 
 
 def mark_skipped(session: Session, notification_id: int, reason: str, owner: str) -> None:
@@ -159,4 +160,8 @@ def retry_failed(session: Session, study_uid: str | None = None) -> int:
     query = select(Notification).where(Notification.state == NotificationState.FAILED)
     if study_uid:
         query = query.join(Study, Study.id == Notification.study_id).where(Study.study_uid == study_uid)
-    return start_all_over(session.scalars(query), NotificationState.PENDING, utcnow())
+    return start_all_over(session.scalars(query), utcnow(), _reopen)
+
+
+def _reopen(row: Notification) -> None:
+    row.state = NotificationState.PENDING

@@ -15,7 +15,8 @@ from dataclasses import replace
 
 import pydicom
 
-from dicom_node.analysis import AnalysisStatus, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, StudyAnalysis
+from dicom_node.ml.verdicts import reconcile
 from dicom_node.outputs import lineage as lineage_rules
 from dicom_node.outputs import uids
 from dicom_node.outputs.equipment import EquipmentInfo, series_number
@@ -25,7 +26,6 @@ from dicom_node.outputs.objects import OutputObject
 from dicom_node.outputs.overlay import build_overlay
 from dicom_node.outputs.seg import SegAlgorithm, SegmentMask, build_seg, seg_series_description
 from dicom_node.outputs.sr import build_sr
-from dicom_node.verdicts import reconcile
 
 __all__ = ["EquipmentInfo", "OutputObject", "PriorReport", "build_outputs"]
 

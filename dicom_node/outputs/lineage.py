@@ -19,7 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dicom_node.analysis import AnalysisStatus, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, StudyAnalysis
 from dicom_node.outputs import uids
 
 

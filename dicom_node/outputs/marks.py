@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from pydicom.dataset import Dataset
 
-from dicom_node.analysis import Finding
+from dicom_node.ml.analysis import Finding
 
 SUMMARY_LABEL = "any"  # see verdicts.reconcile
 

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_rescale
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.analysis import Finding, KeyImage, StudyAnalysis
+from dicom_node.ml.analysis import Finding, KeyImage, StudyAnalysis
 from dicom_node.outputs import codes, uids, wording
 from dicom_node.outputs.equipment import EquipmentInfo, finish_common, series_number
 from dicom_node.outputs.headers import complete_header

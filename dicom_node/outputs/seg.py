@@ -19,7 +19,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.analysis import ModelInfo
+from dicom_node.ml.analysis import ModelInfo
 from dicom_node.outputs import codes, uids, wording
 from dicom_node.outputs.equipment import MANUFACTURER, EquipmentInfo, finish_common
 from dicom_node.outputs.headers import complete_header

@@ -28,7 +28,7 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
-from dicom_node.analysis import AnalysisStatus, Finding, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, Finding, StudyAnalysis
 from dicom_node.outputs import codes, uids, wording
 from dicom_node.outputs.equipment import MANUFACTURER, EquipmentInfo, finish_common, series_number
 from dicom_node.outputs.headers import complete_header, has_geometry

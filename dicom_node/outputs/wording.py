@@ -6,7 +6,7 @@ the report is opened) and the overlay captions all come from here, so they say t
 
 from __future__ import annotations
 
-from dicom_node.analysis import AnalysisStatus, Finding, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, Finding, StudyAnalysis
 from dicom_node.outputs import codes
 
 DEMO_MARK = "synthetic-demo"

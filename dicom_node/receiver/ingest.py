@@ -22,15 +22,15 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from dicom_node.analysis import header_fields
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Association, Base, Instance, Series, Study, StudyState
 from dicom_node.errors import ConflictingIdentifiersError, DatasetTooLargeError, UnparseableDatasetError
+from dicom_node.ml.analysis import header_fields
+from dicom_node.studies import state as study_state
 
 log = logging.getLogger(__name__)
 
 _REQUIRED = ("study_uid", "series_uid", "sop_instance_uid", "sop_class_uid")
-_REOPENED_FROM = (StudyState.COMPLETE, StudyState.ANALYSED, StudyState.DELIVERED)
 _UPSERT_ATTEMPTS = 3
 DEFLATED = "1.2.840.10008.1.2.1.99"
 MAX_INFLATED_BYTES = 512 * 1024 * 1024  # a deflated dataset may not inflate beyond this (deflate bombs)
@@ -186,7 +186,7 @@ def _upsert(
                 patient_id=parsed.patient_id,
                 accession_number=parsed.accession_number,
                 study_date=parsed.study_date,
-                state=StudyState.RECEIVING,
+                **study_state.arrival(),
                 generation=0,
                 priority=0,
                 first_received_at=now,
@@ -252,10 +252,9 @@ def _upsert(
             replaced_path = existing.path
         session.execute(update(instances).where(instances.c.id == existing.id).values(**values))
 
-    reopened = new_instance and state in _REOPENED_FROM
-    study_values: dict[str, Any] = {}
+    study_values: dict[str, Any] = dict(study_state.receiving(state, new_instance))
+    reopened = bool(study_values)
     if reopened:
-        study_values["state"] = StudyState.RECEIVING
         log.info("late instance re-opens study", extra={"study_uid": parsed.study_uid, "generation": generation})
     if new_instance or state == StudyState.RECEIVING:
         study_values.update(last_received_at=now, last_association_id=association_id)

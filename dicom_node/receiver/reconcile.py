@@ -22,7 +22,7 @@ from dicom_node.errors import (
     UnparseableDatasetError,
 )
 from dicom_node.receiver.ingest import parse_instance, record_instance
-from dicom_node.store import InstanceStore, instance_relpath
+from dicom_node.receiver.store import InstanceStore, instance_relpath
 
 log = logging.getLogger(__name__)
 

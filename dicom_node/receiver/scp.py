@@ -44,7 +44,6 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node import ownership
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Association
@@ -57,7 +56,8 @@ from dicom_node.errors import (
 from dicom_node.receiver.access import audit, check_association, server_ssl_context
 from dicom_node.receiver.ingest import parse_instance, record_instance
 from dicom_node.receiver.reconcile import reconcile_store
-from dicom_node.store import InstanceStore, instance_relpath
+from dicom_node.receiver.store import InstanceStore, instance_relpath
+from dicom_node.runtime import ownership
 
 log = logging.getLogger(__name__)
 

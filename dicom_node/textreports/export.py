@@ -29,7 +29,7 @@ from sqlalchemy import select
 from dicom_node.config import Config
 from dicom_node.db.engine import Database
 from dicom_node.db.schema import Instance, Series, Study
-from dicom_node.store import sanitise_uid
+from dicom_node.receiver.store import sanitise_uid
 from dicom_node.textreports import store
 from dicom_node.textreports.model import ReportLabeller
 from dicom_node.textreports.service import label_pending

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from dicom_node.db.engine import utcnow
-from dicom_node.hl7 import _escape
+from dicom_node.notify.hl7 import _escape
 from dicom_node.textreports.store import IncomingReport
 
 _UID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")

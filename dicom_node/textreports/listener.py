@@ -23,8 +23,8 @@ import threading
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.db.engine import Database, utcnow
-from dicom_node.hl7 import END, START
-from dicom_node.safe_text import clean
+from dicom_node.notify.hl7 import END, START
+from dicom_node.runtime.safe_text import clean
 from dicom_node.textreports import store
 from dicom_node.textreports.hl7in import Malformed, ack, header, parse_oru
 

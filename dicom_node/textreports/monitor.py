@@ -26,13 +26,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.analysis import AnalysisStatus, StudyAnalysis
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import MonitorAlert, NotificationState, Result, Study
-from dicom_node.retry import RetryPolicy, count_failure
-from dicom_node.safe_text import clean
+from dicom_node.ml.analysis import AnalysisStatus, StudyAnalysis
+from dicom_node.ml.verdicts import reconcile
+from dicom_node.runtime.retry import RetryPolicy, count_failure
+from dicom_node.runtime.safe_text import clean
 from dicom_node.textreports import LABELS, store
-from dicom_node.verdicts import reconcile
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import time
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.errors import ModelError
-from dicom_node.safe_text import clean
+from dicom_node.runtime.safe_text import clean
 from dicom_node.textreports import LABELS, monitor, store
 from dicom_node.textreports.listener import ReportListener
 from dicom_node.textreports.model import ReportLabeller, load_labeller

@@ -16,9 +16,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicom_node import audit
 from dicom_node.config import Config
-from dicom_node.safe_text import clean
+from dicom_node.runtime import audit
+from dicom_node.runtime.safe_text import clean
 from dicom_node.web import accounts, config_edit
 from dicom_node.web.accounts import SessionInfo
 from dicom_node.web.config_edit import Edit, EditRejected

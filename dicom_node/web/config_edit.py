@@ -23,7 +23,7 @@ from tomlkit.toml_document import TOMLDocument
 
 from dicom_node.config import Config, parse_config
 from dicom_node.errors import ConfigError
-from dicom_node.store import write_durable
+from dicom_node.receiver.store import write_durable
 
 PREVIOUS_SUFFIX = ".previous"
 

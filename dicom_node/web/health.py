@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.config import Config
-from dicom_node.safe_text import clean
+from dicom_node.runtime.safe_text import clean
 
 PROBE_SECONDS = 2.0
 

@@ -12,7 +12,7 @@ from typing import Any
 import pydicom
 from PIL import Image
 
-from dicom_node.analysis import Finding
+from dicom_node.ml.analysis import Finding
 from dicom_node.outputs.marks import marker
 from dicom_node.outputs.overlay import grey_image
 

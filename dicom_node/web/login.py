@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicom_node import audit
+from dicom_node.runtime import audit
 from dicom_node.web import accounts
 from dicom_node.web.accounts import Account
 from dicom_node.web.context import (

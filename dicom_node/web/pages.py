@@ -9,11 +9,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from dicom_node import audit
 from dicom_node.delivery import state as delivery_state
 from dicom_node.delivery.echo import echo
 from dicom_node.errors import DeliveryError, DeliveryRefused
-from dicom_node.safe_text import clean
+from dicom_node.runtime import audit
+from dicom_node.runtime.safe_text import clean
 from dicom_node.web import images, views
 from dicom_node.web.context import WebContext, actor, client, form_with_csrf, redirect, require
 from dicom_node.web.health import check

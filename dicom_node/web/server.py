@@ -25,7 +25,7 @@ from dicom_node.web.health import NodeParts
 from dicom_node.web.metrics import node_registry
 
 if TYPE_CHECKING:
-    from dicom_node.node import Node
+    from dicom_node.runtime.node import Node
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from typing import Any, cast
 
 from sqlalchemy import ColumnElement, func, or_, select
 
-from dicom_node.analysis import AnalysisStatus, StudyAnalysis
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import (
@@ -31,10 +30,11 @@ from dicom_node.db.schema import (
     Study,
     StudyState,
 )
+from dicom_node.ml.analysis import AnalysisStatus, StudyAnalysis
+from dicom_node.ml.verdicts import reconcile
 from dicom_node.outputs import codes, wording
-from dicom_node.safe_text import clean
-from dicom_node.status import study_status
-from dicom_node.verdicts import reconcile
+from dicom_node.runtime.safe_text import clean
+from dicom_node.studies.status import study_status
 
 STAGE = {"receiving": "receiving", "complete": "analysing", "analysed": "sending", "delivered": "delivered"}
 WORKLIST_LIMIT = 200

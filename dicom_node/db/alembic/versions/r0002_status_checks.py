@@ -4,7 +4,7 @@
   the code does not know (`db/schema.one_of`). An existing row with such a value stops the upgrade with a
   message naming it, before anything changes.
 - `studies.pixels_unlink_pending`: retention commits the deletion first and unlinks the files after it
-  (`retention.py`); the flag stays set until every file is gone, so a failed unlink is tried again.
+  (`studies/retention.py`); the flag stays set until every file is gone, so a failed unlink is tried again.
 - The `schema_version` table of the previous release goes: `alembic_version` records the revision.
 
 On SQLite each altered table is rebuilt (batch mode) with its rows, indexes (partial ones included) and

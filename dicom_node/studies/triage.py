@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from dicom_node.analysis import StudyAnalysis
 from dicom_node.config import NotificationsConfig
 from dicom_node.db.engine import utcnow
 from dicom_node.db.schema import Priority, Study
-from dicom_node.hl7 import oru_message
+from dicom_node.ml.analysis import StudyAnalysis
 from dicom_node.notify import state as notify_state
-from dicom_node.safe_text import clean
+from dicom_node.notify.hl7 import oru_message
+from dicom_node.runtime.safe_text import clean
 
 log = logging.getLogger(__name__)
 

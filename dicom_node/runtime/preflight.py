@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from dicom_node.config import Config
-from dicom_node.extras import missing_extra
+from dicom_node.runtime.extras import missing_extra
 
 
 def problems(config: Config, ports: bool = False, local_worker: bool | None = None) -> list[str]:
@@ -96,7 +96,7 @@ def _models(config: Config) -> list[str]:
 def _manifests(config: Config) -> list[str]:
     """What a `serve` without a local worker needs of each enabled model: its manifest, read as JSON."""
     from dicom_node.errors import ModelError
-    from dicom_node.services import model_modality
+    from dicom_node.runtime.services import model_modality
 
     found = []
     for index, setting in enumerate(config.models.enabled):

@@ -14,9 +14,9 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime
 
-from dicom_node.analysis import StudyAnalysis
 from dicom_node.db.engine import utcnow
-from dicom_node.safe_text import clean
+from dicom_node.ml.analysis import StudyAnalysis
+from dicom_node.runtime.safe_text import clean
 
 log = logging.getLogger(__name__)
 

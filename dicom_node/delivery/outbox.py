@@ -9,7 +9,7 @@ I/O. A file's name is deterministic: `<study>/<sop instance>+<sha256 of the byte
   while another finished the job) get another name, and never overwrite a file a row names;
 - a file is sent only once a row names it. A crash between writing and recording leaves files no row
   names: harmless (never sent), and removed when that output is next recorded (`strays`, after the commit)
-  or, when the recording transaction fails, at once (`worker.py`).
+  or, when the recording transaction fails, at once (`jobs/worker.py`).
 
 Files the previous release wrote (`<study>/<sop instance>.dcm`) keep their names until replaced.
 """
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dicom_node.errors import TransientError
-from dicom_node.store import make_dirs_durable, sanitise_uid, write_durable
+from dicom_node.receiver.store import make_dirs_durable, sanitise_uid, write_durable
 
 log = logging.getLogger(__name__)
 

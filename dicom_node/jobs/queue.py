@@ -41,7 +41,7 @@ from dicom_node.config import Config, WorkerConfig
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Job, JobState, Series, Study
 from dicom_node.errors import LeaseLostError
-from dicom_node.retry import RetryPolicy
+from dicom_node.runtime.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_node.store import sanitise_uid
+from dicom_node.receiver.store import sanitise_uid
 
 log = logging.getLogger(__name__)
 

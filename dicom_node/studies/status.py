@@ -31,8 +31,8 @@ from dicom_node.db.schema import (
     Series,
     Study,
 )
-from dicom_node.safe_text import clean
-from dicom_node.verdicts import SUMMARY_LABEL
+from dicom_node.ml.verdicts import SUMMARY_LABEL
+from dicom_node.runtime.safe_text import clean
 
 
 def _iso(value: datetime | None) -> str | None:

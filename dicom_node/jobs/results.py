@@ -1,61 +1,40 @@
-"""The inference worker: claim a job, analyse its study, store the result, write outputs, queue deliveries.
+"""Recording a finished job: build its outputs, write their files into the outbox, then record the result,
+the outputs, their deliveries (`delivery/fanout.py`), the job's completion, the study's priority and state
+in one transaction.
 
-Models load once, when the worker starts. While a model runs, a heartbeat thread renews the job's lease;
-a worker that dies stops renewing and the job goes back to the queue (`jobs.requeue_expired`). So does a
-worker whose model hangs: the heartbeat stops renewing once the job has run `worker.max_run_seconds`, and
-a model that returns after that counts as a failed attempt. A job whose workers stopped
-`worker.max_lease_expiries` times gets the "analysis failed" SR without the model running again.
-Everything a finished job changes in the database (job state, result, outputs, deliveries, study
-priority and state) is one transaction, keyed so that a re-run inserts nothing twice: results by job,
-outputs by SOP Instance UID (deterministic), deliveries by (output, destination). Output files are written
-durably into the outbox BEFORE that transaction, under names that hold a digest of their bytes
-(`outbox.py`), and the transaction only records rows: on SQLite it holds the write lock, which incoming
-C-STOREs wait for, so it does no file I/O beyond checking that the files it records are there. Files no
-row names (a crash before the commit, a lost lease, replaced content) are removed after the commit, or at
-once when recording fails.
-
-When the final attempt fails (or a job comes back after its last attempt's worker died), the worker
-builds a FAILED analysis with the reason and still writes an SR saying that analysis failed.
+The transaction is keyed so that a re-run inserts nothing twice: results by job, outputs by SOP Instance UID
+(deterministic), deliveries by (output, destination). Output files are written durably into the outbox
+BEFORE that transaction, under names that hold a digest of their bytes (`delivery/outbox.py`), and the
+transaction only records rows: on SQLite it holds the write lock, which incoming C-STOREs wait for, so it
+does no file I/O beyond checking that the files it records are there. Files no row names (a crash before
+the commit, a lost lease, replaced content) are removed after the commit, or at once when recording fails.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import Any, Protocol
 
 import pydicom
 from sqlalchemy import select
 
-from dicom_node import jobs, outbox, ownership, triage
-from dicom_node.analysis import AnalysisStatus, InstanceRef, StudyAnalysis, instance_ref
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
-from dicom_node.db.schema import (
-    Delivery,
-    DeliveryState,
-    Instance,
-    Job,
-    Output,
-    Result,
-    Series,
-    Study,
-    StudyState,
-)
+from dicom_node.db.schema import Instance, Job, Output, Result, Series, Study
+from dicom_node.delivery import fanout, outbox
 from dicom_node.delivery import state as delivery_state
-from dicom_node.errors import LeaseLostError, PermanentError, TransientError
+from dicom_node.errors import PermanentError, TransientError
+from dicom_node.jobs import queue as jobs
+from dicom_node.ml.analysis import AnalysisStatus, InstanceRef, StudyAnalysis, instance_ref
+from dicom_node.ml.verdicts import reconcile
 from dicom_node.outputs import lineage, uids
 from dicom_node.outputs.lineage import PriorReport
 from dicom_node.outputs.objects import OutputObject
-from dicom_node.store import write_durable
-from dicom_node.verdicts import reconcile
-
-if TYPE_CHECKING:
-    from dicom_node.ml.pipeline import Pipeline
+from dicom_node.studies import state as study_state
+from dicom_node.studies import triage
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +46,6 @@ class BuildOutputs(Protocol):
                  history: Sequence[PriorReport]) -> list[OutputObject]: ...
 
 
-def default_worker_id() -> str:
-    return ownership.new_id()
-
-
 @dataclass(frozen=True)
 class StudyInput:
     study_id: int
@@ -80,172 +55,16 @@ class StudyInput:
     patient_id: str = ""  # for the HL7 notification only; never logged
 
 
-class RunTimeExceeded(Exception):
-    """The model returned after `worker.max_run_seconds`: a failed attempt, retried or reported."""
+class ResultRecorder:
+    """What the worker does with an analysis: its outputs, their files and the rows of a finished job."""
 
-
-class Heartbeat:
-    """Renews a job's lease every third of its length until stopped; `lost` is set when renewal fails.
-
-    After `max_run_seconds` it stops renewing and sets `overrun`: a hung model's job then loses its lease
-    and goes back to the queue (or fails), instead of being held for ever."""
-
-    def __init__(
-        self, db: Database, job_id: int, worker_id: str, lease_seconds: float, max_run_seconds: float = float("inf")
-    ) -> None:
-        self.db, self.job_id, self.worker_id, self.lease_seconds = db, job_id, worker_id, lease_seconds
-        self.max_run_seconds = max_run_seconds
-        self._deadline = time.monotonic() + max_run_seconds
-        self.lost = threading.Event()
-        self.overrun = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(min(self.lease_seconds / 3, max(0.0, self._deadline - time.monotonic()))):
-            if time.monotonic() >= self._deadline:
-                self.overrun.set()
-                log.error(
-                    "job ran longer than worker.max_run_seconds: its lease is no longer renewed",
-                    extra={"job_id": self.job_id, "max_run_seconds": self.max_run_seconds},
-                )
-                return
-            try:
-                if not jobs.renew(self.db, self.job_id, self.worker_id, self.lease_seconds):
-                    self.lost.set()
-                    log.warning("lease lost while analysing", extra={"job_id": self.job_id})
-                    return
-            except Exception:  # a transient database error: try again next beat
-                log.warning("lease renewal failed", extra={"job_id": self.job_id}, exc_info=True)
-
-
-class Worker:
-    def __init__(
-        self,
-        config: Config,
-        db: Database,
-        pipelines: Sequence[Pipeline] | None = None,
-        build_outputs: BuildOutputs | None = None,
-        worker_id: str | None = None,
-        write_file: outbox.WriteFile = write_durable,
-    ) -> None:
-        self.config = config
-        self.db = db
+    def __init__(self, config: Config, db: Database, worker_id: str, build_outputs: BuildOutputs,
+                 write_file: outbox.WriteFile) -> None:
+        self.config, self.db, self.worker_id = config, db, worker_id
+        self.build_outputs = build_outputs
         self.write_file = write_file  # how an output's file is written (atomically, durably)
-        self.worker_id = worker_id or default_worker_id()
-        if pipelines is None and not any(m.enabled for m in config.models.enabled):
-            pipelines = []  # nothing to load (and no reason to import torch)
-        if pipelines is None:
-            from dicom_node.ml.registry import load_pipelines
 
-            pipelines = load_pipelines(config)
-        self.pipelines: dict[str, Pipeline] = {p.info.name: p for p in pipelines}
-        if build_outputs is None:
-            from dicom_node.outputs import build_outputs as default_builder
-
-            build_outputs = default_builder
-        self.build_outputs: BuildOutputs = build_outputs
-        self.lease_seconds = config.worker.lease_seconds
-        self._last_requeue = 0.0
-        log.info(
-            "worker ready", extra={"worker_id": self.worker_id, "models": ",".join(sorted(self.pipelines))}
-        )
-
-    # -- loop ----------------------------------------------------------------------------------------
-    def run_forever(self, stop_event: threading.Event) -> None:
-        """Process jobs until `stop_event` is set; the job in hand is finished first."""
-        while not stop_event.is_set():
-            try:
-                busy = self.run_once()
-            except Exception:  # a database outage must not end the worker
-                log.exception("worker pass failed", extra={"worker_id": self.worker_id})
-                busy = False
-            if not busy:
-                self._requeue_expired_now_and_then()
-                stop_event.wait(self.config.worker.poll_seconds)
-        log.info("worker stopped", extra={"worker_id": self.worker_id})
-
-    def _requeue_expired_now_and_then(self) -> None:
-        now = time.monotonic()
-        if now - self._last_requeue >= max(1.0, self.lease_seconds / 4):
-            self._last_requeue = now
-            jobs.requeue_expired(self.db, max_lease_expiries=self.config.worker.max_lease_expiries)
-
-    def run_once(self) -> bool:
-        """Claim and process one job; False when none was due."""
-        if not self.pipelines:
-            return False
-        job = jobs.claim(self.db, self.worker_id, self.lease_seconds, model_names=self.pipelines.keys())
-        if job is None:
-            return False
-        self.process(job)
-        return True
-
-    # -- one job -------------------------------------------------------------------------------------
-    def process(self, job: Job) -> None:
-        pipeline = self.pipelines[job.model_name]
-        extra = {
-            "job_id": job.id,
-            "model": job.model_name,
-            "attempt": job.attempts,
-            "worker_id": self.worker_id,
-        }
-        study = self._study_input(job.study_id)
-        max_expiries = self.config.worker.max_lease_expiries
-        if jobs.is_exhausted(job, max_expiries):
-            self._finish_failed(job, pipeline, study, jobs.exhausted_reason(job, max_expiries))
-            return
-        try:
-            max_run = self.config.worker.max_run_seconds
-            with Heartbeat(self.db, job.id, self.worker_id, self.lease_seconds, max_run) as beat:
-                analysis = pipeline.analyse(study.refs)
-            if beat.lost.is_set():
-                log.warning("result dropped: lease lost during analysis", extra=extra)
-                return
-            if beat.overrun.is_set():
-                raise RunTimeExceeded(f"analysis ran longer than worker.max_run_seconds ({max_run:g} s)")
-            self._finish(job, study, analysis)
-        except LeaseLostError:
-            log.warning("result dropped: lease lost", extra=extra)
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            permanent = isinstance(exc, PermanentError)
-            if permanent or jobs.is_final_attempt(job):
-                log.exception("analysis failed for good", extra=extra)
-                self._finish_failed(job, pipeline, study, reason)
-            else:
-                log.warning("analysis attempt failed", extra={**extra, "reason": reason})
-                self._fail_attempt(job, reason, permanent=False)
-
-    def _finish_failed(self, job: Job, pipeline: Pipeline, study: StudyInput, reason: str) -> None:
-        analysis = StudyAnalysis(
-            model=pipeline.info, status=AnalysisStatus.FAILED, reason=reason, study_uid=study.study_uid
-        )
-        try:
-            self._finish(job, study, analysis, error=reason)
-        except LeaseLostError:
-            log.warning("failure report dropped: lease lost", extra={"job_id": job.id})
-        except Exception as exc:
-            log.exception("could not write the failure report", extra={"job_id": job.id})
-            self._fail_attempt(
-                job, f"{reason}; failure report not written: {type(exc).__name__}: {exc}", True
-            )
-
-    def _fail_attempt(self, job: Job, reason: str, permanent: bool) -> None:
-        try:
-            jobs.fail_attempt(self.db, job.id, self.worker_id, reason, permanent, self.config.worker.retry)
-        except LeaseLostError:
-            log.warning("attempt failure not recorded: lease lost", extra={"job_id": job.id})
-
-    def _study_input(self, study_id: int) -> StudyInput:
+    def study_input(self, study_id: int) -> StudyInput:
         with self.db.read() as session:
             study = session.get(Study, study_id)
             assert study is not None
@@ -297,7 +116,7 @@ class Worker:
                 for o, r in rows
             ]
 
-    def _finish(self, job: Job, study: StudyInput, analysis: StudyAnalysis, error: str = "") -> None:
+    def finish(self, job: Job, study: StudyInput, analysis: StudyAnalysis, error: str = "") -> None:
         """Write the outputs, then store the result, record the outputs, queue deliveries and complete the
         job in one transaction; then remove the files no row names."""
         with self.db.read() as session:
@@ -359,13 +178,7 @@ class Worker:
             db_study = session.get(Study, study.study_id)
             assert db_study is not None
             raised = triage.apply_priority(session, db_study, analysis)
-            if (
-                job.generation == db_study.generation
-                and db_study.state != StudyState.RECEIVING
-                and jobs.open_jobs(session, db_study.id, db_study.generation) == 0
-            ):
-                db_study.state = StudyState.ANALYSED
-                session.flush()
+            if study_state.analysed(session, db_study, job.generation):
                 delivery_state.update_study_delivered(session, db_study.id)
         return raised, recorded
 
@@ -415,6 +228,7 @@ class Worker:
         existing = session.scalar(
             select(Output).where(Output.sop_instance_uid == obj.sop_instance_uid).with_for_update()
         )
+        replaced = False
         if existing is not None and not changed and (self.config.storage.outbox / existing.path).is_file():
             row = existing
         else:
@@ -436,24 +250,9 @@ class Worker:
             else:
                 row = existing
                 row.result_id, row.path, row.kind = result.id, relpath, obj.kind
-                delivery_state.reset_for_new_content(session, row.id, now)
-        have = set(session.scalars(select(Delivery.destination).where(Delivery.output_id == row.id)))
-        for dest in self.config.destinations:
-            if dest.name not in have:
-                session.add(
-                    Delivery(
-                        output_id=row.id,
-                        destination=dest.name,
-                        state=DeliveryState.PENDING,
-                        attempts=0,
-                        next_attempt_at=now,
-                        last_error="",
-                        created_at=now,
-                    )
-                )
-        session.flush()
+                replaced = True
+        fanout.fan_out(session, row.id, [d.name for d in self.config.destinations], now, replaced=replaced)
         return str(row.path)
-
 
 def _upsert_result(session: Any, job: Job, analysis: StudyAnalysis, now: Any) -> tuple[Result, bool]:
     payload = analysis.to_json()

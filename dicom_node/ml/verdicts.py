@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dicom_node.analysis import AnalysisStatus, Finding, KeyImage, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, Finding, KeyImage, StudyAnalysis
 
 SUMMARY_LABEL = "any"
 

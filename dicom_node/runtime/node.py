@@ -16,12 +16,12 @@ from typing import Protocol, cast
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select, update
 
-from dicom_node import ownership
-from dicom_node.assembler import Assembler, OnComplete
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Association
 from dicom_node.receiver.scp import ReceiverHandle, ReceiverObserver, start_receiver
+from dicom_node.runtime import ownership
+from dicom_node.studies.assembler import Assembler, OnComplete
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,17 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from dicom_node import jobs
-from dicom_node.audit import AssociationAudit
 from dicom_node.config import Config, ModelSetting
 from dicom_node.db.schema import Study
 from dicom_node.delivery.sender import Sender
 from dicom_node.errors import ModelError
-from dicom_node.node import Node, Service
+from dicom_node.jobs import queue as jobs
 from dicom_node.notify.sender import Notifier
-from dicom_node.retention import Retention
+from dicom_node.runtime.audit import AssociationAudit
+from dicom_node.runtime.node import Node, Service
+from dicom_node.runtime.worker_process import WorkerProcess
+from dicom_node.studies.retention import Retention
 from dicom_node.textreports.service import ReportsService
-from dicom_node.worker_process import WorkerProcess
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 
-from dicom_node.safe_text import clean
+from dicom_node.runtime.safe_text import clean
 
 _MESSAGE_LIMIT = 4000
 # Libraries whose warnings quote header values (highdicom: 'The string "DOE" is unlikely to represent the

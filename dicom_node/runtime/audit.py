@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import AuditEvent
-from dicom_node.safe_text import clean
+from dicom_node.runtime.safe_text import clean
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import Association, Instance, Study, StudyState
+from dicom_node.studies import state as study_state
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,9 @@ class Assembler:
         now = now or utcnow()
         with self.db.write() as session:
             study = session.scalars(select(Study).where(Study.study_uid == study_uid).with_for_update()).one_or_none()
-            if study is None or study.state == StudyState.RECEIVING:
+            if study is None or not study_state.reanalysed(study, now):
                 return None
-            self._complete(session, study, now)
+            self._queue_jobs(session, study)
             generation = study.generation
         log.info("study queued for re-analysis", extra={"study_uid": study_uid, "generation": generation})
         return generation
@@ -152,7 +153,8 @@ class Assembler:
                 study = session.scalars(select(Study).where(Study.id == study_id).with_for_update()).one_or_none()
                 if study is None or study.state != StudyState.RECEIVING or not still_due(study):
                     return None
-                self._complete(session, study, now)
+                study_state.complete(study, now)
+                self._queue_jobs(session, study)
                 uid, generation = study.study_uid, study.generation
         except Exception as exc:  # noqa: BLE001 - one study's failure (DB or callback) must not stop the others
             log.error(
@@ -162,11 +164,8 @@ class Assembler:
         log.info("study complete", extra={"study_uid": uid, "generation": generation, "trigger": why})
         return uid
 
-    def _complete(self, session: Session, study: Study, now: datetime) -> None:
-        """RECEIVING (or a re-analysis) -> COMPLETE as a new generation, and the jobs it needs, in `session`."""
-        study.state = StudyState.COMPLETE
-        study.generation += 1
-        study.completed_at = now
+    def _queue_jobs(self, session: Session, study: Study) -> None:
+        """The study is COMPLETE as a new generation (`studies/state.py`): the jobs it needs, in `session`."""
         session.flush()
         if self.on_complete is not None:
             self.on_complete(session, study)

@@ -9,14 +9,14 @@ rows under a lease, so they do not retry in lock step.
 
 A retried row (a delivery, a notification, a report-monitor alert) has `attempts`, `last_error`,
 `created_at` and `next_attempt_at`; its owner module sets the state from what `count_failure` decides.
-Jobs keep their own state machine (`jobs.py`) and use `RetryPolicy.delay` and `max_attempts`.
+Jobs keep their own state machine (`jobs/queue.py`) and use `RetryPolicy.delay` and `max_attempts`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Protocol, TypeVar
 
 from pydantic import AfterValidator
 
@@ -51,7 +51,9 @@ class RetryPolicy(Frozen):
 
 
 class Retried(Protocol):
-    state: Any
+    """The retry bookkeeping of a row; its `state` column belongs to the row's owner (the state module of
+    deliveries or notifications), which sets it beside these calls."""
+
     attempts: int
     last_error: str
     created_at: datetime
@@ -59,9 +61,11 @@ class Retried(Protocol):
     sent_at: datetime | None
 
 
-def count_success(row: Retried, sent: Any, now: datetime) -> None:
-    """The try that delivered `row`: its state becomes `sent`."""
-    row.state = sent
+R = TypeVar("R", bound=Retried)
+
+
+def count_success(row: Retried, now: datetime) -> None:
+    """Count the try that delivered `row` (its owner marks it sent)."""
     row.attempts += 1
     row.sent_at = now
     row.last_error = ""
@@ -86,11 +90,12 @@ def start_over(row: Retried, now: datetime) -> None:
     row.last_error = ""
 
 
-def start_all_over(rows: Iterable[Retried], pending: Any, now: datetime) -> int:
-    """`start_over` for each of `rows`, setting its `state` to `pending`; returns how many."""
+def start_all_over(rows: Iterable[R], now: datetime, reopen: Callable[[R], None]) -> int:
+    """For each of `rows`: `reopen` it (the owner sets its state back to pending), then `start_over`;
+    returns how many."""
     count = 0
     for row in rows:
-        row.state = pending
+        reopen(row)
         start_over(row, now)
         count += 1
     return count
