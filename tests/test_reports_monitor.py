@@ -162,3 +162,56 @@ def test_agreement_discordant_studies_and_alerts(tmp_path: Path, hook: Webhook,
             assert all(a.cleared_at is not None for a in s.scalars(select(MonitorAlert)))
     finally:
         db.dispose()
+
+
+def _pending_alert(db: Database, label: str) -> int:
+    now = utcnow()
+    with db.write() as s:
+        row = MonitorAlert(model_name="ich", model_version=ICH_MODEL.version, label=label, metric="sensitivity",
+                           value=0.4, floor=0.7, cases=10, window_days=30.0, body=json.dumps({"label": label}),
+                           created_at=now, next_attempt_at=now, attempts=0, last_error="",
+                           state=NotificationState.PENDING)
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def test_monitoring_alerts_are_claimed_so_two_serve_processes_post_each_once(tmp_path: Path, hook: Webhook) -> None:
+    """Every `serve` on a shared database runs the monitor: an alert is posted by the process that claimed it,
+    one held by a live process is left alone, and one whose claim ran out is taken over."""
+    import threading
+    from datetime import timedelta
+
+    from dicom_node.textreports import monitor
+
+    config = make_config(tmp_path, hook)
+    db = Database(config.database_url)
+    try:
+        ids = [_pending_alert(db, label) for label in ("subdural", "any", "epidural")]
+        threads = [threading.Thread(target=monitor.send_alerts, args=(db, hook.url, config.notify_retry, owner, 60.0))
+                   for owner in ("host-a:1:x", "host-b:2:y")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(b["label"] for b in hook.bodies) == ["any", "epidural", "subdural"]  # each once
+        with db.read() as s:
+            rows_ = {a.id: a for a in s.scalars(select(MonitorAlert))}
+            assert {rows_[i].state for i in ids} == {NotificationState.SENT}
+            assert all(rows_[i].claimed_by is None for i in ids)
+
+        held = _pending_alert(db, "intraventricular")
+        with db.write() as s:
+            row = s.get(MonitorAlert, held)
+            row.claimed_by, row.lease_until = "host-c:3:z", utcnow() + timedelta(seconds=60)
+        assert monitor.send_alerts(db, hook.url, config.notify_retry, "host-a:1:x", 60.0) == 0
+        assert len(hook.bodies) == 3  # a live process holds it
+
+        with db.write() as s:
+            s.get(MonitorAlert, held).lease_until = utcnow() - timedelta(seconds=1)  # that process died
+        assert monitor.send_alerts(db, hook.url, config.notify_retry, "host-a:1:x", 60.0) == 1
+        assert hook.bodies[-1]["label"] == "intraventricular"
+        with db.read() as s:
+            assert s.get(MonitorAlert, held).state == NotificationState.SENT
+    finally:
+        db.dispose()

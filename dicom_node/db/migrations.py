@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HEAD", "LEGACY", "Found", "SchemaError", "alembic_config", "inspect_schema", "script_head", "upgrade"]
 
-HEAD = "0002_status_checks"  # the newest revision in db/alembic/versions/ (a test checks that they agree)
+HEAD = "0003_monitor_alert_claims"  # the newest revision in db/alembic/versions/ (a test checks that they agree)
 SCRIPT_LOCATION = Path(__file__).parent / "alembic"
 # the previous release's `schema_version` numbers and the revision each one is
 LEGACY: dict[int, str] = {1: "0001_claims_and_owners"}

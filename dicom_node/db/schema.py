@@ -383,7 +383,7 @@ class ReportLabel(Base):
     __table_args__ = (UniqueConstraint("report_id", "model_name", "model_version", name="uq_report_label_model"),)
 
 
-class MonitorAlert(Retried, Base):
+class MonitorAlert(Retried, Claimed, Base):
     """AI-vs-report agreement below its floor for one model version, label and rate (`textreports/monitor.py`
     owns it). Open until the rate is back at or above the floor (`cleared_at`); `state` is the webhook's
     delivery (pending -> sent | failed, skipped when no webhook is configured)."""

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dicom_node.db import claims
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import MonitorAlert, NotificationState, Result, Study
 from dicom_node.ml.analysis import AnalysisStatus, StudyAnalysis
@@ -180,19 +181,28 @@ def open_alerts(session: Session) -> list[MonitorAlert]:
                                 .order_by(MonitorAlert.id)))
 
 
-def send_alerts(db: Database, url: str, policy: RetryPolicy, timeout: float = 5.0) -> int:
-    """POST the due alert webhooks; returns how many were delivered."""
+def send_alerts(db: Database, url: str, policy: RetryPolicy, owner: str, lease_seconds: float,
+                timeout: float = 5.0) -> int:
+    """POST the due alert webhooks this process claims (`db/claims.py`: two `serve` processes on one
+    database never post the same alert; a dead one's claim is taken over after `lease_seconds`); returns
+    how many were delivered. An outcome is recorded only while the claim is still ours."""
     from dicom_node.notify.sender import post_json
 
-    with db.read() as session:
-        due = [(a.id, a.body) for a in session.scalars(select(MonitorAlert).where(
-            MonitorAlert.state == NotificationState.PENDING, MonitorAlert.next_attempt_at <= utcnow()))]
+    lease = max(lease_seconds, 3 * timeout)
+    with db.write() as session:
+        now = utcnow()
+        ids = claims.claim(session, MonitorAlert, [MonitorAlert.state == NotificationState.PENDING,
+                                                   MonitorAlert.next_attempt_at <= now],
+                           [MonitorAlert.id], owner, lease, now, limit=100)
+        due = [(a.id, a.body) for a in session.scalars(select(MonitorAlert).where(MonitorAlert.id.in_(ids))
+                                                       .order_by(MonitorAlert.id))]
     sent = 0
     for alert_id, body in due:
         error, permanent = post_json(url, body, timeout)
         with db.write() as session:
             row = session.get(MonitorAlert, alert_id)
-            if row is None or row.state != NotificationState.PENDING:
+            if row is None or row.state != NotificationState.PENDING or not claims.settle(
+                    row, owner, "monitor_alert", alert_id):
                 continue
             if not error:
                 row.state, row.sent_at, row.last_error = NotificationState.SENT, utcnow(), ""

@@ -15,6 +15,7 @@ import time
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.errors import ModelError
+from dicom_node.runtime import ownership
 from dicom_node.runtime.safe_text import clean
 from dicom_node.textreports import LABELS, monitor, store
 from dicom_node.textreports.listener import ReportListener
@@ -52,7 +53,8 @@ def run_monitor(config: Config, db: Database, labeller: ReportLabeller) -> list[
                                               "specificity": settings.min_specificity},
                              settings.min_cases, settings.window_days, bool(settings.alert_webhook_url), utcnow())
     if settings.alert_webhook_url:
-        monitor.send_alerts(db, settings.alert_webhook_url, config.notify_retry)
+        monitor.send_alerts(db, settings.alert_webhook_url, config.notify_retry, ownership.process_id(),
+                            config.delivery.lease_seconds)
     return found
 
 
