@@ -240,8 +240,9 @@ def _score(cts: list[Any], mrs: list[Any], by_study: dict[str, list[Any]], gen: 
             if label not in present or not st.study_labels[label]:
                 continue
             loc[label]["n"] += 1
-            # "any" has no mark of its own when a subtype is located (one mark per lesion): take the subtype's
-            located = [label] if label in regions else [s for s in SUBTYPES if s in regions and label == "any"]
+            # "any" has no mark of its own when a subtype is located (one mark per lesion): take the mark a
+            # viewer opens the report on, the SR's first group (groups are ordered strongest first)
+            located = [label] if label in regions else [s for s in regions if s in SUBTYPES and label == "any"]
             if not located:
                 continue
             sop, row, col = regions[located[0]]
