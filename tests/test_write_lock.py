@@ -1,24 +1,23 @@
-"""The receiver's C-STORE latency does not grow while the worker writes outputs (no file I/O inside the
-worker's write transaction).
+"""The receiver answers C-STOREs while the worker writes its output files (no file I/O inside the worker's
+write transaction).
 
 On SQLite a write transaction holds the database's write lock from its start (`BEGIN IMMEDIATE`), and the
 receiver records every instance in one before it answers Success. The worker used to write and fsync its
-output files inside its write transaction, so a C-STORE arriving meanwhile waited for those writes. Here a
-real SCP (the node's receiver) runs on SQLite while a background thread runs real worker jobs whose file
-writes are slowed down (`Worker(write_file=...)`, a writer that sleeps before it writes: a slow or busy
-disk), and a client sends C-STOREs one at a time. Every C-STORE, including those sent while a slow write is
-under way, must be answered well within the injected delay.
+output files inside its write transaction, so a C-STORE arriving meanwhile waited for those writes (a slow or
+busy disk stalled every modality sending to the node).
 
-Against the previous structure this test fails: run against the code before this change (commit dd7eb10,
-where the worker has no `write_file` parameter, so the same slow writer was patched in as
-`dicom_node.jobs.worker.write_durable`), the C-STOREs sent during the slow writes waited for them (1.3 s and
-3.2 s: the transaction wrote two files), and only 2 could be sent during 4 writes.
+Here a real SCP (the node's receiver) runs on SQLite while a background thread runs real worker jobs, and
+each output file write is held open (`Worker(write_file=...)`) until a C-STORE sent during it has been
+answered. The assertion is about order, not speed: every held write must see a C-STORE answered Success
+while it is under way. With the write inside the transaction the C-STORE waits for the write lock, the write
+waits for the C-STORE, and the write gives up after `HOLD` seconds: the test fails however fast the machine.
+(Run against commit dd7eb10, before this structure, the C-STOREs sent during slow writes waited for them.)
 """
 
 from __future__ import annotations
 
+import queue
 import threading
-import time
 from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
@@ -32,25 +31,34 @@ from dicom_node.jobs.worker import Worker
 from dicom_node.receiver import start_receiver
 from dicom_node.receiver.store import write_durable
 
-DELAY = 1.5  # seconds each output file takes to write
-WRITES = 4  # slow writes to send through (two jobs of an SR and an overlay each)
+WRITES = 4  # held writes to send a C-STORE through (two jobs of an SR and an overlay each)
+HOLD = 20.0  # seconds a held write waits for its C-STORE before it gives up (only reached on failure)
 
 
-def test_c_store_latency_stays_low_while_the_worker_writes_outputs(tmp_path: Path) -> None:
+def test_c_stores_are_answered_while_the_worker_writes_outputs(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     db = Database(config.database_url)
     assert db.is_sqlite
     handle = start_receiver(config, db, lambda _aid, _released: None)
-    writes: list[tuple[float, float]] = []  # (start, end) of each slow write
-
-    def slow_write(path: Path, data: bytes) -> None:
-        start = time.monotonic()
-        time.sleep(DELAY)
-        write_durable(path, data)
-        writes.append((start, time.monotonic()))
-
-    worker = Worker(config, db, pipelines=[FakePipeline(positive)], write_file=slow_write)
+    held: queue.Queue[threading.Event] = queue.Queue()  # one event per write under way, set once answered
+    outcomes: list[bool] = []  # per held write: was a C-STORE answered while it was under way
+    gate = threading.Lock()
     stop = threading.Event()
+
+    def held_write(path: Path, data: bytes) -> None:
+        answered = threading.Event()
+        with gate:
+            counted = not stop.is_set()  # writes after the test's last C-STORE are not held
+            if counted:
+                held.put(answered)
+            else:
+                answered.set()
+        seen = answered.wait(HOLD)
+        if counted:
+            outcomes.append(seen)
+        write_durable(path, data)
+
+    worker = Worker(config, db, pipelines=[FakePipeline(positive)], write_file=held_write)
     errors: list[BaseException] = []
 
     def work() -> None:  # job after job: a study, its job claimed, analysed, outputs written and recorded
@@ -65,27 +73,27 @@ def test_c_store_latency_stays_low_while_the_worker_writes_outputs(tmp_path: Pat
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     assoc = ae.associate("127.0.0.1", handle.port, ae_title=config.node.ae_title)
     assert assoc.is_established
-    stores: list[tuple[float, float]] = []  # (start, latency) of each C-STORE
-    background = threading.Thread(target=work, name="slow-worker")
+    statuses: list[int | None] = []
+    background = threading.Thread(target=work, name="held-worker")
     background.start()
     try:
-        datasets = iter(ct_series(2000))
-        deadline = time.monotonic() + 120
-        while len(writes) < WRITES and not errors and time.monotonic() < deadline:
-            start = time.monotonic()
+        datasets = iter(ct_series(WRITES))
+        for _ in range(WRITES):
+            answered = held.get(timeout=120)  # a write is under way and waiting
             status = assoc.send_c_store(next(datasets))
-            stores.append((start, time.monotonic() - start))
-            assert int(status.Status) == 0x0000
-            time.sleep(0.02)
+            statuses.append(int(status.Status) if "Status" in status else None)
+            answered.set()
     finally:
-        stop.set()
+        with gate:
+            stop.set()
+            while not held.empty():
+                held.get_nowait().set()
         background.join(timeout=60)
         assoc.release()
         handle.shutdown(grace_seconds=2)
         db.dispose()
     assert not errors, errors
-    assert len(writes) >= WRITES, "the worker did not write its outputs in time"
-    worst = max(latency for _start, latency in stores)
-    assert worst < DELAY / 3, f"a C-STORE waited {worst:.2f} s (outputs take {DELAY} s to write)"
-    during = [latency for start, latency in stores if any(ws <= start <= we for ws, we in writes)]
-    assert len(during) >= 10, f"only {len(during)} C-STOREs were sent while an output was being written"
+    assert statuses == [0x0000] * WRITES, f"C-STORE statuses during output writes: {statuses}"
+    assert outcomes[:WRITES] == [True] * WRITES, (
+        f"a write was under way for {HOLD:.0f} s without a C-STORE being answered: {outcomes}"
+    )
