@@ -9,6 +9,7 @@ import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -33,6 +34,7 @@ from dicom_node.ml.microbleeds import (
 from dicom_node.ml.mil import AttentionMIL
 from dicom_node.ml.registry import load_pipeline
 from dicom_node.ml.train import TrainOptions, train
+from dicom_node.ml.train_cmb import choose_threshold
 from dicom_node.outputs import build_outputs
 from dicom_node.outputs.readback import sr_counts, sr_findings
 from dicom_node.outputs.validate import dciodvfy_errors
@@ -157,10 +159,32 @@ def test_metrics_match_bleeds_one_to_one() -> None:
     assert cm["weighted_auc"] == 1.0 and cm["accuracy"] == 1.0 and cm["weighted_f1"] == 1.0
 
 
+def test_bleed_threshold_finds_most_bleeds_within_one_false_bleed_per_study() -> None:
+    # two studies, one true bleed each; the detector finds both (scores 0.9 and 0.5) and three false bleeds
+    # (0.8 in the first study, 0.45 and 0.3 in the second)
+    truth = [SimpleNamespace(bleeds=[{1: _disc((10, 10), 3)}]), SimpleNamespace(bleeds=[{4: _disc((30, 30), 3)}])]
+
+    def cand(index: int, centre: tuple[int, int], score: float) -> SimpleNamespace:
+        return SimpleNamespace(masks={index: _disc(centre, 3)}, score=score, tubular=False)
+
+    found = [[cand(1, (10, 10), 0.9), cand(2, (40, 40), 0.8)],
+             [cand(4, (30, 30), 0.5), cand(6, (20, 20), 0.45), cand(7, (5, 40), 0.3)]]
+    threshold, point = choose_threshold(truth, found)  # type: ignore[arg-type]
+    # 0.5: both found, one false bleed in two studies (0.5 per study); 0.35-0.45 find no more and add a false
+    # bleed (1.0 per study, still within); 0.3 and below exceed the bound
+    assert threshold == 0.5 and point["recall"] == 1.0 and point["false_bleeds_per_study"] == 0.5
+    assert "at most 1 false bleed" in point["rule"] and point["studies"] == 2
+    strict, point = choose_threshold(truth, found, max_false_per_study=0.0)  # type: ignore[arg-type]
+    assert strict == 0.9 and point["recall"] == 0.5 and point["false_bleeds_per_study"] == 0.0
+    only_false = [[cand(2, (40, 40), 0.99)], []]
+    _, point = choose_threshold(truth, only_false, max_false_per_study=0.0)  # type: ignore[arg-type]
+    assert point["rule"].startswith("best F1") and point["recall"] == 0.0
+
+
 def test_trained_model_loads_analyses_and_reports(tiny_model: Path, swi_data: Path, tmp_path: Path) -> None:
     manifest = json.loads((tiny_model / "cmb" / "0.0.1-test" / "manifest.json").read_text())
     assert manifest["task"] == "cmb-swi" and 0 < manifest["thresholds"]["microbleeds"] < 1
-    assert manifest["detector"]["architecture"] == "maskrcnn_tiny_fpn"
+    assert manifest["detector"]["architecture"] == manifest["training"]["architecture"] == "maskrcnn_tiny_fpn"
     assert sorted(manifest["selection"]) == ["mip", "swi"]
     p = load_pipeline(tiny_model, "cmb", "0.0.1-test", choose_device("cpu", 1))
     assert p.modalities == frozenset({"MR"}) and p.info.labels == ("microbleeds", "asvd", "caa", "cadasil")

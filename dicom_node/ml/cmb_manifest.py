@@ -57,6 +57,9 @@ def parse_cmb(folder: Path, digest: str, d: dict[str, Any], problems: list[str])
     components = _components(d.get("components"), d, problems)
     rules = _selection(d.get("selection"), problems)
     settings = cmb_settings(d, problems)
+    points = d.get("operating_points", {})
+    if not isinstance(points, dict):
+        problems.append("operating_points: must be an object (label -> how its threshold was chosen)")
     if problems or spec is None or settings is None:
         return None
     tags = d.get("tags", [])
@@ -65,7 +68,7 @@ def parse_cmb(folder: Path, digest: str, d: dict[str, Any], problems: list[str])
         display_name=str(d.get("display_name") or name), task=TASK, labels=LABELS,
         thresholds={"microbleeds": t}, critical_labels=critical, input=spec,
         components=components, synthetic_demo=bool(d.get("synthetic_demo", False)) or "synthetic-demo" in tags,
-        intended_use=str(d.get("intended_use", "")), rules=rules, raw=d)
+        intended_use=str(d.get("intended_use", "")), rules=rules, operating_points=points, raw=d)
     return out
 
 

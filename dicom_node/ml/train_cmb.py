@@ -18,6 +18,7 @@ Seeded (`--seed`); `torch.set_num_threads` is the caller's (the command's `--thr
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +181,16 @@ def _reported(candidates: list[Candidate], threshold: float) -> list[Candidate]:
     return [c for c in candidates if not c.tubular and c.score >= threshold]
 
 
-def choose_threshold(studies: list[CmbStudy], candidates: list[list[Candidate]]) -> tuple[float, dict[str, Any]]:
-    """The bleed score with the best F1 on `studies` (0.5 when they hold no bleed)."""
-    best: tuple[float, float, dict[str, Any]] = (0.5, -1.0, {})
+MAX_FALSE_PER_STUDY = 1.0  # the operating point the bleed threshold is chosen for (issue 11's target)
+
+
+def choose_threshold(studies: list[CmbStudy], candidates: list[list[Candidate]],
+                     max_false_per_study: float = MAX_FALSE_PER_STUDY) -> tuple[float, dict[str, Any]]:
+    """The bleed score threshold for the operating point "most bleeds found with at most `max_false_per_study`
+    false bleeds per study" on `studies`: among the scores on a 0.05 grid whose false bleeds per study stay
+    within the bound, the one with the highest recall (ties: fewer false bleeds, then the higher score). If
+    none stays within, the score with the best F1. 0.5 when the studies hold no bleed."""
+    points: list[dict[str, Any]] = []
     for t in np.round(np.arange(0.2, 0.96, 0.05), 2):
         tp = fp = fn = 0
         for st, cands in zip(studies, candidates, strict=True):
@@ -190,11 +198,22 @@ def choose_threshold(studies: list[CmbStudy], candidates: list[list[Candidate]])
             tp += len(m.matched)
             fp += m.false_bleeds
             fn += m.n_truth - len(m.matched)
-        f1 = 2 * tp / max(1, 2 * tp + fp + fn)
-        if f1 > best[1]:
-            best = (float(t), f1, {"f1": round(f1, 4), "recall": round(tp / max(1, tp + fn), 4),
-                                   "false_bleeds_per_study": round(fp / max(1, len(studies)), 4)})
-    return best[0], best[2]
+        if tp + fn == 0:
+            continue
+        points.append({"threshold": float(t), "f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4),
+                       "recall": round(tp / (tp + fn), 4),
+                       "false_bleeds_per_study": round(fp / max(1, len(studies)), 4)})
+    if not points:
+        return 0.5, {}
+    within = [p for p in points if p["false_bleeds_per_study"] <= max_false_per_study]
+    if within:
+        best = max(within, key=lambda p: (p["recall"], -p["false_bleeds_per_study"], p["threshold"]))
+        rule = f"highest recall with at most {max_false_per_study:g} false bleeds per validation study"
+    else:
+        best = max(points, key=lambda p: p["f1"])
+        rule = f"best F1 (no score kept false bleeds per validation study at or below {max_false_per_study:g})"
+    return best["threshold"], {**{k: v for k, v in best.items() if k != "threshold"}, "rule": rule,
+                               "studies": len(studies)}
 
 
 def train_classifier(bags: list[tuple[np.ndarray, list[float], int]], in_features: int, opts: TrainOptions,
@@ -290,6 +309,7 @@ def train_cmb(opts: TrainOptions) -> Path:
         "labels": list(LABELS),
         "critical_labels": [],
         "thresholds": {"microbleeds": threshold},
+        "operating_points": {"microbleeds": {"threshold": threshold, **detection}} if detection else {},
         "input": {"modality": "MR", "size": opts.size, "channels": ["swi_below", "swi", "swi_above"],
                   "percentiles": [1.0, 99.0]},
         "selection": {name: rule.to_json() for name, rule in DEFAULT_RULES.items()},
@@ -304,7 +324,7 @@ def train_cmb(opts: TrainOptions) -> Path:
                           "slices": "each slice with its neighbours as three channels",
                           "resize": "aspect-preserving, zero pad, centred"},
         "components": files,
-        **_common(opts, {"validation": validation, "train_studies": len(train_set), "validation_studies": len(val_set),
+        **_common(replace(opts, architecture=arch), {"validation": validation, "train_studies": len(train_set), "validation_studies": len(val_set),
                          "crop": crop, "classifier_epochs": mil_epochs}),
     }
     write_manifest(opts.out, manifest)
