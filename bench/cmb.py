@@ -51,11 +51,13 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 CLASS_MEANINGS = {"Arteriolosclerotic small vessel disease": "asvd", "Cerebral amyloid angiopathy": "caa",
                   "CADASIL": "cadasil"}
+VERSION = "0.2.0-synthetic-demo"  # the shipped demo weights
 TARGETS = {"recall": 0.85, "false_bleeds_per_study": 1.0, "count_within_1": 0.80, "weighted_auc": 0.95}
 
 
-def config(work: Path, node_port: int, pacs_port: int, models: Path) -> Path:
-    """The shipped config.toml with our ports and models folder, CPU, fast polling, and only `cmb` enabled."""
+def config(work: Path, node_port: int, pacs_port: int, models: Path, version: str) -> Path:
+    """The shipped config.toml with our ports and models folder, CPU, fast polling, and only `cmb` (at
+    `version`) enabled, whether or not the shipped config enables it."""
     text = (REPO / "config.toml").read_text()
     for pattern, value in ((r"(?m)^port = 11112\b", f"port = {node_port}"),
                            (r"(?m)^port = 11113\b", f"port = {pacs_port}"),
@@ -65,7 +67,8 @@ def config(work: Path, node_port: int, pacs_port: int, models: Path) -> Path:
         text, n = re.subn(pattern, value, text)
         if n != 1:
             raise SystemExit(f"config.toml: expected one match for {pattern!r}, found {n}")
-    text = re.sub(r'(?ms)^\[\[models\.enabled\]\]\nname = "(?!cmb")[^"]+".*?(?=^\[|\Z)', "", text)
+    text = re.sub(r"(?ms)^\[\[models\.enabled\]\]\n.*?(?=^\[|\Z)", "", text)
+    text += f'\n[[models.enabled]]\nname = "cmb"\nversion = "{version}"\n'
     path = work / "config.toml"
     path.write_text(text)
     return path
@@ -108,6 +111,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7301, help="generator seed (the demo weights used 9101)")
     ap.add_argument("--slices", type=int, default=40)
     ap.add_argument("--models", type=Path, default=REPO / "models")
+    ap.add_argument("--version", default=VERSION, help="the cmb model version under --models")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -124,7 +128,7 @@ def main() -> int:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = (work / "serve.log").open("wb")
     serve = subprocess.Popen([str(DICOM_NODE), "--log-level", "WARNING", "serve", "--config",
-                              str(config(work, node_port, pacs_port, args.models))], stdout=log, stderr=log)
+                              str(config(work, node_port, pacs_port, args.models, args.version))], stdout=log, stderr=log)
     try:
         wait_for(lambda: echo_ok(pacs_port, PACS_AET), 20, "storescp")
         wait_for(lambda: echo_ok(node_port, "DICOMNODE"), 120, "dicom-node serve")
@@ -172,7 +176,7 @@ def main() -> int:
                         "within_1": round(float(np.mean(np.abs(errors) <= 1)), 4),
                         "exact": round(float(np.mean(errors == 0)), 4)}
     c = class_metrics(np.asarray(ys), np.asarray(probs), args.bootstrap)
-    result: dict[str, Any] = {"model": {"name": "cmb", "version": "(served)", "synthetic_demo": True},
+    result: dict[str, Any] = {"model": {"name": "cmb", "version": args.version, "synthetic_demo": True},
                               "data": f"synth --kind mr-swi --n {args.n} --seed {args.seed} --slices {args.slices}",
                               "n_studies": len(studies), "threshold": float("nan"), "bleeds": b,
                               "classification": c, "classes": list(CLASSES), "seed_paper": SEED_PAPER,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import free_port, wait_for, write_config
-from e2e_helpers import DEMO_VERSION, MODELS, SR_CLASS, assert_valid_outputs, e2e_sections
+from e2e_helpers import CMB_DEMO_VERSION, MODELS, SR_CLASS, assert_valid_outputs, e2e_sections
 from orthanc_helpers import OrthancServer
 from sqlalchemy import select
 
@@ -40,11 +40,11 @@ CLASS_NAMES = {"asvd": "Arteriolosclerotic small vessel disease", "caa": "Cerebr
 
 @pytest.fixture
 def loop(tmp_path: Path) -> Iterator[tuple[OrthancServer, Node]]:
-    assert (MODELS / "cmb" / DEMO_VERSION / "manifest.json").is_file(), f"shipped cmb demo model missing in {MODELS}"
+    assert (MODELS / "cmb" / CMB_DEMO_VERSION / "manifest.json").is_file(), f"shipped cmb demo model missing in {MODELS}"
     node_port = free_port()
     pacs = OrthancServer(tmp_path / "orthanc", modalities={"NODE": ("DICOMNODE", "127.0.0.1", node_port)})
     sections = e2e_sections(pacs.dicom_port, node={"port": node_port},
-                            models={"enabled": [{"name": "cmb", "version": DEMO_VERSION}]})
+                            models={"enabled": [{"name": "cmb", "version": CMB_DEMO_VERSION}]})
     sections["destinations"] = [{"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1",
                                  "port": pacs.dicom_port}]
     node = build_node(load_config(write_config(tmp_path, **sections)), log_level="WARNING")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import REPO, free_port, wait_for, write_config
-from e2e_helpers import DEMO_VERSION, ServeProcess, e2e_sections, node_status
+from e2e_helpers import CMB_DEMO_VERSION, ServeProcess, e2e_sections, node_status
 from ohif_helpers import OhifServer, View, missing_parts, view_pages
 from orthanc_helpers import OrthancServer
 
@@ -55,7 +55,7 @@ def views(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, View]]
     pacs = OrthancServer(tmp / "orthanc", modalities={"NODE": ("DICOMNODE", "127.0.0.1", node_port)},
                          dicomweb=True)
     sections = e2e_sections(pacs.dicom_port, node={"port": node_port},
-                            models={"enabled": [{"name": "cmb", "version": DEMO_VERSION}]})
+                            models={"enabled": [{"name": "cmb", "version": CMB_DEMO_VERSION}]})
     sections["destinations"] = [{"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1",
                                  "port": pacs.dicom_port}]
     config = write_config(tmp, **sections)
