@@ -6,8 +6,9 @@
    artefact are everywhere); left-right and up-down flips, intensity scaled by 0.9-1.1. AdamW, one-cycle.
 2. **Location threshold**: the depth below the head's surface that best separates the training bleeds
    labelled lobar from those labelled deep (`location.deep_min_depth_mm`).
-3. **Bleed threshold**: the detector runs on the validation studies; the score at which reported bleeds
-   have the best F1 against the ground truth becomes `thresholds.microbleeds`.
+3. **Bleed threshold**: the detector runs on the validation studies; the score that finds the most bleeds
+   with at most one false bleed per study (the target's operating point; best F1 when no score stays
+   within) becomes `thresholds.microbleeds`, and `operating_points.microbleeds` records what it gave.
 4. **Classifier** (attention MIL) on the bleeds the trained detector reports on the training studies (at
    the chosen threshold and 0.1 either side, so it sees what the node will show it, false bleeds included),
    instances dropped at random; cross-entropy, AdamW.
