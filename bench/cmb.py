@@ -41,6 +41,7 @@ from time_to_result import PACS_AET, STORESCP, STORESCU, echo_ok, free_port, wai
 from dicom_node.ml.cmb_metrics import bleed_metrics, class_metrics, match
 from dicom_node.ml.evaluate_cmb import SEED_PAPER, format_cmb_table
 from dicom_node.ml.microbleeds import CLASSES
+from dicom_node.ml.registry import newest_version
 from dicom_node.outputs.readback import sr_counts, sr_findings
 from dicom_node.synth import generate
 from dicom_node.synth.swi_study import read_seg_bleeds
@@ -51,7 +52,6 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 CLASS_MEANINGS = {"Arteriolosclerotic small vessel disease": "asvd", "Cerebral amyloid angiopathy": "caa",
                   "CADASIL": "cadasil"}
-VERSION = "0.2.0-synthetic-demo"  # the shipped demo weights
 TARGETS = {"recall": 0.85, "false_bleeds_per_study": 1.0, "count_within_1": 0.80, "weighted_auc": 0.95}
 
 
@@ -111,10 +111,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7301, help="generator seed (the demo weights used 9101)")
     ap.add_argument("--slices", type=int, default=40)
     ap.add_argument("--models", type=Path, default=REPO / "models")
-    ap.add_argument("--version", default=VERSION, help="the cmb model version under --models")
+    ap.add_argument("--version", default="", help="the cmb model version under --models (default: the newest)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    args.version = args.version or newest_version(args.models, "cmb")
 
     work = Path(tempfile.mkdtemp(prefix="bench-cmb-"))
     data = work / "studies"

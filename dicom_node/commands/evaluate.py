@@ -24,22 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also record the per-label figures in the model's manifest.json under metrics")
 
 
-def _version(models_dir: Path, name: str) -> str:
-    folder = models_dir / name
-    versions = sorted(p.name for p in folder.iterdir() if (p / "manifest.json").is_file()) if folder.is_dir() else []
-    if not versions:
-        raise FileNotFoundError(f"no model versions under {folder}")
-    return versions[-1]
-
-
 def run(args: argparse.Namespace) -> int:
     from dicom_node.errors import DicomNodeError
     from dicom_node.ml.device import choose_device
     from dicom_node.ml.evaluate import evaluate, format_table
-    from dicom_node.ml.registry import load_pipeline, model_folder
+    from dicom_node.ml.registry import load_pipeline, model_folder, newest_version
 
     try:
-        version = args.version or _version(args.models_dir, args.model)
+        version = args.version or newest_version(args.models_dir, args.model)
         pipeline = load_pipeline(args.models_dir, args.model, version, choose_device(args.device), args.batch_size)
         result = evaluate(pipeline, args.data, args.out, n_boot=args.bootstrap, seed=args.seed)
     except (DicomNodeError, FileNotFoundError) as exc:

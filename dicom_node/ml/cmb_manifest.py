@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.ml.cmb_detector import DEFAULT_ANCHORS, DETECTORS
-from dicom_node.ml.manifest import Component, InputSpec, Manifest, build, component_of, validated
+from dicom_node.ml.manifest import (
+    Component,
+    InputSpec,
+    Manifest,
+    build,
+    component_of,
+    operating_points,
+    validated,
+)
 from dicom_node.ml.microbleeds import CLASSES, DEFAULT_RULES, LABELS, CmbSettings
 from dicom_node.ml.rules import SeriesRule, parse_rule
 
@@ -57,9 +65,7 @@ def parse_cmb(folder: Path, digest: str, d: dict[str, Any], problems: list[str])
     components = _components(d.get("components"), d, problems)
     rules = _selection(d.get("selection"), problems)
     settings = cmb_settings(d, problems)
-    points = d.get("operating_points", {})
-    if not isinstance(points, dict):
-        problems.append("operating_points: must be an object (label -> how its threshold was chosen)")
+    points = operating_points(d, problems)
     if problems or spec is None or settings is None:
         return None
     tags = d.get("tags", [])

@@ -221,10 +221,7 @@ def _parse(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) ->
                         "'any' as the first label")
     if study_model is not None and "log_extent" in study_model.features and not seg:
         problems.append("preprocessing.study_model: mask features need a segmentation architecture (*_seg)")
-    points = d.get("operating_points", {})
-    if not isinstance(points, dict):
-        problems.append("operating_points: must be an object (label -> how its threshold was chosen)")
-        points = {}
+    points = operating_points(d, problems)
     ensemble = None
     if task == "sih-mr":
         ensemble = _ensemble(d.get("ensemble"), problems)
@@ -239,6 +236,16 @@ def _parse(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) ->
                  input=spec, components=components, aggregation=aggregation, aggregation_k=k, ensemble=ensemble,
                  synthetic_demo=synthetic, intended_use=str(d.get("intended_use", "")),
                  study_model=study_model, operating_points=points, rules=rules, raw=d)
+
+
+def operating_points(d: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The manifest's `operating_points` (label -> how its threshold was chosen); {} with a problem noted
+    when it is not an object."""
+    points = d.get("operating_points", {})
+    if isinstance(points, dict):
+        return points
+    problems.append("operating_points: must be an object (label -> how its threshold was chosen)")
+    return {}
 
 
 def build(found: list[str], prefix: str = "", **values: Any) -> Any:

@@ -25,7 +25,7 @@ from dicom_node.ml.device import Device, choose_device
 from dicom_node.ml.manifest import load_manifest
 from dicom_node.ml.pipeline import Pipeline
 
-__all__ = ["Pipeline", "load_pipeline", "load_pipelines", "model_folder"]
+__all__ = ["Pipeline", "load_pipeline", "load_pipelines", "model_folder", "newest_version"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,15 @@ def model_folder(models_dir: Path, name: str, version: str) -> Path:
             or version.startswith("."):
         raise ModelError(f"invalid model name/version {name!r} {version!r}")
     return Path(models_dir) / name / version
+
+
+def newest_version(models_dir: Path, name: str) -> str:
+    """The last version folder of model `name` (in name order) that holds a manifest."""
+    folder = Path(models_dir) / name
+    versions = sorted(p.name for p in folder.iterdir() if (p / "manifest.json").is_file()) if folder.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(f"no model versions under {folder}")
+    return versions[-1]
 
 
 def load_pipeline(
