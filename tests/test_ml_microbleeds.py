@@ -145,6 +145,8 @@ def test_mil_pools_any_number_of_bleeds_in_any_order() -> None:
     empty = net([torch.zeros(0, 6)], torch.zeros(1, 2))
     assert empty.shape == (1, 4) and torch.isfinite(empty).all()
     assert torch.allclose(net.attention(bag).sum(), torch.tensor(1.0))
+    with_flair = AttentionMIL(6, 4, bag_width=4).eval()  # count, deep share, FLAIR extent, FLAIR read
+    assert with_flair([bag], torch.tensor([[1.5, 0.4, 0.2, 1.0]])).shape == (1, 4)
 
 
 def test_metrics_match_bleeds_one_to_one() -> None:
@@ -185,12 +187,17 @@ def test_trained_model_loads_analyses_and_reports(tiny_model: Path, swi_data: Pa
     manifest = json.loads((tiny_model / "cmb" / "0.0.1-test" / "manifest.json").read_text())
     assert manifest["task"] == "cmb-swi" and 0 < manifest["thresholds"]["microbleeds"] < 1
     assert manifest["detector"]["architecture"] == manifest["training"]["architecture"] == "maskrcnn_tiny_fpn"
-    assert sorted(manifest["selection"]) == ["mip", "swi"]
+    assert sorted(manifest["selection"]) == ["flair", "mip", "swi"]
+    assert manifest["classifier"]["bag_features"] == ["log_count", "deep_fraction", "flair_wmh_extent", "flair_present"]
     p = load_pipeline(tiny_model, "cmb", "0.0.1-test", choose_device("cpu", 1))
     assert p.modalities == frozenset({"MR"}) and p.info.labels == ("microbleeds", "asvd", "caa", "cadasil")
     refs = _study_refs(swi_data)[0]
     analysis = p.analyse(refs)
     assert analysis.status == AnalysisStatus.ANALYSED
+    flair = [r for r in refs if r.series_description == "FLAIR AX"]
+    assert "FLAIR series" in analysis.reason and "white-matter hyperintensity" in analysis.reason
+    assert flair[0].series_uid in analysis.evaluated_series_uids  # the FLAIR is evidence of the report
+    assert {r.sop_instance_uid for r in flair} <= set(analysis.evaluated_sop_instance_uids)
     labels = [f.label for f in analysis.findings]
     bleeds = [f for f in analysis.findings if f.label == "microbleed"]
     assert labels[0] == "microbleeds" and labels[-3:] == ["asvd", "caa", "cadasil"]
@@ -215,6 +222,35 @@ def test_trained_model_loads_analyses_and_reports(tiny_model: Path, swi_data: Pa
     assert sr_counts(sr)["Number of cerebral microbleeds"] == len(bleeds)
     reported = sr_findings(sr)
     assert sum(f.finding == "Cerebral microbleed" for f in reported) == len(bleeds) + 1
+
+
+def test_a_study_without_flair_is_classified_from_its_bleeds(tiny_model: Path, swi_data: Path) -> None:
+    p = load_pipeline(tiny_model, "cmb", "0.0.1-test", choose_device("cpu", 1))
+    refs = [r for r in _study_refs(swi_data)[0] if r.series_description != "FLAIR AX"]
+    analysis = p.analyse(refs)
+    assert analysis.status == AnalysisStatus.ANALYSED
+    assert "no FLAIR series: class from the microbleeds alone" in analysis.reason
+    assert sum(f.present for f in analysis.findings if f.label in ("asvd", "caa", "cadasil")) <= 1
+    assert len(set(analysis.evaluated_series_uids)) == 1
+
+
+def test_classifier_trains_on_a_reused_detector(tiny_model: Path, swi_data: Path, tmp_path: Path) -> None:
+    source = tiny_model / "cmb" / "0.0.1-test"
+    out = tmp_path / "cmb" / "0.0.2-test"
+    train(TrainOptions(task="cmb", data=swi_data, out=out, size=SIZE, batch_size=4, name="cmb", version="0.0.2-test",
+                       seed=1, extra={"mil_epochs": 3, "detector_from": str(source)}))
+    old, new = (json.loads((f / "manifest.json").read_text()) for f in (source, out))
+    sha = {f: {c["role"]: c["sha256"] for c in m["components"]} for f, m in (("old", old), ("new", new))}
+    assert sha["new"]["detector"] == sha["old"]["detector"]  # the same weights, not retrained
+    assert (out / "detector.pt").read_bytes() == (source / "detector.pt").read_bytes()
+    reused = new["training"]["detector_reused_from"]
+    assert (reused["name"], reused["version"], reused["sha256"]) == ("cmb", "0.0.1-test", sha["old"]["detector"])
+    assert new["detector"]["anchor_sizes"] == old["detector"]["anchor_sizes"]
+    assert load_pipeline(tmp_path, "cmb", "0.0.2-test", choose_device("cpu", 1)).analyse(
+        _study_refs(swi_data)[1]).status == AnalysisStatus.ANALYSED
+    with pytest.raises(ModelError, match="input size"):
+        train(TrainOptions(task="cmb", data=swi_data, out=tmp_path / "x", size=SIZE * 2,
+                           extra={"detector_from": str(source)}))
 
 
 def test_a_study_without_swi_is_not_analysed(tiny_model: Path, swi_data: Path) -> None:
@@ -261,6 +297,10 @@ def test_registry_refuses_bad_cmb_manifests(tiny_model: Path, tmp_path: Path) ->
         load_with({"detector": {**good["detector"], "architecture": "yolo"}})
     with pytest.raises(ModelError, match="input.channels"):
         load_with({"input": {**good["input"], "channels": ["swi"]}})
+    with pytest.raises(ModelError, match="classifier.bag_features"):
+        load_with({"classifier": {**good["classifier"], "bag_features": ["log_count", "flair_present"]}})
+    with pytest.raises(ModelError, match="selection"):
+        load_with({"selection": {"flair": good["selection"]["flair"]}})
     (folder / "detector.pt").write_bytes(b"not the weights")
     with pytest.raises(ModelError, match="sha256"):
         load_with({})

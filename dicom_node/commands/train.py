@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cmb: detector training crop in pixels (--arch maskrcnn_tiny_fpn, the default for cmb, "
                         "or maskrcnn_resnet50_fpn)")
     parser.add_argument("--mil-epochs", type=int, default=150, help="cmb: epochs of the MIL classifier")
+    parser.add_argument("--detector-from", type=Path, default=None, metavar="MODEL_DIR",
+                        help="cmb: reuse the detector of this cmb model folder and train only the location, bleed "
+                        "threshold and classifier on --data (best on studies the detector never saw)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
 
 
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         neg_ratio=args.neg_ratio, seg_weight=args.seg_weight, name=args.name or out.parent.name,
         version=args.version or out.name,
         synthetic_demo=args.synthetic_demo, training_data=args.training_data,
-        extra={"crop": args.crop, "mil_epochs": args.mil_epochs},
+        extra={"crop": args.crop, "mil_epochs": args.mil_epochs,
+               "detector_from": str(args.detector_from.resolve()) if args.detector_from else None},
     )
     try:
         if args.model == "ich-ensemble":

@@ -6,15 +6,17 @@
 - optional `bleeds.csv` (`StudyInstanceUID,bleed,...,location`): each bleed's lobar/deep location (else
   read from a segment label such as "Microbleed 3 (lobar)"), which fits the location threshold.
 
-The SWI series is chosen by the node's rules (`microbleeds.select_swi`) and read by the node's reader, so a
-model trains on what it will see.
+The SWI series is chosen by the node's rules (`microbleeds.select_swi`) and read by the node's reader, and
+the FLAIR white-matter extent is measured as the worker measures it (`wmh.measure_flair`), so a model trains
+on what it will see.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,16 @@ from tqdm import tqdm
 
 from dicom_node.errors import PixelDataError, SelectionError
 from dicom_node.ml.datasets import by_study, scan_dicom
-from dicom_node.ml.microbleeds import CLASSES, SwiVolume, normalise, read_swi_volume, select_swi
+from dicom_node.ml.microbleeds import (
+    CLASSES,
+    DEFAULT_RULES,
+    SwiVolume,
+    normalise,
+    read_swi_volume,
+    select_swi,
+)
+from dicom_node.ml.rules import SeriesRule
+from dicom_node.ml.wmh import NO_FLAIR, FlairExtent, measure_flair
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +47,7 @@ class CmbStudy:
     locations: list[str]  # per bleed: "lobar" | "deep" | "" (unknown)
     svd_class: int  # index into CLASSES
     which: str  # "swi" | "mip"
+    flair: FlairExtent = field(default=NO_FLAIR)
 
 
 def read_class_labels(path: Path) -> dict[str, int]:
@@ -58,8 +70,11 @@ def _locations(path: Path) -> dict[tuple[str, int], str]:
         return {(r["StudyInstanceUID"], int(r["bleed"])): r.get("location", "") for r in csv.DictReader(fh)}
 
 
-def load_cmb(data_dir: Path, percentiles: tuple[float, float] = (1.0, 99.0), progress: bool = True) -> list[CmbStudy]:
-    """Every labelled study with an SWI series; studies without one are skipped (logged)."""
+def load_cmb(data_dir: Path, percentiles: tuple[float, float] = (1.0, 99.0), progress: bool = True,
+             rules: Mapping[str, SeriesRule] | None = None) -> list[CmbStudy]:
+    """Every labelled study with an SWI series (and its FLAIR extent, when `rules` hold a "flair" rule);
+    studies without an SWI series are skipped (logged)."""
+    rules = DEFAULT_RULES if rules is None else rules
     from dicom_node.synth.swi_study import read_seg_bleeds
 
     data_dir = Path(data_dir)
@@ -74,7 +89,7 @@ def load_cmb(data_dir: Path, percentiles: tuple[float, float] = (1.0, 99.0), pro
         if study_uid not in labels:
             continue
         try:
-            slices, which = select_swi(study_refs)
+            slices, which = select_swi(study_refs, rules)
             volume = read_swi_volume(slices)
         except (SelectionError, PixelDataError) as exc:
             log.warning("study skipped", extra={"study_uid": study_uid, "reason": str(exc)})
@@ -90,7 +105,9 @@ def load_cmb(data_dir: Path, percentiles: tuple[float, float] = (1.0, 99.0), pro
                     where.append(locations.get((study_uid, number), "") or _label_location(segs[study_uid], number))
         norm = normalise(volume.pixels, *percentiles).astype(np.float16)
         volume.pixels = np.zeros((0,), np.float32)
-        out.append(CmbStudy(study_uid, volume, norm, bleeds, where, labels[study_uid], which))
+        flair = measure_flair(study_refs, rules)
+        out.append(CmbStudy(study_uid, volume, norm, bleeds, where, labels[study_uid], which,
+                            FlairExtent(flair.present, flair.extent, reason=flair.reason)))  # series not kept
     if not out:
         raise SelectionError(f"no labelled study with an SWI series under {data_dir}")
     log.info("CMB data loaded", extra={"studies": len(out), "bleeds": sum(len(s.bleeds) for s in out)})

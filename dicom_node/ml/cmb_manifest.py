@@ -5,12 +5,15 @@
      "thresholds": {"microbleeds": 0.5},                  # a bleed is reported at this detection score
      "input": {"modality": "MR", "size": 256, "channels": ["swi_below", "swi", "swi_above"],
                "percentiles": [1, 99]},
-     "selection": {"swi": {rule}, "mip": {rule}},         # optional; default microbleeds.DEFAULT_RULES
+     "selection": {"swi": {rule}, "mip": {rule}, "flair": {rule}},  # optional; default microbleeds.DEFAULT_RULES;
+                                                          # "flair" optional (default wmh.FLAIR_RULE)
      "detector": {"architecture": "maskrcnn_tiny_fpn", "anchor_sizes": [4, 8, 16, 32, 64],
                   "score_min": 0.1, "mask_threshold": 0.5, "tube_factor": 1.6},
      "location": {"deep_min_depth_mm": 38.0},
      "classifier": {"architecture": "attention_mil", "in_features": 136, "hidden": 64,
-                    "classes": ["none", "asvd", "caa", "cadasil"]},
+                    "classes": ["none", "asvd", "caa", "cadasil"],
+                    "bag_features": ["log_count", "deep_fraction", "flair_wmh_extent", "flair_present"]},
+                                                          # mil.BAG_LAYOUTS; 2 (an integer) in 0.2.0
      "components": [{"role": "detector", ...}, {"role": "classifier", ...}], ...}
 
 The SVD class is the most probable of the classifier's classes (argmax); "none" reports every class Absent.
@@ -31,7 +34,8 @@ from dicom_node.ml.manifest import (
     operating_points,
     validated,
 )
-from dicom_node.ml.microbleeds import CLASSES, DEFAULT_RULES, LABELS, CmbSettings
+from dicom_node.ml.microbleeds import CLASSES, DEFAULT_RULES, LABELS, REQUIRED_RULES, CmbSettings
+from dicom_node.ml.mil import BAG_FEATURES, BAG_LAYOUTS
 from dicom_node.ml.rules import SeriesRule, parse_rule
 
 TASK = "cmb-swi"
@@ -127,10 +131,11 @@ def _components(items: Any, d: dict[str, Any], problems: list[str]) -> tuple[Com
 def _selection(raw: Any, problems: list[str]) -> dict[str, SeriesRule]:
     if raw is None:
         return dict(DEFAULT_RULES)
-    if not isinstance(raw, dict) or sorted(raw) != sorted(DEFAULT_RULES):
-        problems.append(f"selection: must be an object with the rules {sorted(DEFAULT_RULES)} that {TASK} reads")
+    if not isinstance(raw, dict) or not set(REQUIRED_RULES) <= set(raw) <= set(DEFAULT_RULES):
+        problems.append(f"selection: must be an object with the rules {list(REQUIRED_RULES)} (and optionally "
+                        f"{sorted(set(DEFAULT_RULES) - set(REQUIRED_RULES))}) that {TASK} reads")
         return {}
-    rules: dict[str, SeriesRule] = {}
+    rules: dict[str, SeriesRule] = {name: rule for name, rule in DEFAULT_RULES.items() if name not in raw}
     for name, data in raw.items():
         rule = parse_rule(data, f"selection.{name}", problems) if isinstance(data, dict) else None
         if rule is None and not isinstance(data, dict):
@@ -170,6 +175,10 @@ def cmb_settings(d: dict[str, Any], problems: list[str] | None = None) -> CmbSet
     elif tuple(cls.get("classes", [])) != CLASSES or not isinstance(cls.get("in_features"), int) \
             or not isinstance(cls.get("hidden", 64), int):
         problems.append(f"classifier: needs classes {list(CLASSES)}, integer in_features and hidden")
+    else:
+        bag = cls.get("bag_features", len(BAG_FEATURES))
+        if not (bag == len(BAG_FEATURES) or (isinstance(bag, list) and tuple(bag) in BAG_LAYOUTS)):
+            problems.append(f"classifier.bag_features: one of {[list(b) for b in BAG_LAYOUTS]}, got {bag!r}")
     spec: dict[str, Any] = d["input"] if isinstance(d.get("input"), dict) else {}
     p = spec.get("percentiles", [1.0, 99.0])
     thresholds: dict[str, Any] = d["thresholds"] if isinstance(d.get("thresholds"), dict) else {}

@@ -4,7 +4,9 @@ A study without an axial SWI magnitude or mIP series gets NOT_ANALYSED with the 
 it was not read), like the other tasks. Findings: "microbleeds" (present when any bleed is reported; its
 probability is the best non-vessel candidate's score), one "microbleed" per bleed (instance 1..n, best
 first, region on the slice where it is largest, diameter, lobar/deep), and "asvd" / "caa" / "cadasil"
-(the most probable class present; "none" leaves all three absent); counts as study measurements.
+(the most probable class present; "none" leaves all three absent); counts as study measurements. A
+classifier trained with the FLAIR features gets the study's FLAIR white-matter extent (`ml/wmh.py`), or is
+told there is none; the report's reason says which.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from dicom_node.ml.cmb_detector import build_detector
 from dicom_node.ml.cmb_manifest import cmb_settings
 from dicom_node.ml.manifest import Manifest, verify_weights
 from dicom_node.ml.microbleeds import CLASSES, CmbModel, analysis_of, read_swi_volume, select_swi
-from dicom_node.ml.mil import AttentionMIL
+from dicom_node.ml.mil import BAG_FEATURES, AttentionMIL
 from dicom_node.ml.pipeline import Pipeline
+from dicom_node.ml.wmh import NO_FLAIR, measure_flair
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,9 @@ def load_cmb_networks(manifest: Manifest, device: torch.device) -> tuple[torch.n
     raw = manifest.raw
     det, cls = raw["detector"], raw["classifier"]
     detector = build_detector(det["architecture"], manifest.input.size, det.get("anchor_sizes"))
-    classifier = AttentionMIL(int(cls["in_features"]), len(CLASSES), hidden=int(cls.get("hidden", 64)))
+    bag = cls.get("bag_features", len(BAG_FEATURES))  # a list of names (an integer in 0.2.0 and before)
+    classifier = AttentionMIL(int(cls["in_features"]), len(CLASSES), hidden=int(cls.get("hidden", 64)),
+                              bag_width=len(bag) if isinstance(bag, list) else int(bag))
     for role, net in (("detector", detector), ("classifier", classifier)):
         path = verify_weights(manifest, manifest.component(role))
         try:
@@ -61,7 +66,9 @@ class CmbPipeline(Pipeline):
         slices, which = select_swi(instances, self.rules)
         volume = read_swi_volume(slices)
         threshold = self.thresholds["microbleeds"]
-        result = self.model.run(volume, threshold)
+        flair = measure_flair(instances, self.rules) if self.model.reads_flair else NO_FLAIR
+        result = self.model.run(volume, threshold, flair)
         log.info("study analysed", extra={"model": self.info.name, "study_uid": slices[0].study_uid,
-                                          "microbleeds": len(result.bleeds), "class": result.svd_class})
+                                          "microbleeds": len(result.bleeds), "class": result.svd_class,
+                                          "flair_wmh_extent": flair.extent if flair.present else None})
         return analysis_of(result, volume, which, self.info, threshold)

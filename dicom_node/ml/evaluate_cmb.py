@@ -1,7 +1,7 @@
 """Evaluation of a microbleed model on a labelled folder (`dicom-node evaluate --model cmb`).
 
-Per study the pipeline's own steps run (selection, reading, detection, merging, location, class) at the
-manifest's threshold, and the reported bleeds are matched to the ground-truth SEG (`cmb_metrics`). Written
+Per study the pipeline's own steps run (selection, reading, detection, merging, location, FLAIR extent,
+class) at the manifest's threshold, and the reported bleeds are matched to the ground-truth SEG (`cmb_metrics`). Written
 to metrics.json: bleed detection and segmentation (IoU, Dice, recall per bleed and per study, false bleeds
 per study, count error), lobar/deep agreement of the matched bleeds, the class (weighted-average AUC,
 accuracy, weighted F1 with study-bootstrap 95 % CIs, confusion matrix) and, under `labels`, one-vs-rest
@@ -30,13 +30,13 @@ SEED_PAPER = {  # seed paper 003, external test set
 
 def evaluate_cmb(p: CmbPipeline, data_dir: Path, out_dir: Path, n_boot: int = 1000, seed: int = 0,
                  header: dict[str, Any] | None = None) -> dict[str, Any]:
-    studies = load_cmb(data_dir, p.model.settings.percentiles)
+    studies = load_cmb(data_dir, p.model.settings.percentiles, rules=p.rules)
     threshold = p.thresholds["microbleeds"]
     matches, probs, ys, any_y, any_p = [], [], [], [], []
     location_agree = location_total = 0
     for st in studies:
         candidates, _ = p.model.candidates(st.volume, st.norm)
-        result = p.model.result(candidates, threshold)
+        result = p.model.result(candidates, threshold, st.flair)
         m = match(st.bleeds, [b.masks for b in result.bleeds])
         matches.append(m)
         for t, r, _, _ in m.matched:

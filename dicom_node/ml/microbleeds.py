@@ -21,7 +21,9 @@ Steps (docs/models.md, "Microbleeds"):
    The threshold is fitted on the training bleeds' lobar/deep labels.
 5. **Class**: the MIL network over the reported bleeds (score >= the `microbleeds` threshold): per bleed the
    detector's box-head features of its key detection and eight numbers (`INSTANCE_FEATURES`); per study
-   log(1 + count) and the deep fraction. Softmax over none / aSVD / CAA / CADASIL.
+   log(1 + count), the deep fraction and, when the classifier was trained with them, the FLAIR
+   white-matter hyperintensity extent and whether a FLAIR was read (`ml/wmh.py`; the rule "flair").
+   Softmax over none / aSVD / CAA / CADASIL.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dicom_node.ml.mil import AttentionMIL
 from dicom_node.ml.preprocess import Placement, resize_pad, unplace
 from dicom_node.ml.rules import Orientation, SeriesRule
 from dicom_node.ml.selection import MR_IMAGE_STORAGE, select_series, slice_position
+from dicom_node.ml.wmh import FLAIR_RULE, NO_FLAIR, FlairExtent
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,8 @@ MIP_RULE = SeriesRule(
     slice_thickness_mm=(0.5, 5.0),
     min_images=8,
 )
-DEFAULT_RULES: dict[str, SeriesRule] = {"swi": SWI_RULE, "mip": MIP_RULE}
+DEFAULT_RULES: dict[str, SeriesRule] = {"swi": SWI_RULE, "mip": MIP_RULE, "flair": FLAIR_RULE}
+REQUIRED_RULES = ("swi", "mip")  # "flair" is optional in a manifest (default FLAIR_RULE)
 
 
 def select_swi(instances: Sequence[InstanceRef], rules: Mapping[str, SeriesRule] | None = None
@@ -179,11 +183,8 @@ def slice_inputs(norm: np.ndarray, size: int) -> tuple[np.ndarray, Placement]:
     return out, placement
 
 
-def head_depth(norm: np.ndarray, volume: SwiVolume, threshold: float = 0.08) -> np.ndarray:
-    """Depth (mm) of every voxel below the head's surface: 3D distance to the outside of the head mask.
-
-    The slab's lowest slice is never treated as a surface (the brain goes on below it); its highest is only
-    when the head there is less than half its widest cross-section (the slab reaches the vertex)."""
+def head_mask(norm: np.ndarray, threshold: float = 0.08) -> np.ndarray:
+    """Per slice, the largest connected region above `threshold` (of the [0, 1] scaled series), holes filled."""
     from scipy import ndimage
 
     head = np.zeros(norm.shape, bool)
@@ -193,6 +194,17 @@ def head_depth(norm: np.ndarray, volume: SwiVolume, threshold: float = 0.08) -> 
         if count:
             sizes = ndimage.sum(m, labels, range(1, count + 1))
             head[i] = labels == (int(np.argmax(sizes)) + 1)
+    return head
+
+
+def head_depth(norm: np.ndarray, volume: SwiVolume, threshold: float = 0.08) -> np.ndarray:
+    """Depth (mm) of every voxel below the head's surface: 3D distance to the outside of the head mask.
+
+    The slab's lowest slice is never treated as a surface (the brain goes on below it); its highest is only
+    when the head there is less than half its widest cross-section (the slab reaches the vertex)."""
+    from scipy import ndimage
+
+    head = head_mask(norm, threshold)
     areas = head.sum(axis=(1, 2))
     top_open = bool(areas.max() > 0 and areas[-1] < 0.5 * areas.max())
     padded = np.concatenate([head[:1], head, np.zeros_like(head[:1]) if top_open else head[-1:]])
@@ -226,6 +238,7 @@ class CmbResult:
     bleeds: list[Candidate]  # reported: not tubular, score >= threshold; best first
     class_probabilities: dict[str, float]  # CLASSES -> probability
     heat: dict[int, np.ndarray]  # slice index -> float map in [0, 1] of the reported bleeds' mask probabilities
+    flair: FlairExtent = NO_FLAIR  # what the classifier was given about FLAIR
 
     @property
     def svd_class(self) -> str:
@@ -398,8 +411,10 @@ class CmbModel:
         place(candidates, norm, head_depth(norm, volume, s.head_threshold), volume, s)
         return candidates, norm
 
-    def classify(self, bleeds: Sequence[Candidate]) -> dict[str, float]:
+    def classify(self, bleeds: Sequence[Candidate], flair: FlairExtent = NO_FLAIR) -> dict[str, float]:
         x, bf = bag(bleeds)
+        if self.classifier.bag_width > len(bf):  # trained with the FLAIR features
+            bf = bf + flair.bag_features()
         width = self.classifier.in_features
         if len(x) == 0:
             x = np.zeros((0, width), np.float32)
@@ -410,17 +425,21 @@ class CmbModel:
             probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
         return {c: float(p) for c, p in zip(CLASSES, probs, strict=True)}
 
-    def run(self, volume: SwiVolume, threshold: float | None = None) -> CmbResult:
-        candidates, _ = self.candidates(volume)
-        return self.result(candidates, self.settings.threshold if threshold is None else threshold)
+    @property
+    def reads_flair(self) -> bool:
+        return self.classifier.bag_width > 2
 
-    def result(self, candidates: list[Candidate], threshold: float) -> CmbResult:
+    def run(self, volume: SwiVolume, threshold: float | None = None, flair: FlairExtent = NO_FLAIR) -> CmbResult:
+        candidates, _ = self.candidates(volume)
+        return self.result(candidates, self.settings.threshold if threshold is None else threshold, flair)
+
+    def result(self, candidates: list[Candidate], threshold: float, flair: FlairExtent = NO_FLAIR) -> CmbResult:
         bleeds = [c for c in candidates if not c.tubular and c.score >= threshold]
         heat: dict[int, np.ndarray] = {}
         for b in bleeds:
             m = heat.setdefault(b.key_slice, np.zeros(b.masks[b.key_slice].shape, np.float32))
             np.maximum(m, b.masks[b.key_slice].astype(np.float32) * b.score, out=m)
-        return CmbResult(candidates, bleeds, self.classify(bleeds), heat)
+        return CmbResult(candidates, bleeds, self.classify(bleeds, flair), heat, flair)
 
 
 def analysis_of(result: CmbResult, volume: SwiVolume, which: str, info: Any, threshold: float) -> StudyAnalysis:
@@ -456,9 +475,14 @@ def analysis_of(result: CmbResult, volume: SwiVolume, which: str, info: Any, thr
     reason = (f"{len(slices)} slices of series {first.series_number} {first.series_description!r} ({which}) "
               f"analysed; {len(bleeds)} microbleeds ({lobar} lobar, {deep} deep); class {chosen} "
               f"({probs[chosen]:.0%})")
+    flair = result.flair
+    if flair.present or flair.reason:
+        reason += f"; {flair.describe()}"
+    evaluated = list(slices) + list(flair.series)
     return StudyAnalysis(
         model=info, status=AnalysisStatus.ANALYSED, reason=reason, study_uid=first.study_uid,
-        evaluated_series_uids=[first.series_uid], evaluated_sop_instance_uids=[r.sop_instance_uid for r in slices],
+        evaluated_series_uids=list(dict.fromkeys(r.series_uid for r in evaluated)),
+        evaluated_sop_instance_uids=[r.sop_instance_uid for r in evaluated],
         findings=findings, key_images=key_images, masks={BLEED_LABEL: masks} if masks else {},
         measurements=[Measurement("microbleed_count", len(bleeds), "{count}"),
                       Measurement("lobar_microbleed_count", lobar, "{count}"),

@@ -11,7 +11,14 @@
    within) becomes `thresholds.microbleeds`, and `operating_points.microbleeds` records what it gave.
 4. **Classifier** (attention MIL) on the bleeds the trained detector reports on the training studies (at
    the chosen threshold and 0.1 either side, so it sees what the node will show it, false bleeds included),
-   instances dropped at random; cross-entropy, AdamW.
+   instances dropped at random; cross-entropy, AdamW. When the training studies have FLAIR series, the
+   classifier also reads the FLAIR white-matter extent (`ml/wmh.py`), withheld from 15 % of the bags at
+   random so that it answers studies without a FLAIR too.
+
+`--detector-from MODEL_DIR` skips step 1: the detector (weights, architecture, anchors) of an existing cmb
+model is reused and steps 2-4 run on `--data`. With data the detector never saw, the classifier learns from
+bleeds found as in service (misses and false bleeds included) rather than from the near-perfect detections
+of the detector's own training studies.
 
 Seeded (`--seed`); `torch.set_num_threads` is the caller's (the command's `--threads`).
 """
@@ -43,7 +50,7 @@ from dicom_node.ml.microbleeds import (
     bag,
     head_depth,
 )
-from dicom_node.ml.mil import BAG_FEATURES, AttentionMIL, bag_features
+from dicom_node.ml.mil import BAG_FEATURES, FLAIR_FEATURES, AttentionMIL, bag_features
 from dicom_node.ml.preprocess import resize_pad
 from dicom_node.ml.train import TrainOptions, _common, _save_weights, seed_everything, split_studies
 
@@ -217,11 +224,16 @@ def choose_threshold(studies: list[CmbStudy], candidates: list[list[Candidate]],
                                "studies": len(studies)}
 
 
+FLAIR_WITHHELD = 0.15  # share of training bags given "no FLAIR" (a study without one is classified too)
+
+
 def train_classifier(bags: list[tuple[np.ndarray, list[float], int]], in_features: int, opts: TrainOptions,
-                     epochs: int) -> AttentionMIL:
+                     epochs: int, flair: bool = False) -> AttentionMIL:
+    """Bags are (instances, FLAIR features (`FlairExtent.bag_features`), class); `flair`: the classifier reads
+    them."""
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed + 1)
-    net = AttentionMIL(in_features, len(CLASSES))
+    net = AttentionMIL(in_features, len(CLASSES), bag_width=len(BAG_FEATURES) + (len(FLAIR_FEATURES) if flair else 0))
     instances = np.concatenate([x for x, _, _ in bags if len(x)]) if any(len(x) for x, _, _ in bags) else None
     if instances is not None:
         net.mean.copy_(torch.from_numpy(instances.mean(axis=0)))
@@ -236,7 +248,7 @@ def train_classifier(bags: list[tuple[np.ndarray, list[float], int]], in_feature
         for start in range(0, len(order), 16):
             xs, bfs, ys = [], [], []
             for k in order[start: start + 16]:
-                x, _, y = bags[k]
+                x, flair_features, y = bags[k]
                 if len(x) > 1:  # drop instances at random, never all of a bag
                     keep = rng.random(len(x)) >= 0.15
                     keep[int(rng.integers(len(x)))] = True
@@ -244,7 +256,10 @@ def train_classifier(bags: list[tuple[np.ndarray, list[float], int]], in_feature
                 x = x + rng.normal(0, 0.03, x.shape).astype(np.float32) * net.std.numpy()
                 n_deep = round(float(x[:, 1].sum())) if len(x) else 0
                 xs.append(torch.from_numpy(x.reshape(-1, in_features).astype(np.float32)))
-                bfs.append(bag_features(len(x), n_deep))
+                bf = bag_features(len(x), n_deep)
+                if flair:
+                    bf += [0.0, 0.0] if rng.random() < FLAIR_WITHHELD else flair_features
+                bfs.append(bf)
                 ys.append(y)
             logits = net(xs, torch.tensor(bfs, dtype=torch.float32))
             loss = loss_fn(logits, torch.tensor(ys))
@@ -259,24 +274,55 @@ def _bags(model: CmbModel, studies: list[CmbStudy], candidates: list[list[Candid
     out = []
     for st, cands in zip(studies, candidates, strict=True):
         for t in thresholds:
-            x, bf = bag(_reported(cands, t))
-            out.append((x if len(x) else np.zeros((0, width), np.float32), bf, st.svd_class))
+            x, _ = bag(_reported(cands, t))
+            out.append((x if len(x) else np.zeros((0, width), np.float32), st.flair.bag_features(), st.svd_class))
     return out
+
+
+def reuse_detector(folder: Path, size: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The detector of the cmb model in `folder` (weights checked) and what the new manifest records of it."""
+    from dicom_node.ml.cmb_pipeline import load_cmb_networks
+    from dicom_node.ml.manifest import load_manifest
+
+    source = load_manifest(folder)
+    if source.task != "cmb-swi":
+        raise ModelError(f"--detector-from {folder}: model {source.name} {source.version} is not a microbleed model")
+    if source.input.size != size:
+        raise ModelError(f"--detector-from {folder}: its input size is {source.input.size} px, not --size {size}")
+    detector, _ = load_cmb_networks(source, torch.device("cpu"))
+    det = source.raw["detector"]
+    return detector, {"name": source.name, "version": source.version, "architecture": det["architecture"],
+                      "score_min": float(det.get("score_min", 0.1)), "mask_threshold": float(det.get("mask_threshold", 0.5)),
+                      "tube_factor": float(det.get("tube_factor", 1.6)),
+                      "anchor_sizes": det.get("anchor_sizes", list(DEFAULT_ANCHORS[det["architecture"]])),
+                      "sha256": source.component("detector").sha256,
+                      "training": source.raw.get("training", {}), "training_data": source.raw.get("training_data", "")}
 
 
 def train_cmb(opts: TrainOptions) -> Path:
     seed_everything(opts.seed)
-    arch = _architecture(opts)
     crop = min(int(opts.extra.get("crop", 128)), opts.size)
     mil_epochs = int(opts.extra.get("mil_epochs", 150))
+    detector_from = opts.extra.get("detector_from")
+    reused: dict[str, Any] = {}
+    if detector_from:  # before the data, so a wrong folder fails at once
+        detector, reused = reuse_detector(Path(detector_from), opts.size)
+        arch = reused["architecture"]
     studies = load_cmb(opts.data)
     train_s, val_s = split_studies(len(studies), opts.val_fraction, opts.seed)
     train_set, val_set = [studies[i] for i in train_s], [studies[i] for i in val_s]
-    detector = build_detector(arch, opts.size, DEFAULT_ANCHORS[arch])
-    train_detector(detector, train_set, opts, crop)
+    if not reused:
+        arch = _architecture(opts)
+        detector = build_detector(arch, opts.size, DEFAULT_ANCHORS[arch])
+        train_detector(detector, train_set, opts, crop)
+    anchors = list(reused.get("anchor_sizes") or DEFAULT_ANCHORS[arch])
+    flair = sum(st.flair.present for st in train_set) >= len(train_set) / 2
+    log.info("cmb classifier inputs", extra={"flair_features": flair,
+                                             "studies_with_flair": sum(st.flair.present for st in studies)})
     depth_mm, depth_accuracy = fit_depth_threshold(train_set)
     width = len(INSTANCE_FEATURES) + feature_size(detector)
-    settings = CmbSettings(size=opts.size, percentiles=(1.0, 99.0), threshold=0.5, deep_min_depth_mm=depth_mm)
+    settings = CmbSettings(size=opts.size, percentiles=(1.0, 99.0), threshold=0.5, deep_min_depth_mm=depth_mm,
+                           **{k: reused[k] for k in ("score_min", "mask_threshold", "tube_factor") if k in reused})
     placeholder = AttentionMIL(width, len(CLASSES))
     model = CmbModel(settings, detector, placeholder, torch.device("cpu"), opts.batch_size)
 
@@ -292,11 +338,12 @@ def train_cmb(opts: TrainOptions) -> Path:
     val_c = run_all(val_set, "cmb candidates (validation)") if val_set else []
     threshold, detection = choose_threshold(val_set, val_c) if val_set else (0.5, {})
     bags = _bags(model, train_set, train_c, [max(0.1, threshold - 0.1), threshold, min(0.95, threshold + 0.1)], width)
-    classifier = train_classifier(bags, width, opts, mil_epochs)
+    classifier = train_classifier(bags, width, opts, mil_epochs, flair)
     validation: dict[str, Any] = {"detection": detection}
     if val_set:
         model.classifier = classifier
-        probs = np.asarray([[model.classify(_reported(c, threshold))[k] for k in CLASSES] for c in val_c])
+        probs = np.asarray([[model.classify(_reported(c, threshold), st.flair)[k] for k in CLASSES]
+                            for st, c in zip(val_set, val_c, strict=True)])
         validation["classification"] = class_metrics(np.asarray([s.svd_class for s in val_set]), probs, n_boot=200,
                                                      seed=opts.seed)
     files = [{"role": "detector", "architecture": arch, **_save_weights(detector, opts.out, "detector.pt")},
@@ -314,19 +361,23 @@ def train_cmb(opts: TrainOptions) -> Path:
         "input": {"modality": "MR", "size": opts.size, "channels": ["swi_below", "swi", "swi_above"],
                   "percentiles": [1.0, 99.0]},
         "selection": {name: rule.to_json() for name, rule in DEFAULT_RULES.items()},
-        "detector": {"architecture": arch, "anchor_sizes": list(DEFAULT_ANCHORS[arch]), "score_min": settings.score_min,
+        "detector": {"architecture": arch, "anchor_sizes": anchors, "score_min": settings.score_min,
                      "mask_threshold": settings.mask_threshold, "tube_factor": settings.tube_factor},
         "location": {"deep_min_depth_mm": depth_mm, "fitted_accuracy": depth_accuracy},
         "classifier": {"architecture": "attention_mil", "in_features": width, "hidden": 64,
                        "classes": list(CLASSES), "instance_features": list(INSTANCE_FEATURES),
-                       "detector_features": feature_size(detector), "bag_features": BAG_FEATURES,
+                       "detector_features": feature_size(detector),
+                       "bag_features": list(BAG_FEATURES + (FLAIR_FEATURES if flair else ())),
                        "decision": "argmax"},
         "preprocessing": {"normalisation": "1st-99th percentile of the series' non-zero voxels to [0, 1]",
                           "slices": "each slice with its neighbours as three channels",
                           "resize": "aspect-preserving, zero pad, centred"},
         "components": files,
-        **_common(replace(opts, architecture=arch), {"validation": validation, "train_studies": len(train_set), "validation_studies": len(val_set),
-                         "crop": crop, "classifier_epochs": mil_epochs}),
+        **_common(replace(opts, architecture=arch, epochs=int(reused["training"].get("epochs", 0)) if reused else opts.epochs), {
+            "validation": validation, "train_studies": len(train_set), "validation_studies": len(val_set),
+            "classifier_epochs": mil_epochs, "flair_withheld": FLAIR_WITHHELD if flair else None,
+            **({"detector_reused_from": {k: reused[k] for k in ("name", "version", "sha256", "training", "training_data")}}
+               if reused else {"crop": crop})}),
     }
     write_manifest(opts.out, manifest)
     log.info("cmb model written", extra={"out": str(opts.out), "threshold": threshold, "deep_min_depth_mm": depth_mm})
