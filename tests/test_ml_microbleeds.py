@@ -22,6 +22,7 @@ from dicom_node.ml.cmb_metrics import class_metrics, match
 from dicom_node.ml.datasets import by_study, scan_dicom
 from dicom_node.ml.device import choose_device
 from dicom_node.ml.microbleeds import (
+    CmbModel,
     CmbSettings,
     SwiVolume,
     _Detection,
@@ -147,6 +148,14 @@ def test_mil_pools_any_number_of_bleeds_in_any_order() -> None:
     assert torch.allclose(net.attention(bag).sum(), torch.tensor(1.0))
     with_flair = AttentionMIL(6, 4, bag_width=4).eval()  # count, deep share, FLAIR extent, FLAIR read
     assert with_flair([bag], torch.tensor([[1.5, 0.4, 0.2, 1.0]])).shape == (1, 4)
+
+
+def test_study_probability_without_a_candidate_is_the_peak_below_the_floor() -> None:
+    torch.manual_seed(0)
+    settings = CmbSettings(size=64, percentiles=(1, 99), threshold=0.5)
+    model = CmbModel(settings, torch.nn.Identity(), AttentionMIL(6, 4).eval(), torch.device("cpu"))
+    assert model.result([], 0.5, peak=0.03).probability == pytest.approx(0.03)  # never 0: the SR shows a number
+    assert model.result([], 0.5, peak=0.7).probability == settings.score_min  # a region not kept (a vessel) says < floor
 
 
 def test_metrics_match_bleeds_one_to_one() -> None:

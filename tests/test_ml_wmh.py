@@ -55,7 +55,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
 def test_generated_cadasil_flair_measures_larger_than_a_normal_one(studies: dict[str, list]) -> None:
     none, cadasil = (measure_flair(studies[c], DEFAULT_RULES) for c in ("none", "cadasil"))
     assert none.present and cadasil.present
-    assert cadasil.extent > 0.1 > 0.03 > none.extent
+    assert cadasil.extent > 0.1 and none.extent < 0.03
     assert {r.series_description for r in cadasil.series} == {"FLAIR AX"}
     assert "FLAIR series" in cadasil.describe() and "white-matter hyperintensity" in cadasil.describe()
     assert cadasil.bag_features() == [cadasil.extent, 1.0]

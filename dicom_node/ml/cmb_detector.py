@@ -111,11 +111,17 @@ def feature_size(model: MaskRCNN) -> int:
 @torch.no_grad()
 def detect_with_features(model: MaskRCNN, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     """Inference on a batch (B, 3, S, S): torchvision's detections per image plus `features`, the box head's
-    representation of each detected box (N, feature_size)."""
+    representation of each detected box (N, feature_size), and `peak`, the highest bleed probability the box
+    head gives any of the image's proposals (what the detector thinks of its likeliest region, also when
+    nothing is detected)."""
     model.eval()
     image_list, _ = model.transform(list(images))
     features = model.backbone(image_list.tensors)
     proposals, _ = model.rpn(image_list, features)
+    heads = model.roi_heads
+    logits, _ = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes)))
+    bleed = torch.softmax(logits, dim=-1)[:, 1]
+    peaks = [p.max() if len(p) else bleed.new_zeros(()) for p in bleed.split([len(p) for p in proposals])]
     detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
     boxes = [d["boxes"] for d in detections]
     pooled = model.roi_heads.box_roi_pool(features, boxes, image_list.image_sizes)
@@ -123,10 +129,11 @@ def detect_with_features(model: MaskRCNN, images: torch.Tensor) -> list[dict[str
     detections = model.transform.postprocess(detections, image_list.image_sizes, [tuple(images.shape[-2:])] * len(images))
     out = []
     start = 0
-    for d in detections:
+    for d, peak in zip(detections, peaks, strict=True):
         n = len(d["boxes"])
         d = dict(d)
         d["features"] = reps[start: start + n]
+        d["peak"] = peak
         start += n
         out.append(d)
     return out

@@ -2,8 +2,9 @@
 
 A study without an axial SWI magnitude or mIP series gets NOT_ANALYSED with the reason (every series and why
 it was not read), like the other tasks. Findings: "microbleeds" (present when any bleed is reported; its
-probability is the best non-vessel candidate's score), one "microbleed" per bleed (instance 1..n, best
-first, region on the slice where it is largest, diameter, lobar/deep), and "asvd" / "caa" / "cadasil"
+probability is the best non-vessel candidate's score, or the peak proposal score when there is none), one
+"microbleed" per bleed (instance 1..n, best first, region on the slice where it is largest, diameter,
+lobar/deep), and "asvd" / "caa" / "cadasil"
 (the most probable class present; "none" leaves all three absent); counts as study measurements. A
 classifier trained with the FLAIR features gets the study's FLAIR white-matter extent (`ml/wmh.py`), or is
 told there is none; the report's reason says which.

@@ -5,7 +5,7 @@ class) at the manifest's threshold, and the reported bleeds are matched to the g
 to metrics.json: bleed detection and segmentation (IoU, Dice, recall per bleed and per study, false bleeds
 per study, count error), lobar/deep agreement of the matched bleeds, the class (weighted-average AUC,
 accuracy, weighted F1 with study-bootstrap 95 % CIs, confusion matrix) and, under `labels`, one-vs-rest
-figures per class and for "microbleeds" (any bleed; probability: the best candidate's score) in the form
+figures per class and for "microbleeds" (any bleed; probability: the study's, as the SR reports it) in the form
 `evaluate --record` copies into the manifest. ROC/PR curves per class.
 """
 
@@ -35,8 +35,8 @@ def evaluate_cmb(p: CmbPipeline, data_dir: Path, out_dir: Path, n_boot: int = 10
     matches, probs, ys, any_y, any_p = [], [], [], [], []
     location_agree = location_total = 0
     for st in studies:
-        candidates, _ = p.model.candidates(st.volume, st.norm)
-        result = p.model.result(candidates, threshold, st.flair)
+        candidates, _, peak = p.model.candidates(st.volume, st.norm)
+        result = p.model.result(candidates, threshold, st.flair, peak)
         m = match(st.bleeds, [b.masks for b in result.bleeds])
         matches.append(m)
         for t, r, _, _ in m.matched:
@@ -46,7 +46,7 @@ def evaluate_cmb(p: CmbPipeline, data_dir: Path, out_dir: Path, n_boot: int = 10
         probs.append([result.class_probabilities[c] for c in CLASSES])
         ys.append(st.svd_class)
         any_y.append(1.0 if st.bleeds else 0.0)
-        any_p.append(max((c.score for c in candidates if not c.tubular), default=0.0))
+        any_p.append(result.probability)
     y, prob = np.asarray(ys), np.asarray(probs)
     labels = {"microbleeds": label_metrics(np.asarray(any_y), np.asarray(any_p), threshold, n_boot, seed)}
     for k, c in enumerate(CLASSES):

@@ -238,6 +238,7 @@ class CmbResult:
     bleeds: list[Candidate]  # reported: not tubular, score >= threshold; best first
     class_probabilities: dict[str, float]  # CLASSES -> probability
     heat: dict[int, np.ndarray]  # slice index -> float map in [0, 1] of the reported bleeds' mask probabilities
+    probability: float  # of any bleed in the study (`CmbModel.result`)
     flair: FlairExtent = NO_FLAIR  # what the classifier was given about FLAIR
 
     @property
@@ -273,15 +274,18 @@ class _Detection:
 
 
 def detections(detector: torch.nn.Module, inputs: np.ndarray, placement: Placement, settings: CmbSettings,
-               device: torch.device, batch_size: int = 8) -> list[_Detection]:
-    """Every detection scoring at least `score_min`, its mask in source pixels."""
+               device: torch.device, batch_size: int = 8) -> tuple[list[_Detection], float]:
+    """Every detection scoring at least `score_min`, its mask in source pixels; and the series' peak bleed
+    probability over all proposals (`detect_with_features`)."""
     from dicom_node.ml.cmb_detector import detect_with_features
 
     found: list[_Detection] = []
+    peak = 0.0
     for start in range(0, len(inputs), batch_size):
         batch = torch.from_numpy(inputs[start: start + batch_size]).to(device)
         for k, det in enumerate(detect_with_features(detector, batch)):
             i = start + k
+            peak = max(peak, float(det["peak"]))
             for j in range(len(det["scores"])):
                 score = float(det["scores"][j])
                 if score < settings.score_min:
@@ -293,7 +297,7 @@ def detections(detector: torch.nn.Module, inputs: np.ndarray, placement: Placeme
                 if not mask.any():
                     continue
                 found.append(_Detection(i, score, mask, prob, det["features"][j].float().cpu().numpy()))
-    return found
+    return found, peak
 
 
 def merge(found: list[_Detection], volume: SwiVolume, settings: CmbSettings) -> list[Candidate]:
@@ -401,15 +405,17 @@ class CmbModel:
         self.settings, self.detector, self.classifier = settings, detector, classifier
         self.device, self.batch_size = device, batch_size
 
-    def candidates(self, volume: SwiVolume, norm: np.ndarray | None = None) -> tuple[list[Candidate], np.ndarray]:
-        """Every merged candidate (vessels flagged, placed) and the normalised series (given or computed)."""
+    def candidates(self, volume: SwiVolume, norm: np.ndarray | None = None
+                   ) -> tuple[list[Candidate], np.ndarray, float]:
+        """Every merged candidate (vessels flagged, placed), the normalised series (given or computed) and the
+        series' peak proposal score (`detections`)."""
         s = self.settings
         norm = normalise(volume.pixels, *s.percentiles) if norm is None else norm.astype(np.float32)
         inputs, placement = slice_inputs(norm, s.size)
-        found = detections(self.detector, inputs, placement, s, self.device, self.batch_size)
+        found, peak = detections(self.detector, inputs, placement, s, self.device, self.batch_size)
         candidates = merge(found, volume, s)
         place(candidates, norm, head_depth(norm, volume, s.head_threshold), volume, s)
-        return candidates, norm
+        return candidates, norm, peak
 
     def classify(self, bleeds: Sequence[Candidate], flair: FlairExtent = NO_FLAIR) -> dict[str, float]:
         x, bf = bag(bleeds)
@@ -430,16 +436,20 @@ class CmbModel:
         return self.classifier.bag_width > 2
 
     def run(self, volume: SwiVolume, threshold: float | None = None, flair: FlairExtent = NO_FLAIR) -> CmbResult:
-        candidates, _ = self.candidates(volume)
-        return self.result(candidates, self.settings.threshold if threshold is None else threshold, flair)
+        candidates, _, peak = self.candidates(volume)
+        return self.result(candidates, self.settings.threshold if threshold is None else threshold, flair, peak)
 
-    def result(self, candidates: list[Candidate], threshold: float, flair: FlairExtent = NO_FLAIR) -> CmbResult:
+    def result(self, candidates: list[Candidate], threshold: float, flair: FlairExtent = NO_FLAIR,
+               peak: float = 0.0) -> CmbResult:
+        """The reported bleeds, the class and the study's bleed probability: the best non-vessel candidate's
+        score, or, with none, the peak proposal score (below the candidate floor `score_min`)."""
         bleeds = [c for c in candidates if not c.tubular and c.score >= threshold]
         heat: dict[int, np.ndarray] = {}
         for b in bleeds:
             m = heat.setdefault(b.key_slice, np.zeros(b.masks[b.key_slice].shape, np.float32))
             np.maximum(m, b.masks[b.key_slice].astype(np.float32) * b.score, out=m)
-        return CmbResult(candidates, bleeds, self.classify(bleeds, flair), heat, flair)
+        probability = max((c.score for c in candidates if not c.tubular), default=min(peak, self.settings.score_min))
+        return CmbResult(candidates, bleeds, self.classify(bleeds, flair), heat, probability, flair)
 
 
 def analysis_of(result: CmbResult, volume: SwiVolume, which: str, info: Any, threshold: float) -> StudyAnalysis:
@@ -447,8 +457,8 @@ def analysis_of(result: CmbResult, volume: SwiVolume, which: str, info: Any, thr
     slices = volume.slices
     first = slices[0]
     bleeds = result.bleeds
-    best = max((c.score for c in result.candidates if not c.tubular), default=0.0)
-    findings = [Finding(label="microbleeds", probability=best, threshold=threshold, present=bool(bleeds))]
+    findings = [Finding(label="microbleeds", probability=result.probability, threshold=threshold,
+                        present=bool(bleeds))]
     masks: dict[str, np.ndarray] = {}
     for k, b in enumerate(bleeds, start=1):
         ref = slices[b.key_slice]

@@ -329,7 +329,7 @@ def train_cmb(opts: TrainOptions) -> Path:
     def run_all(subset: list[CmbStudy], desc: str) -> list[list[Candidate]]:
         out = []
         for st in tqdm(subset, desc=desc, unit="study"):
-            cands, _ = model.candidates(st.volume, st.norm)
+            cands, _, _ = model.candidates(st.volume, st.norm)
             _relocate(cands, depth_mm)
             out.append(cands)
         return out

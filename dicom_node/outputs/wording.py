@@ -24,8 +24,10 @@ def verdict(finding: Finding) -> str:
 
 
 def percent(probability: float) -> float:
-    """A probability as the percentage a reader needs: one decimal."""
-    return round(float(probability) * 100.0, 1)
+    """A probability as the percentage a reader needs: one decimal; under 0.05 % two significant digits, so a
+    small probability is never written as zero (OHIF prints a NUM of 0 as an empty value: "Probability:  %")."""
+    value = float(probability) * 100.0
+    return float(f"{value:.2g}") if 0 < value < 0.05 else round(value, 1)
 
 
 def finding_line(finding: Finding) -> str:
