@@ -170,7 +170,7 @@ def test_metrics_match_bleeds_one_to_one() -> None:
     assert cm["weighted_auc"] == 1.0 and cm["accuracy"] == 1.0 and cm["weighted_f1"] == 1.0
 
 
-def test_bleed_threshold_finds_most_bleeds_within_one_false_bleed_per_study() -> None:
+def test_bleed_threshold_gets_the_count_right_within_one_false_bleed_per_study() -> None:
     # two studies, one true bleed each; the detector finds both (scores 0.9 and 0.5) and three false bleeds
     # (0.8 in the first study, 0.45 and 0.3 in the second)
     truth = [SimpleNamespace(bleeds=[{1: _disc((10, 10), 3)}]), SimpleNamespace(bleeds=[{4: _disc((30, 30), 3)}])]
@@ -184,9 +184,18 @@ def test_bleed_threshold_finds_most_bleeds_within_one_false_bleed_per_study() ->
     # 0.5: both found, one false bleed in two studies (0.5 per study); 0.35-0.45 find no more and add a false
     # bleed (1.0 per study, still within); 0.3 and below exceed the bound
     assert threshold == 0.5 and point["recall"] == 1.0 and point["false_bleeds_per_study"] == 0.5
+    assert point["count_within_1"] == 1.0
     assert "at most 1 false bleed" in point["rule"] and point["studies"] == 2
     strict, point = choose_threshold(truth, found, max_false_per_study=0.0)  # type: ignore[arg-type]
     assert strict == 0.9 and point["recall"] == 0.5 and point["false_bleeds_per_study"] == 0.0
+    # the count decides before recall: finding the fourth bleed (0.38) costs a count off by two in study 1
+    three = [SimpleNamespace(bleeds=[{1: _disc((10, 10), 3)}]),
+             SimpleNamespace(bleeds=[{4: _disc((30, 30), 3)}, {4: _disc((10, 50), 3)}, {5: _disc((50, 10), 3)}])]
+    found3 = [[cand(1, (10, 10), 0.9), cand(2, (40, 40), 0.4), cand(3, (20, 45), 0.36)],
+              [cand(4, (30, 30), 0.9), cand(4, (10, 50), 0.9), cand(5, (50, 10), 0.38)]]
+    chosen, point = choose_threshold(three, found3)  # type: ignore[arg-type]
+    assert chosen >= 0.4 and point["count_within_1"] == 1.0 and point["recall"] == 0.75  # not 0.35: all found,
+    # one false bleed per study, but study 1 reads 3 for 1
     only_false = [[cand(2, (40, 40), 0.99)], []]
     _, point = choose_threshold(truth, only_false, max_false_per_study=0.0)  # type: ignore[arg-type]
     assert point["rule"].startswith("best F1") and point["recall"] == 0.0

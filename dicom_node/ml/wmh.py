@@ -59,8 +59,9 @@ class FlairExtent:
     reason: str = ""
 
     def bag_features(self) -> list[float]:
-        """(extent, present) as the classifier reads them."""
-        return [self.extent if self.present else 0.0, 1.0 if self.present else 0.0]
+        """(extent in tenths, at most 5; present) as the classifier reads them: on the scale of its other bag
+        features (log count, deep share), so the step from a few percent to a confluent fifth is learnt."""
+        return [min(5.0, 10.0 * self.extent) if self.present else 0.0, 1.0 if self.present else 0.0]
 
     def describe(self) -> str:
         if not self.present:
