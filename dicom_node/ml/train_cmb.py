@@ -307,6 +307,15 @@ def reuse_detector(folder: Path, size: int) -> tuple[torch.nn.Module, dict[str, 
                       "training": source.raw.get("training", {}), "training_data": source.raw.get("training_data", "")}
 
 
+def _detector_options(opts: TrainOptions, arch: str, source: dict[str, Any] | None) -> TrainOptions:
+    """The options the manifest's `training` states for the detector: a reused one's own."""
+    if source is None:
+        return replace(opts, architecture=arch)
+    return replace(opts, architecture=arch, epochs=int(source.get("epochs", 0)),
+                    batch_size=int(source.get("batch_size", opts.batch_size)),
+                    learning_rate=float(source.get("learning_rate", opts.learning_rate)))
+
+
 def train_cmb(opts: TrainOptions) -> Path:
     seed_everything(opts.seed)
     crop = min(int(opts.extra.get("crop", 128)), opts.size)
@@ -384,7 +393,7 @@ def train_cmb(opts: TrainOptions) -> Path:
                           "slices": "each slice with its neighbours as three channels",
                           "resize": "aspect-preserving, zero pad, centred"},
         "components": files,
-        **_common(replace(opts, architecture=arch, epochs=int(reused["training"].get("epochs", 0)) if reused else opts.epochs), {
+        **_common(_detector_options(opts, arch, reused.get("training")), {
             "validation": validation, "train_studies": len(train_set), "validation_studies": len(val_set),
             "classifier_epochs": mil_epochs, "flair_withheld": FLAIR_WITHHELD if flair else None,
             **({"detector_reused_from": {k: reused[k] for k in ("name", "version", "sha256", "training", "training_data")}}
