@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class CmbStudy:
     study_uid: str
     volume: SwiVolume  # pixels dropped after normalisation (`norm` holds them)
-    norm: np.ndarray  # (slices, rows, cols) float16 in [0, 1]
+    norm: np.ndarray  # (slices, rows, cols) in [0, 1]; float16 for training, float32 (as served) for evaluation
     bleeds: list[dict[int, np.ndarray]]  # ground truth: per bleed, slice index -> bool mask
     locations: list[str]  # per bleed: "lobar" | "deep" | "" (unknown)
     svd_class: int  # index into CLASSES
@@ -71,9 +71,10 @@ def _locations(path: Path) -> dict[tuple[str, int], str]:
 
 
 def load_cmb(data_dir: Path, percentiles: tuple[float, float] = (1.0, 99.0), progress: bool = True,
-             rules: Mapping[str, SeriesRule] | None = None) -> list[CmbStudy]:
+             rules: Mapping[str, SeriesRule] | None = None, dtype: type = np.float16) -> list[CmbStudy]:
     """Every labelled study with an SWI series (and its FLAIR extent, when `rules` hold a "flair" rule);
-    studies without an SWI series are skipped (logged)."""
+    studies without an SWI series are skipped (logged). `dtype` of the normalised series: float16 halves a
+    training set's memory; evaluation keeps float32, what the worker computes, so evaluated equals served."""
     rules = DEFAULT_RULES if rules is None else rules
     from dicom_node.synth.swi_study import read_seg_bleeds
 
@@ -103,7 +104,7 @@ def load_cmb(data_dir: Path, percentiles: tuple[float, float] = (1.0, 99.0), pro
                 if voxels:
                     bleeds.append(voxels)
                     where.append(locations.get((study_uid, number), "") or _label_location(segs[study_uid], number))
-        norm = normalise(volume.pixels, *percentiles).astype(np.float16)
+        norm: np.ndarray = normalise(volume.pixels, *percentiles).astype(dtype)
         volume.pixels = np.zeros((0,), np.float32)
         flair = measure_flair(study_refs, rules)
         out.append(CmbStudy(study_uid, volume, norm, bleeds, where, labels[study_uid], which,

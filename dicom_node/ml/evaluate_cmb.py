@@ -30,7 +30,7 @@ SEED_PAPER = {  # seed paper 003, external test set
 
 def evaluate_cmb(p: CmbPipeline, data_dir: Path, out_dir: Path, n_boot: int = 1000, seed: int = 0,
                  header: dict[str, Any] | None = None) -> dict[str, Any]:
-    studies = load_cmb(data_dir, p.model.settings.percentiles, rules=p.rules)
+    studies = load_cmb(data_dir, p.model.settings.percentiles, rules=p.rules, dtype=np.float32)
     threshold = p.thresholds["microbleeds"]
     matches, probs, ys, any_y, any_p = [], [], [], [], []
     location_agree = location_total = 0
