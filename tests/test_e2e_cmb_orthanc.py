@@ -113,6 +113,13 @@ def test_orthanc_routes_an_swi_study_and_gets_count_class_and_seg_back(
     total = counts["Number of cerebral microbleeds"]
     assert total >= 1 and total == counts["Number of lobar cerebral microbleeds"] + counts[
         "Number of deep cerebral microbleeds"], counts
+    # the classifier read the study's FLAIR: its measure is in the report and its images are evidence
+    assert 0 <= counts["FLAIR white matter hyperintensity, share of brain tissue"] < 10, counts  # CAA: little
+    flair_series = {pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID for f in swi.files
+                    if pydicom.dcmread(f, stop_before_pixels=True).SeriesDescription == "FLAIR AX"}
+    evidence = {s.SeriesInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
+                for s in e.ReferencedSeriesSequence}
+    assert len(flair_series) == 1 and flair_series <= evidence
     findings = sr_findings(sr)
     groups = [f for f in findings if f.finding == "Cerebral microbleed" and f.presence == "Present"]
     assert len(groups) == total + 1  # one group per bleed, plus the study-level finding

@@ -224,6 +224,7 @@ def test_trained_model_loads_analyses_and_reports(tiny_model: Path, swi_data: Pa
     counts = {m.concept: m.value for m in analysis.measurements}
     assert counts["microbleed_count"] == len(bleeds) == counts["lobar_microbleed_count"] + counts[
         "deep_microbleed_count"]
+    assert 0 <= counts["flair_wmh_fraction"] <= 100  # the FLAIR measure the classifier read, in %
     by_uid = {r.sop_instance_uid: r for r in refs}
     keys = {f.key_sop_instance_uid for f in bleeds} | {k.sop_instance_uid for k in analysis.key_images}
     sources = {uid: pydicom.dcmread(by_uid[uid].path, stop_before_pixels=uid not in keys)
@@ -248,6 +249,7 @@ def test_a_study_without_flair_is_classified_from_its_bleeds(tiny_model: Path, s
     analysis = p.analyse(refs)
     assert analysis.status == AnalysisStatus.ANALYSED
     assert "no FLAIR series: class from the microbleeds alone" in analysis.reason
+    assert "flair_wmh_fraction" not in {m.concept for m in analysis.measurements}
     assert sum(f.present for f in analysis.findings if f.label in ("asvd", "caa", "cadasil")) <= 1
     assert len(set(analysis.evaluated_series_uids)) == 1
 

@@ -88,6 +88,8 @@ def test_ohif_shows_the_microbleed_report(views: dict[str, View], name: str, wor
     assert verdict in text, f"no {verdict} on screen\n{view.describe()}"
     if name == "bleeds":
         assert NUMBER.search(text) and "mm" in text, f"no diameter in mm on screen\n{view.describe()}"
+    # every group shows its probability as a number (OHIF prints a NUM of 0 as "Probability:  %")
+    assert re.search(r"Probability: \d+(\.\d+)? %", text), f"no probability figure on screen\n{view.describe()}"
     outside = [t for t in view.annotations if not t.box.inside(view.viewport)]
     assert not outside, f"SR text not entirely inside the viewport {view.viewport}: {outside}\n{view.describe()}"
 

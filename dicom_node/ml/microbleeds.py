@@ -496,4 +496,5 @@ def analysis_of(result: CmbResult, volume: SwiVolume, which: str, info: Any, thr
         findings=findings, key_images=key_images, masks={BLEED_LABEL: masks} if masks else {},
         measurements=[Measurement("microbleed_count", len(bleeds), "{count}"),
                       Measurement("lobar_microbleed_count", lobar, "{count}"),
-                      Measurement("deep_microbleed_count", deep, "{count}")])
+                      Measurement("deep_microbleed_count", deep, "{count}"),
+                      *([Measurement("flair_wmh_fraction", round(100 * flair.extent, 1), "%")] if flair.present else [])])

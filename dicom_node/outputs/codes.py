@@ -89,12 +89,14 @@ DIAMETER = _code("81827009", "SCT", "Diameter")  # part 16 (CID 218, 7470)
 MICROBLEED_COUNT = _code("DN-0008", PRIVATE_SCHEME, "Number of cerebral microbleeds")
 LOBAR_MICROBLEED_COUNT = _code("DN-0009", PRIVATE_SCHEME, "Number of lobar cerebral microbleeds")
 DEEP_MICROBLEED_COUNT = _code("DN-0010", PRIVATE_SCHEME, "Number of deep cerebral microbleeds")
+FLAIR_WMH_FRACTION = _code("DN-0011", PRIVATE_SCHEME, "FLAIR white matter hyperintensity, share of brain tissue")
 # Measurements a pipeline reports by key (`analysis.Measurement.concept`): concept and UCUM unit.
 MEASUREMENTS: dict[str, tuple[CodedConcept, CodedConcept]] = {
     "diameter": (DIAMETER, UNIT_MM),
     "microbleed_count": (MICROBLEED_COUNT, UNIT_COUNT),
     "lobar_microbleed_count": (LOBAR_MICROBLEED_COUNT, UNIT_COUNT),
     "deep_microbleed_count": (DEEP_MICROBLEED_COUNT, UNIT_COUNT),
+    "flair_wmh_fraction": (FLAIR_WMH_FRACTION, UNIT_PERCENT),
 }
 COMMENT = _code("121106", "DCM", "Comment")
 IMPRESSION = _code("121073", "DCM", "Impression")
