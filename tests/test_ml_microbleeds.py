@@ -22,6 +22,7 @@ from dicom_node.ml.cmb_metrics import class_metrics, match
 from dicom_node.ml.datasets import by_study, scan_dicom
 from dicom_node.ml.device import choose_device
 from dicom_node.ml.microbleeds import (
+    INSTANCE_FEATURES,
     CmbModel,
     CmbSettings,
     SwiVolume,
@@ -35,7 +36,7 @@ from dicom_node.ml.microbleeds import (
 from dicom_node.ml.mil import AttentionMIL
 from dicom_node.ml.registry import load_pipeline
 from dicom_node.ml.train import TrainOptions, train
-from dicom_node.ml.train_cmb import choose_threshold
+from dicom_node.ml.train_cmb import choose_threshold, fit_temperature
 from dicom_node.outputs import build_outputs
 from dicom_node.outputs.readback import sr_counts, sr_findings
 from dicom_node.outputs.validate import dciodvfy_errors
@@ -158,6 +159,27 @@ def test_study_probability_without_a_candidate_is_the_peak_below_the_floor() -> 
     assert model.result([], 0.5, peak=0.7).probability == settings.score_min  # a region not kept (a vessel) says < floor
 
 
+def test_temperature_softens_an_overconfident_classifier_and_keeps_its_decision() -> None:
+    # 8 studies: the network is right on 6 with logit margin 12 and wrong on 2 with the same margin
+    logits = np.zeros((8, 4))
+    y = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    for k, c in enumerate(y):
+        logits[k, c if k < 6 else (c + 1) % 4] = 12.0
+    temperature, calibration = fit_temperature(logits, y)
+    assert temperature > 3 and calibration["nll"] < calibration["nll_uncalibrated"]
+    right = fit_temperature(np.eye(4)[y] * 3.0, y)[0]  # always right: sharpening only helps
+    assert right == 0.25  # the sharpest temperature on the grid
+    torch.manual_seed(0)
+    settings = CmbSettings(size=64, percentiles=(1, 99), threshold=0.5)
+    model = CmbModel(settings, torch.nn.Identity(), AttentionMIL(len(INSTANCE_FEATURES) + 4, 4).eval(),
+                     torch.device("cpu"))
+    sharp = model.classify([])
+    model.settings = replace(settings, temperature=4.0)
+    soft = model.classify([])
+    assert max(soft, key=soft.get) == max(sharp, key=sharp.get)  # type: ignore[arg-type]
+    assert max(soft.values()) < max(sharp.values()) and sum(soft.values()) == pytest.approx(1.0)
+
+
 def test_metrics_match_bleeds_one_to_one() -> None:
     t = [{1: _disc((10, 10), 3)}, {5: _disc((40, 40), 3)}]
     r = [{1: _disc((11, 10), 3)}, {1: _disc((10, 11), 3)}, {8: _disc((30, 30), 2)}]
@@ -207,6 +229,7 @@ def test_trained_model_loads_analyses_and_reports(tiny_model: Path, swi_data: Pa
     assert manifest["detector"]["architecture"] == manifest["training"]["architecture"] == "maskrcnn_tiny_fpn"
     assert sorted(manifest["selection"]) == ["flair", "mip", "swi"]
     assert manifest["classifier"]["bag_features"] == ["log_count", "deep_fraction", "flair_wmh_extent", "flair_present"]
+    assert 0.25 <= manifest["classifier"]["temperature"] <= 20 and manifest["classifier"]["calibration"]["studies"] > 0
     p = load_pipeline(tiny_model, "cmb", "0.0.1-test", choose_device("cpu", 1))
     assert p.modalities == frozenset({"MR"}) and p.info.labels == ("microbleeds", "asvd", "caa", "cadasil")
     refs = _study_refs(swi_data)[0]
@@ -317,6 +340,8 @@ def test_registry_refuses_bad_cmb_manifests(tiny_model: Path, tmp_path: Path) ->
         load_with({"detector": {**good["detector"], "architecture": "yolo"}})
     with pytest.raises(ModelError, match="input.channels"):
         load_with({"input": {**good["input"], "channels": ["swi"]}})
+    with pytest.raises(ModelError, match="classifier.temperature"):
+        load_with({"classifier": {**good["classifier"], "temperature": 0}})
     with pytest.raises(ModelError, match="classifier.bag_features"):
         load_with({"classifier": {**good["classifier"], "bag_features": ["log_count", "flair_present"]}})
     with pytest.raises(ModelError, match="selection"):

@@ -12,7 +12,8 @@
      "location": {"deep_min_depth_mm": 38.0},
      "classifier": {"architecture": "attention_mil", "in_features": 136, "hidden": 64,
                     "classes": ["none", "asvd", "caa", "cadasil"],
-                    "bag_features": ["log_count", "deep_fraction", "flair_wmh_extent", "flair_present"]},
+                    "bag_features": ["log_count", "deep_fraction", "flair_wmh_extent", "flair_present"],
+                    "temperature": 1.0},                  # logits / temperature before the softmax (calibration)
                                                           # mil.BAG_LAYOUTS; 2 (an integer) in 0.2.0
      "components": [{"role": "detector", ...}, {"role": "classifier", ...}], ...}
 
@@ -176,6 +177,9 @@ def cmb_settings(d: dict[str, Any], problems: list[str] | None = None) -> CmbSet
             or not isinstance(cls.get("hidden", 64), int):
         problems.append(f"classifier: needs classes {list(CLASSES)}, integer in_features and hidden")
     else:
+        temperature = cls.get("temperature", 1.0)
+        if not _number(temperature) or not 0.05 <= float(temperature) <= 100:
+            problems.append(f"classifier.temperature: a number between 0.05 and 100, got {temperature!r}")
         bag = cls.get("bag_features", len(BAG_FEATURES))
         if not (bag == len(BAG_FEATURES) or (isinstance(bag, list) and tuple(bag) in BAG_LAYOUTS)):
             problems.append(f"classifier.bag_features: one of {[list(b) for b in BAG_LAYOUTS]}, got {bag!r}")
@@ -187,4 +191,5 @@ def cmb_settings(d: dict[str, Any], problems: list[str] | None = None) -> CmbSet
         return None
     return CmbSettings(size=int(spec.get("size", 256)), percentiles=(float(p[0]), float(p[1])),
                        threshold=float(t), score_min=values["score_min"], mask_threshold=values["mask_threshold"],
-                       tube_factor=values["tube_factor"], deep_min_depth_mm=float(depth))  # type: ignore[arg-type]
+                       tube_factor=values["tube_factor"], deep_min_depth_mm=float(depth),  # type: ignore[arg-type]
+                       temperature=float(cls.get("temperature", 1.0)))  # type: ignore[union-attr]

@@ -40,7 +40,7 @@ import torch
 
 from dicom_node.errors import PixelDataError, SelectionError
 from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, Measurement, StudyAnalysis
-from dicom_node.ml.mil import AttentionMIL
+from dicom_node.ml.mil import BAG_FEATURES, AttentionMIL
 from dicom_node.ml.preprocess import Placement, resize_pad, unplace
 from dicom_node.ml.rules import Orientation, SeriesRule
 from dicom_node.ml.selection import MR_IMAGE_STORAGE, select_series, slice_position
@@ -261,6 +261,7 @@ class CmbSettings:
     tube_factor: float = 1.6
     deep_min_depth_mm: float = 38.0
     head_threshold: float = 0.08
+    temperature: float = 1.0  # the classifier's logits are divided by this before the softmax (calibration)
 
 
 class _Detection:
@@ -418,6 +419,13 @@ class CmbModel:
         return candidates, norm, peak
 
     def classify(self, bleeds: Sequence[Candidate], flair: FlairExtent = NO_FLAIR) -> dict[str, float]:
+        """Class probabilities: the softmax of the calibrated logits."""
+        z = self.logits(bleeds, flair) / self.settings.temperature
+        probs = np.exp(z - z.max())
+        return {c: float(p) for c, p in zip(CLASSES, probs / probs.sum(), strict=True)}
+
+    def logits(self, bleeds: Sequence[Candidate], flair: FlairExtent = NO_FLAIR) -> np.ndarray:
+        """The classifier's raw logits (len(CLASSES),) for a study's reported bleeds."""
         x, bf = bag(bleeds)
         if self.classifier.bag_width > len(bf):  # trained with the FLAIR features
             bf = bf + flair.bag_features()
@@ -428,12 +436,11 @@ class CmbModel:
             self.classifier.eval()
             logits = self.classifier([torch.from_numpy(x).to(self.device)],
                                      torch.tensor([bf], dtype=torch.float32, device=self.device))
-            probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-        return {c: float(p) for c, p in zip(CLASSES, probs, strict=True)}
+        return np.asarray(logits.float()[0].cpu().numpy(), np.float64)
 
     @property
     def reads_flair(self) -> bool:
-        return self.classifier.bag_width > 2
+        return self.classifier.bag_width > len(BAG_FEATURES)
 
     def run(self, volume: SwiVolume, threshold: float | None = None, flair: FlairExtent = NO_FLAIR) -> CmbResult:
         candidates, _, peak = self.candidates(volume)

@@ -16,6 +16,9 @@
    instances dropped at random; cross-entropy, AdamW. When the training studies have FLAIR series, the
    classifier also reads the FLAIR white-matter extent (`ml/wmh.py`), withheld from 15 % of the bags at
    random so that it answers studies without a FLAIR too.
+5. **Calibration**: one temperature dividing the classifier's logits, the one that minimises the validation
+   studies' negative log-likelihood (`classifier.temperature`), so a reader is not shown 99 % for a class
+   the network is often wrong about. It changes no decision (the class is the argmax either way).
 
 `--detector-from MODEL_DIR` skips step 1: the detector (weights, architecture, anchors) of an existing cmb
 model is reused and steps 2-4 run on `--data`. With data the detector never saw, the classifier learns from
@@ -277,6 +280,21 @@ def train_classifier(bags: list[tuple[np.ndarray, list[float], int]], in_feature
     return net.eval()
 
 
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, Any]]:
+    """The temperature (log-spaced grid 0.25-20) minimising the mean negative log-likelihood of `y` under
+    softmax(logits / T), and that likelihood before and after."""
+    def nll(t: float) -> float:
+        z = logits / t
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].mean())
+
+    grid = np.exp(np.linspace(np.log(0.25), np.log(20.0), 61))
+    best = float(grid[int(np.argmin([nll(float(t)) for t in grid]))])
+    return round(best, 3), {"nll_uncalibrated": round(nll(1.0), 4), "nll": round(nll(best), 4),
+                            "studies": len(y), "rule": "temperature minimising the validation studies' NLL"}
+
+
 def _bags(model: CmbModel, studies: list[CmbStudy], candidates: list[list[Candidate]], thresholds: list[float],
           width: int) -> list[tuple[np.ndarray, list[float], int]]:
     out = []
@@ -359,13 +377,18 @@ def train_cmb(opts: TrainOptions) -> Path:
         threshold, detection = choose_threshold(val_set, val_c) if val_set else (0.5, {})
     bags = _bags(model, train_set, train_c, [max(0.1, threshold - 0.1), threshold, min(0.95, threshold + 0.1)], width)
     classifier = train_classifier(bags, width, opts, mil_epochs, flair)
+    model.classifier = classifier
     validation: dict[str, Any] = {"detection": detection}
+    temperature, calibration = 1.0, dict[str, Any]()
     if val_set:
-        model.classifier = classifier
+        val_y = np.asarray([s.svd_class for s in val_set])
+        logits = np.stack([model.logits(_reported(c, threshold), st.flair)
+                           for st, c in zip(val_set, val_c, strict=True)])
+        temperature, calibration = fit_temperature(logits, val_y)
+        model.settings = replace(model.settings, temperature=temperature)
         probs = np.asarray([[model.classify(_reported(c, threshold), st.flair)[k] for k in CLASSES]
                             for st, c in zip(val_set, val_c, strict=True)])
-        validation["classification"] = class_metrics(np.asarray([s.svd_class for s in val_set]), probs, n_boot=200,
-                                                     seed=opts.seed)
+        validation["classification"] = class_metrics(val_y, probs, n_boot=200, seed=opts.seed)
     files = [{"role": "detector", "architecture": arch, **_save_weights(detector, opts.out, "detector.pt")},
              {"role": "classifier", "architecture": "attention_mil",
               **_save_weights(classifier, opts.out, "classifier.pt")}]
@@ -388,6 +411,7 @@ def train_cmb(opts: TrainOptions) -> Path:
                        "classes": list(CLASSES), "instance_features": list(INSTANCE_FEATURES),
                        "detector_features": feature_size(detector),
                        "bag_features": list(BAG_FEATURES + (FLAIR_FEATURES if flair else ())),
+                       "temperature": temperature, "calibration": calibration,
                        "decision": "argmax"},
         "preprocessing": {"normalisation": "1st-99th percentile of the series' non-zero voxels to [0, 1]",
                           "slices": "each slice with its neighbours as three channels",
