@@ -4,10 +4,10 @@ A study without an axial SWI magnitude or mIP series gets NOT_ANALYSED with the 
 it was not read), like the other tasks. Findings: "microbleeds" (present when any bleed is reported; its
 probability is the best non-vessel candidate's score, or the peak proposal score when there is none), one
 "microbleed" per bleed (instance 1..n, best first, region on the slice where it is largest, diameter,
-lobar/deep), and "asvd" / "caa" / "cadasil"
-(the most probable class present; "none" leaves all three absent); counts as study measurements. A
-classifier trained with the FLAIR features gets the study's FLAIR white-matter extent (`ml/wmh.py`), or is
-told there is none; the report's reason says which.
+lobar/deep), and "asvd" / "caa" / "cadasil" (the most probable class present; "none" leaves all three
+absent); counts as study measurements. A classifier trained with the FLAIR features gets the study's FLAIR
+white-matter extent (`ml/wmh.py`), or is told there is none: the SR then carries the extent it read (a
+measurement, with the FLAIR images as evidence), and the analysis reason (log, dashboard) says which.
 """
 
 from __future__ import annotations

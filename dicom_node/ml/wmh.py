@@ -109,5 +109,9 @@ def measure_flair(instances: Sequence[InstanceRef], rules: Mapping[str, SeriesRu
     except PixelDataError as exc:
         log.warning("FLAIR series not read", extra={"reason": str(exc)})
         return FlairExtent(False, reason="FLAIR series unreadable: class from the microbleeds alone")
-    extent = wmh_extent(volume.pixels, (volume.slice_spacing, volume.row_spacing, volume.col_spacing))
+    try:
+        extent = wmh_extent(volume.pixels, (volume.slice_spacing, volume.row_spacing, volume.col_spacing))
+    except (ValueError, IndexError) as exc:  # an odd series (e.g. zero spacing): the FLAIR is optional
+        log.warning("FLAIR series not measured", extra={"reason": f"{type(exc).__name__}: {exc}"})
+        return FlairExtent(False, reason="FLAIR series not measurable: class from the microbleeds alone")
     return FlairExtent(True, round(extent, 4), series)
