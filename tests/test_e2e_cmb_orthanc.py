@@ -11,6 +11,7 @@ a "not analysed" report that says why.
 
 from __future__ import annotations
 
+import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +121,8 @@ def test_orthanc_routes_an_swi_study_and_gets_count_class_and_seg_back(
     evidence = {s.SeriesInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
                 for s in e.ReferencedSeriesSequence}
     assert len(flair_series) == 1 and flair_series <= evidence
+    # the impression a reader sees states it with its unit
+    assert any(re.search(r"share of brain tissue: \d+(\.\d+)? %", t) for t in sr_text(sr)), sr_text(sr)
     findings = sr_findings(sr)
     groups = [f for f in findings if f.finding == "Cerebral microbleed" and f.presence == "Present"]
     assert len(groups) == total + 1  # one group per bleed, plus the study-level finding

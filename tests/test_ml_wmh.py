@@ -3,11 +3,15 @@ the bleeds, measured on hand-built volumes and on generated studies the way the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
+import pydicom
 import pytest
 
 from dicom_node.ml.datasets import by_study, scan_dicom
-from dicom_node.ml.microbleeds import DEFAULT_RULES
+from dicom_node.ml.microbleeds import DEFAULT_RULES, SwiVolume
 from dicom_node.ml.wmh import FLAIR_RULE, NO_FLAIR, measure_flair, wmh_extent
 from dicom_node.synth.swi_study import write_mr_swi_study
 
@@ -31,14 +35,22 @@ def _head(n: int = 12, size: int = 96, lesion: float = 0.0, seed: int = 0) -> np
     return vol + rng.normal(0, 0.02, vol.shape).astype(np.float32) * (vol > 0)
 
 
+def _volume(pixels: np.ndarray) -> SwiVolume:
+    """5 mm slices of 1 mm pixels."""
+    n = len(pixels)
+    return SwiVolume([], pixels, 1.0, 1.0, 5.0, np.array([[0.0, 0.0, 5.0 * k] for k in range(n)]),
+                     np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))
+
+
 def test_extent_grows_with_the_confluent_lesion_and_ignores_the_bright_scalp() -> None:
-    spacing = (5.0, 1.0, 1.0)
-    clean = wmh_extent(_head(), spacing)
-    small = wmh_extent(_head(lesion=0.2), spacing)
-    large = wmh_extent(_head(lesion=0.6), spacing)
+    clean = wmh_extent(_volume(_head()))
+    small = wmh_extent(_volume(_head(lesion=0.2)))
+    large = wmh_extent(_volume(_head(lesion=0.6)))
+    assert clean is not None and small is not None and large is not None
     assert clean < 0.01  # scalp fat (as bright as a lesion) lies shallower than MIN_DEPTH_MM
     assert 0.02 < small < large
     assert large > 0.15
+    assert wmh_extent(_volume(np.zeros((12, 96, 96), np.float32))) is None  # no tissue: no figure at all
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +79,22 @@ def test_no_flair_series_or_no_rule_is_said(studies: dict[str, list]) -> None:
     assert not missing.present and missing.bag_features() == [0.0, 0.0]
     assert "no FLAIR series" in missing.describe()
     assert measure_flair(studies["cadasil"], {"swi": DEFAULT_RULES["swi"]}) is NO_FLAIR
+
+
+def test_a_flair_without_pixel_spacing_is_not_measured(studies: dict[str, list], tmp_path: Path) -> None:
+    # a header that gives no usable geometry (PixelSpacing 0\\0): no depth, so no share is claimed
+    refs = []
+    for r in studies["cadasil"]:
+        if r.series_description == "FLAIR AX":
+            ds = pydicom.dcmread(r.path)
+            ds.PixelSpacing = [0, 0]
+            path = tmp_path / Path(r.path).name
+            ds.save_as(path)
+            r = replace(r, path=str(path))
+        refs.append(r)
+    result = measure_flair(refs, DEFAULT_RULES)
+    assert not result.present and result.bag_features() == [0.0, 0.0]
+    assert result.describe() == "FLAIR series not measurable: class from the microbleeds alone"
 
 
 def test_flair_rule_reads_vendor_names_and_not_the_others() -> None:

@@ -47,7 +47,7 @@ def views(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, View]]
         pytest.fail("the real-viewer test needs " + "; ".join(missing) + ": run ./scripts/setup", pytrace=False)
     tmp = tmp_path_factory.mktemp("ohif-cmb")
     gen = tmp / "studies"
-    studies = {"bleeds": write_mr_swi_study(gen, SEED, svd_class="caa", patient_index=2, n_slices=40, distractors=False),
+    studies = {"bleeds": write_mr_swi_study(gen, SEED, svd_class="caa", patient_index=2, n_slices=40),  # + T1/T2/FLAIR
                "none": write_mr_swi_study(gen, SEED, svd_class="none", patient_index=5, n_slices=24,
                                           distractors=False)}
     assert studies["bleeds"].bleeds and not studies["none"].bleeds

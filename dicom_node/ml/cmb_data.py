@@ -106,9 +106,8 @@ def load_cmb(data_dir: Path, percentiles: tuple[float, float] = (1.0, 99.0), pro
                     where.append(locations.get((study_uid, number), "") or _label_location(segs[study_uid], number))
         norm: np.ndarray = normalise(volume.pixels, *percentiles).astype(dtype)
         volume.pixels = np.zeros((0,), np.float32)
-        flair = measure_flair(study_refs, rules)
         out.append(CmbStudy(study_uid, volume, norm, bleeds, where, labels[study_uid], which,
-                            FlairExtent(flair.present, flair.extent, reason=flair.reason)))  # series not kept
+                            measure_flair(study_refs, rules)))
     if not out:
         raise SelectionError(f"no labelled study with an SWI series under {data_dir}")
     log.info("CMB data loaded", extra={"studies": len(out), "bleeds": sum(len(s.bleeds) for s in out)})

@@ -118,11 +118,14 @@ def detect_with_features(model: MaskRCNN, images: torch.Tensor) -> list[dict[str
     image_list, _ = model.transform(list(images))
     features = model.backbone(image_list.tensors)
     proposals, _ = model.rpn(image_list, features)
-    heads = model.roi_heads
-    logits, _ = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes)))
-    bleed = torch.softmax(logits, dim=-1)[:, 1]
+    logits: list[torch.Tensor] = []  # the box predictor's class logits for every proposal, as roi_heads runs it
+    hook = model.roi_heads.box_predictor.register_forward_hook(lambda _m, _i, out: logits.append(out[0]))
+    try:
+        detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    finally:
+        hook.remove()
+    bleed = torch.softmax(logits[0], dim=-1)[:, 1]
     peaks = [p.max() if len(p) else bleed.new_zeros(()) for p in bleed.split([len(p) for p in proposals])]
-    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
     boxes = [d["boxes"] for d in detections]
     pooled = model.roi_heads.box_roi_pool(features, boxes, image_list.image_sizes)
     reps = model.roi_heads.box_head(pooled) if sum(len(b) for b in boxes) else torch.zeros((0, feature_size(model)))

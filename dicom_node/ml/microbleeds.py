@@ -183,8 +183,11 @@ def slice_inputs(norm: np.ndarray, size: int) -> tuple[np.ndarray, Placement]:
     return out, placement
 
 
-def head_mask(norm: np.ndarray, threshold: float = 0.08) -> np.ndarray:
-    """Per slice, the largest connected region above `threshold` (of the [0, 1] scaled series), holes filled."""
+def head_depth(norm: np.ndarray, volume: SwiVolume, threshold: float = 0.08) -> np.ndarray:
+    """Depth (mm) of every voxel below the head's surface: 3D distance to the outside of the head mask.
+
+    The slab's lowest slice is never treated as a surface (the brain goes on below it); its highest is only
+    when the head there is less than half its widest cross-section (the slab reaches the vertex)."""
     from scipy import ndimage
 
     head = np.zeros(norm.shape, bool)
@@ -194,17 +197,6 @@ def head_mask(norm: np.ndarray, threshold: float = 0.08) -> np.ndarray:
         if count:
             sizes = ndimage.sum(m, labels, range(1, count + 1))
             head[i] = labels == (int(np.argmax(sizes)) + 1)
-    return head
-
-
-def head_depth(norm: np.ndarray, volume: SwiVolume, threshold: float = 0.08) -> np.ndarray:
-    """Depth (mm) of every voxel below the head's surface: 3D distance to the outside of the head mask.
-
-    The slab's lowest slice is never treated as a surface (the brain goes on below it); its highest is only
-    when the head there is less than half its widest cross-section (the slab reaches the vertex)."""
-    from scipy import ndimage
-
-    head = head_mask(norm, threshold)
     areas = head.sum(axis=(1, 2))
     top_open = bool(areas.max() > 0 and areas[-1] < 0.5 * areas.max())
     padded = np.concatenate([head[:1], head, np.zeros_like(head[:1]) if top_open else head[-1:]])
@@ -427,7 +419,7 @@ class CmbModel:
     def logits(self, bleeds: Sequence[Candidate], flair: FlairExtent = NO_FLAIR) -> np.ndarray:
         """The classifier's raw logits (len(CLASSES),) for a study's reported bleeds."""
         x, bf = bag(bleeds)
-        if self.classifier.bag_width > len(bf):  # trained with the FLAIR features
+        if self.reads_flair:
             bf = bf + flair.bag_features()
         width = self.classifier.in_features
         if len(x) == 0:

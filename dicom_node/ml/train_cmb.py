@@ -295,7 +295,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> tuple[float, dict[str,
                             "studies": len(y), "rule": "temperature minimising the validation studies' NLL"}
 
 
-def _bags(model: CmbModel, studies: list[CmbStudy], candidates: list[list[Candidate]], thresholds: list[float],
+def _bags(studies: list[CmbStudy], candidates: list[list[Candidate]], thresholds: list[float],
           width: int) -> list[tuple[np.ndarray, list[float], int]]:
     out = []
     for st, cands in zip(studies, candidates, strict=True):
@@ -375,7 +375,7 @@ def train_cmb(opts: TrainOptions) -> Path:
         threshold, detection = choose_threshold(train_set + val_set, train_c + val_c)
     else:
         threshold, detection = choose_threshold(val_set, val_c) if val_set else (0.5, {})
-    bags = _bags(model, train_set, train_c, [max(0.1, threshold - 0.1), threshold, min(0.95, threshold + 0.1)], width)
+    bags = _bags(train_set, train_c, [max(0.1, threshold - 0.1), threshold, min(0.95, threshold + 0.1)], width)
     classifier = train_classifier(bags, width, opts, mil_epochs, flair)
     model.classifier = classifier
     validation: dict[str, Any] = {"detection": detection}

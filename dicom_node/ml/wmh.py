@@ -12,8 +12,9 @@ the node's series reader, and measured:
    keeps it (a confluent lesion survives, noise and single bright pixels do not);
 4. extent = hyperintense / tissue voxels.
 
-A study without a FLAIR series, or whose FLAIR cannot be read, is classified from its bleeds alone
-(`FlairExtent.present` False); the reason is kept for the report.
+Depth below the head's surface is the SWI's own measure (`microbleeds.head_depth`). A study without a
+FLAIR series, or whose FLAIR cannot be read or measured (no pixel spacing, too little tissue), is classified
+from its bleeds alone (`FlairExtent.present` False); the reason is kept for the report.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,11 +31,15 @@ from dicom_node.ml.analysis import InstanceRef
 from dicom_node.ml.rules import Orientation, SeriesRule
 from dicom_node.ml.selection import MR_IMAGE_STORAGE, select_series
 
+if TYPE_CHECKING:
+    from dicom_node.ml.microbleeds import SwiVolume
+
 log = logging.getLogger(__name__)
 
 MIN_DEPTH_MM = 12.0
 CSF_MAX = 0.15
 HYPER_RATIO = 1.4
+MIN_TISSUE_VOXELS = 100
 
 FLAIR_RULE = SeriesRule(
     label="FLAIR series",
@@ -74,19 +80,16 @@ class FlairExtent:
 NO_FLAIR = FlairExtent(False)  # the classifier does not read FLAIR: nothing to report
 
 
-def wmh_extent(pixels: np.ndarray, spacing: tuple[float, float, float]) -> float:
-    """Hyperintense share of the brain tissue in a FLAIR volume (slices, rows, cols), `spacing` (slice, row,
-    col) in mm."""
+def wmh_extent(volume: SwiVolume) -> float | None:
+    """Hyperintense share of the brain tissue in a FLAIR volume; None when it holds too little tissue to say."""
     from scipy import ndimage
 
-    from dicom_node.ml.microbleeds import head_mask, normalise
+    from dicom_node.ml.microbleeds import head_depth, normalise
 
-    norm = normalise(pixels)
-    head = head_mask(norm)
-    depth = ndimage.distance_transform_edt(np.concatenate([head[:1], head, head[-1:]]), sampling=spacing)[1:-1]
-    tissue = (depth >= MIN_DEPTH_MM) & (norm > CSF_MAX)
-    if tissue.sum() < 100:
-        return 0.0
+    norm = normalise(volume.pixels)
+    tissue = (head_depth(norm, volume) >= MIN_DEPTH_MM) & (norm > CSF_MAX)
+    if tissue.sum() < MIN_TISSUE_VOXELS:
+        return None
     median = float(np.median(norm[tissue]))
     hyper = tissue & (norm >= HYPER_RATIO * median)
     hyper = np.stack([ndimage.binary_opening(h, structure=np.ones((3, 3), bool)) for h in hyper])
@@ -109,9 +112,9 @@ def measure_flair(instances: Sequence[InstanceRef], rules: Mapping[str, SeriesRu
     except PixelDataError as exc:
         log.warning("FLAIR series not read", extra={"reason": str(exc)})
         return FlairExtent(False, reason="FLAIR series unreadable: class from the microbleeds alone")
-    try:
-        extent = wmh_extent(volume.pixels, (volume.slice_spacing, volume.row_spacing, volume.col_spacing))
-    except (ValueError, IndexError) as exc:  # an odd series (e.g. zero spacing): the FLAIR is optional
-        log.warning("FLAIR series not measured", extra={"reason": f"{type(exc).__name__}: {exc}"})
+    spacing = (volume.slice_spacing, volume.row_spacing, volume.col_spacing)
+    extent = wmh_extent(volume) if min(spacing) > 0 else None
+    if extent is None:  # a depth needs the spacing; a share needs tissue
+        log.warning("FLAIR series not measured", extra={"spacing_mm": spacing})
         return FlairExtent(False, reason="FLAIR series not measurable: class from the microbleeds alone")
     return FlairExtent(True, round(extent, 4), series)

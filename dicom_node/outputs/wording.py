@@ -6,7 +6,7 @@ the report is opened) and the overlay captions all come from here, so they say t
 
 from __future__ import annotations
 
-from dicom_node.ml.analysis import AnalysisStatus, Finding, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, Finding, Measurement, StudyAnalysis
 from dicom_node.outputs import codes
 
 DEMO_MARK = "synthetic-demo"
@@ -73,9 +73,14 @@ def summary(analysis: StudyAnalysis) -> str:
     if absent:
         parts.append("Absent: " + ", ".join(codes.finding_concept(f.label).display for f in absent))
     if analysis.measurements:
-        parts.append("; ".join(f"{codes.measurement(m.concept)[0].meaning}: {m.value:g}"
-                               for m in analysis.measurements))
+        parts.append("; ".join(_measured(m) for m in analysis.measurements))
     return ". ".join(parts) + "." if parts else "No findings reported."
+
+
+def _measured(m: Measurement) -> str:
+    """E.g. "Number of cerebral microbleeds: 7", "FLAIR white matter hyperintensity, ...: 21.3 %"."""
+    name, unit = codes.measurement(m.concept)
+    return f"{name.meaning}: {m.value:g}" + ("" if unit.value == "{count}" else f" {unit.value}")
 
 
 def _present_subtypes(analysis: StudyAnalysis) -> list[Finding]:
