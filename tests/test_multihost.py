@@ -3,7 +3,7 @@ namespace of its own (loopback only, so they share no TCP/IP), sharing a Postgre
 Unix socket, in a folder all of them see) and the store. The PACS (DCMTK storescp, one file per object it
 receives) and the sender (DCMTK storescu) run in the serve namespace.
 
-20 generated studies (18 head CTs, 2 brain MRs, the default config's models on the CPU) must each be
+20 generated studies (18 head CTs, 2 brain MRs, the ICH and SIH demo models on the CPU) must each be
 analysed exactly once per model, and every output must reach the PACS exactly once: with both workers up,
 with one worker SIGKILLed while it holds a job, and with a second `serve` on the same database.
 """
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 IP = shutil.which("ip") or "/usr/sbin/ip"
 STORESCP, STORESCU = "/usr/bin/storescp", "/usr/bin/storescu"
 NODE_PORT, SECOND_NODE_PORT, PACS_PORT = 11112, 11122, 11113  # inside the serve namespace: its own loopback
-MODEL_OF = {"CT": "ich", "MR": "sih"}  # the default config.toml's models and the modality each reads
+MODEL_OF = {"CT": "ich", "MR": "sih"}  # the models this cluster enables and the modality each reads
 CT_STUDIES, MR_STUDIES = 18, 2
 
 

@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector-from", type=Path, default=None, metavar="MODEL_DIR",
                         help="cmb: reuse the detector of this cmb model folder and train only the location, bleed "
                         "threshold and classifier on --data (best on studies the detector never saw)")
+    parser.add_argument("--mil-detector-features", action="store_true",
+                        help="cmb: the classifier also reads each bleed's 128 detector box-head features")
+    parser.add_argument("--no-rescorer", action="store_true",
+                        help="cmb: report bleeds on the detector score alone (no candidate rescorer)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
 
 
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         version=args.version or out.name,
         synthetic_demo=args.synthetic_demo, training_data=args.training_data,
         extra={"crop": args.crop, "mil_epochs": args.mil_epochs,
-               "detector_from": str(args.detector_from.resolve()) if args.detector_from else None},
+               "detector_from": str(args.detector_from.resolve()) if args.detector_from else None,
+               "rescorer": not args.no_rescorer, "mil_detector_features": args.mil_detector_features},
     )
     try:
         if args.model == "ich-ensemble":

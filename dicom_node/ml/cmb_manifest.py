@@ -10,12 +10,17 @@
      "detector": {"architecture": "maskrcnn_tiny_fpn", "anchor_sizes": [4, 8, 16, 32, 64],
                   "score_min": 0.1, "mask_threshold": 0.5, "tube_factor": 1.6},
      "location": {"deep_min_depth_mm": 38.0},
-     "classifier": {"architecture": "attention_mil", "in_features": 136, "hidden": 64,
+     "classifier": {"architecture": "attention_mil", "in_features": 8, "hidden": 64,
                     "classes": ["none", "asvd", "caa", "cadasil"],
+                    "detector_features": 0,               # box-head features per bleed after the 8 instance
+                                                          # features: 0, or all of them (128; 0.3.0 and before)
                     "bag_features": ["log_count", "deep_fraction", "flair_wmh_extent", "flair_present"],
                     "temperature": 1.0},                  # logits / temperature before the softmax (calibration)
                                                           # mil.BAG_LAYOUTS; 2 (an integer) in 0.2.0
-     "components": [{"role": "detector", ...}, {"role": "classifier", ...}], ...}
+     "rescorer": {"architecture": "logistic", "in_features": 139},   # optional (cmb_rescore): 8 + 3 + the
+                                                          # detector's 128; the bleed threshold applies to its
+                                                          # confidence
+     "components": [{"role": "detector", ...}, {"role": "classifier", ...}, {"role": "rescorer", ...}], ...}
 
 The SVD class is the most probable of the classifier's classes (argmax); "none" reports every class Absent.
 """
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.ml.cmb_detector import DEFAULT_ANCHORS, DETECTORS
+from dicom_node.ml.cmb_rescore import SHAPE_FEATURES
 from dicom_node.ml.manifest import (
     Component,
     InputSpec,
@@ -35,14 +41,23 @@ from dicom_node.ml.manifest import (
     operating_points,
     validated,
 )
-from dicom_node.ml.microbleeds import CLASSES, DEFAULT_RULES, LABELS, REQUIRED_RULES, CmbSettings
+from dicom_node.ml.microbleeds import (
+    CLASSES,
+    DEFAULT_RULES,
+    INSTANCE_FEATURES,
+    LABELS,
+    REQUIRED_RULES,
+    CmbSettings,
+)
 from dicom_node.ml.mil import BAG_FEATURES, BAG_LAYOUTS
 from dicom_node.ml.rules import SeriesRule, parse_rule
 
 TASK = "cmb-swi"
 CHANNELS = ("swi_below", "swi", "swi_above")
 ROLES = ("detector", "classifier")
+OPTIONAL_ROLES = ("rescorer",)  # present when the manifest has a "rescorer" section
 CLASSIFIERS = ("attention_mil",)
+RESCORERS = ("logistic",)
 
 
 def _number(value: Any) -> bool:
@@ -113,7 +128,8 @@ def _components(items: Any, d: dict[str, Any], problems: list[str]) -> tuple[Com
         return ()
     out = []
     expected = {"detector": (d.get("detector") or {}).get("architecture"),
-                "classifier": (d.get("classifier") or {}).get("architecture")}
+                "classifier": (d.get("classifier") or {}).get("architecture"),
+                "rescorer": (d.get("rescorer") or {}).get("architecture")}
     for n, c in enumerate(items):
         if not isinstance(c, dict):
             problems.append(f"components[{n}]: must be an object")
@@ -124,8 +140,9 @@ def _components(items: Any, d: dict[str, Any], problems: list[str]) -> tuple[Com
         component = component_of(c, f"components[{n}]", problems)
         if component is not None:
             out.append(component)
-    if sorted(c.role for c in out) != sorted(ROLES):
-        problems.append(f"components: roles {[c.role for c in out]} do not match {TASK}'s {list(ROLES)}")
+    roles = ROLES + (OPTIONAL_ROLES if d.get("rescorer") else ())
+    if sorted(c.role for c in out) != sorted(roles):
+        problems.append(f"components: roles {[c.role for c in out]} do not match {TASK}'s {list(roles)}")
     return tuple(out)
 
 
@@ -176,6 +193,10 @@ def cmb_settings(d: dict[str, Any], problems: list[str] | None = None) -> CmbSet
     elif tuple(cls.get("classes", [])) != CLASSES or not isinstance(cls.get("in_features"), int) \
             or not isinstance(cls.get("hidden", 64), int):
         problems.append(f"classifier: needs classes {list(CLASSES)}, integer in_features and hidden")
+    elif isinstance(cls.get("detector_features"), int) \
+            and cls["in_features"] != len(INSTANCE_FEATURES) + cls["detector_features"]:
+        problems.append(f"classifier.in_features: {len(INSTANCE_FEATURES)} instance features + detector_features "
+                        f"({cls['detector_features']}), got {cls['in_features']}")
     else:
         temperature = cls.get("temperature", 1.0)
         if not _number(temperature) or not 0.05 <= float(temperature) <= 100:
@@ -183,6 +204,7 @@ def cmb_settings(d: dict[str, Any], problems: list[str] | None = None) -> CmbSet
         bag = cls.get("bag_features", len(BAG_FEATURES))
         if not (bag == len(BAG_FEATURES) or (isinstance(bag, list) and tuple(bag) in BAG_LAYOUTS)):
             problems.append(f"classifier.bag_features: one of {[list(b) for b in BAG_LAYOUTS]}, got {bag!r}")
+    _rescorer(d, problems)
     spec: dict[str, Any] = d["input"] if isinstance(d.get("input"), dict) else {}
     p = spec.get("percentiles", [1.0, 99.0])
     thresholds: dict[str, Any] = d["thresholds"] if isinstance(d.get("thresholds"), dict) else {}
@@ -193,3 +215,17 @@ def cmb_settings(d: dict[str, Any], problems: list[str] | None = None) -> CmbSet
                        threshold=float(t), score_min=values["score_min"], mask_threshold=values["mask_threshold"],
                        tube_factor=values["tube_factor"], deep_min_depth_mm=float(depth),  # type: ignore[arg-type]
                        temperature=float(cls.get("temperature", 1.0)))  # type: ignore[union-attr]
+
+
+def _rescorer(d: dict[str, Any], problems: list[str]) -> None:
+    """An optional "rescorer" section: a known architecture reading `INSTANCE_FEATURES`, `SHAPE_FEATURES` and
+    the detector's features (their number is checked against the detector when the model loads)."""
+    spec = d.get("rescorer")
+    if spec is None:
+        return
+    least = len(INSTANCE_FEATURES) + len(SHAPE_FEATURES)
+    if not isinstance(spec, dict) or spec.get("architecture") not in RESCORERS:
+        problems.append(f"rescorer.architecture: one of {list(RESCORERS)} required")
+    elif not isinstance(spec.get("in_features"), int) or spec["in_features"] <= least:
+        problems.append(f"rescorer.in_features: {list(INSTANCE_FEATURES)}, {list(SHAPE_FEATURES)} and the detector's "
+                        f"features (more than {least}), got {spec.get('in_features')!r}")

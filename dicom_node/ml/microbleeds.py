@@ -19,8 +19,13 @@ Steps (docs/models.md, "Microbleeds"):
 4. **Location**: depth below the head's surface (3D distance transform of the head mask); a bleed at least
    `deep_min_depth_mm` deep is deep (basal ganglia, thalamus, brainstem, deep white matter), else lobar.
    The threshold is fitted on the training bleeds' lobar/deep labels.
-5. **Class**: the MIL network over the reported bleeds (score >= the `microbleeds` threshold): per bleed the
-   detector's box-head features of its key detection and eight numbers (`INSTANCE_FEATURES`); per study
+5. **Confidence** (`ml/cmb_rescore.py`, when the manifest has a rescorer): a logistic regression over the
+   candidate as a whole (instance features, slices spanned, extent, diameter, detector features) gives the
+   probability that it is a bleed; without one, the confidence is the detector score. A bleed is reported
+   when it is not a vessel and its confidence reaches the `microbleeds` threshold.
+6. **Class**: the MIL network over the reported bleeds: per bleed eight numbers (`INSTANCE_FEATURES`)
+   and, when the manifest's `classifier.detector_features` says so, the detector's box-head features of
+   its key detection; per study
    log(1 + count), the deep fraction and, when the classifier was trained with them, the FLAIR
    white-matter hyperintensity extent and whether a FLAIR was read (`ml/wmh.py`; the rule "flair").
    Softmax over none / aSVD / CAA / CADASIL.
@@ -40,6 +45,7 @@ import torch
 
 from dicom_node.errors import PixelDataError, SelectionError
 from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, Measurement, StudyAnalysis
+from dicom_node.ml.cmb_rescore import CandidateRescorer, rescore
 from dicom_node.ml.mil import BAG_FEATURES, AttentionMIL
 from dicom_node.ml.preprocess import Placement, resize_pad, unplace
 from dicom_node.ml.rules import Orientation, SeriesRule
@@ -222,12 +228,13 @@ class Candidate:
     depth_mm: float = 0.0
     location: str = "lobar"
     instance: list[float] = field(default_factory=list)  # INSTANCE_FEATURES values
+    confidence: float = 0.0  # probability of a bleed (`cmb_rescore`), else the detector score; reported on it
 
 
 @dataclass
 class CmbResult:
     candidates: list[Candidate]  # every merged candidate (vessels flagged), best score first
-    bleeds: list[Candidate]  # reported: not tubular, score >= threshold; best first
+    bleeds: list[Candidate]  # reported: not tubular, confidence >= threshold; best first
     class_probabilities: dict[str, float]  # CLASSES -> probability
     heat: dict[int, np.ndarray]  # slice index -> float map in [0, 1] of the reported bleeds' mask probabilities
     probability: float  # of any bleed in the study (`CmbModel.result`)
@@ -343,7 +350,7 @@ def _candidate(members: list[_Detection], volume: SwiVolume, settings: CmbSettin
     diameter = 2 * math.sqrt(areas[key] * volume.row_spacing * volume.col_spacing / math.pi)
     extent = (max(masks) - min(masks) + 1) * volume.slice_spacing
     tubular = extent > settings.tube_factor * diameter + 2 * volume.slice_spacing
-    return Candidate(score=best.score, masks=masks, features=best.feature, key_slice=key, center_px=center_px,
+    return Candidate(score=best.score, confidence=best.score, masks=masks, features=best.feature, key_slice=key, center_px=center_px,
                      radius_px=math.sqrt(areas[key] / math.pi), diameter_mm=diameter,
                      center_mm=(float(center[0]), float(center[1]), float(center[2])), extent_mm=extent,
                      tubular=tubular)
@@ -390,25 +397,32 @@ def bag(bleeds: Sequence[Candidate]) -> tuple[np.ndarray, list[float]]:
     return x, bag_features(len(bleeds), sum(b.location == "deep" for b in bleeds))
 
 
+def reported(candidates: Sequence[Candidate], threshold: float) -> list[Candidate]:
+    """The bleeds a study reports: candidates that are not vessels with a confidence at the threshold."""
+    return [c for c in candidates if not c.tubular and c.confidence >= threshold]
+
+
 class CmbModel:
-    """Detector + classifier with the manifest's settings: `run(volume)` -> CmbResult."""
+    """Detector, rescorer (optional) and classifier with the manifest's settings: `run(volume)` -> CmbResult."""
 
     def __init__(self, settings: CmbSettings, detector: torch.nn.Module, classifier: AttentionMIL,
-                 device: torch.device, batch_size: int = 8) -> None:
+                 device: torch.device, batch_size: int = 8, rescorer: CandidateRescorer | None = None) -> None:
         self.settings, self.detector, self.classifier = settings, detector, classifier
-        self.device, self.batch_size = device, batch_size
+        self.device, self.batch_size, self.rescorer = device, batch_size, rescorer
 
     def candidates(self, volume: SwiVolume, norm: np.ndarray | None = None
                    ) -> tuple[list[Candidate], np.ndarray, float]:
-        """Every merged candidate (vessels flagged, placed), the normalised series (given or computed) and the
-        series' peak proposal score (`detections`)."""
+        """Every merged candidate (vessels flagged, placed, confidence set), most confident first; the
+        normalised series (given or computed) and the series' peak proposal score (`detections`)."""
         s = self.settings
         norm = normalise(volume.pixels, *s.percentiles) if norm is None else norm.astype(np.float32)
         inputs, placement = slice_inputs(norm, s.size)
         found, peak = detections(self.detector, inputs, placement, s, self.device, self.batch_size)
         candidates = merge(found, volume, s)
         place(candidates, norm, head_depth(norm, volume, s.head_threshold), volume, s)
-        return candidates, norm, peak
+        if self.rescorer is not None:  # else the confidence stays the detector score
+            rescore(self.rescorer, candidates)
+        return sorted(candidates, key=lambda c: -c.confidence), norm, peak
 
     def classify(self, bleeds: Sequence[Candidate], flair: FlairExtent = NO_FLAIR) -> dict[str, float]:
         """Class probabilities: the softmax of the calibrated logits."""
@@ -421,9 +435,8 @@ class CmbModel:
         x, bf = bag(bleeds)
         if self.reads_flair:
             bf = bf + flair.bag_features()
-        width = self.classifier.in_features
-        if len(x) == 0:
-            x = np.zeros((0, width), np.float32)
+        width = self.classifier.in_features  # the instance features, then as many detector features as it reads
+        x = x[:, :width] if len(x) else np.zeros((0, width), np.float32)
         with torch.no_grad():
             self.classifier.eval()
             logits = self.classifier([torch.from_numpy(x).to(self.device)],
@@ -441,13 +454,14 @@ class CmbModel:
     def result(self, candidates: list[Candidate], threshold: float, flair: FlairExtent = NO_FLAIR,
                peak: float = 0.0) -> CmbResult:
         """The reported bleeds, the class and the study's bleed probability: the best non-vessel candidate's
-        score, or, with none, the peak proposal score (below the candidate floor `score_min`)."""
-        bleeds = [c for c in candidates if not c.tubular and c.score >= threshold]
+        confidence, or, with none, the peak proposal score (below the candidate floor `score_min`)."""
+        bleeds = reported(candidates, threshold)
         heat: dict[int, np.ndarray] = {}
         for b in bleeds:
             m = heat.setdefault(b.key_slice, np.zeros(b.masks[b.key_slice].shape, np.float32))
-            np.maximum(m, b.masks[b.key_slice].astype(np.float32) * b.score, out=m)
-        probability = max((c.score for c in candidates if not c.tubular), default=min(peak, self.settings.score_min))
+            np.maximum(m, b.masks[b.key_slice].astype(np.float32) * b.confidence, out=m)
+        probability = max((c.confidence for c in candidates if not c.tubular),
+                          default=min(peak, self.settings.score_min))
         return CmbResult(candidates, bleeds, self.classify(bleeds, flair), heat, probability, flair)
 
 
@@ -462,7 +476,7 @@ def analysis_of(result: CmbResult, volume: SwiVolume, which: str, info: Any, thr
     for k, b in enumerate(bleeds, start=1):
         ref = slices[b.key_slice]
         findings.append(Finding(
-            label=BLEED_LABEL, probability=b.score, threshold=threshold, present=True,
+            label=BLEED_LABEL, probability=b.confidence, threshold=threshold, present=True,
             key_sop_instance_uid=ref.sop_instance_uid, key_series_uid=ref.series_uid,
             region_center=b.center_px, region_radius=max(2.0, b.radius_px), instance=k, detail=b.location,
             measurements=(Measurement("diameter", round(b.diameter_mm, 1), "mm"),)))

@@ -6,22 +6,30 @@
    artefact are everywhere); left-right and up-down flips, intensity scaled by 0.9-1.1. AdamW, one-cycle.
 2. **Location threshold**: the depth below the head's surface that best separates the training bleeds
    labelled lobar from those labelled deep (`location.deep_min_depth_mm`).
-3. **Bleed threshold**: the detector runs on the validation studies (on every study of `--data` when the
-   detector is reused: none of them trained it); among the scores with at most one false bleed per study
+3. **Rescorer** (`ml/cmb_rescore.py`): the detector runs on the validation studies (on every study of
+   `--data` when the detector is reused: none of them trained it); a logistic regression learns from their
+   candidates which are bleeds (a candidate matching a ground-truth bleed), its strength chosen by
+   cross-fitted log loss with folds by study. Each of those candidates gets its cross-fitted confidence (from
+   the fold model that did not see its study), so steps 4-6 see scores as honest as in service. Skipped
+   (the confidence is the detector score) with fewer than 20 bleeds or false candidates.
+4. **Bleed threshold** on the same studies: among the confidences with at most one false bleed per study
    (the target's bound), the one whose count is within one of the truth for the most studies (what the
    report states; ties: more bleeds found, fewer false, the higher score; best F1 when no score stays
    within) becomes `thresholds.microbleeds`, and `operating_points.microbleeds` records what it gave.
-4. **Classifier** (attention MIL) on the bleeds the trained detector reports on the training studies (at
+5. **Classifier** (attention MIL) on the bleeds the trained detector reports on the training studies (at
    the chosen threshold and 0.1 either side, so it sees what the node will show it, false bleeds included),
-   instances dropped at random; cross-entropy, AdamW. When the training studies have FLAIR series, the
+   instances dropped at random; cross-entropy, AdamW. Each bleed is its 8 instance features
+   (`INSTANCE_FEATURES`), plus its 128 detector features with `--mil-detector-features` (0.3.0 read them;
+   on 160 studies they let the classifier fit appearance that did not carry over to held-out studies). When
+   the training studies have FLAIR series, the
    classifier also reads the FLAIR white-matter extent (`ml/wmh.py`), withheld from 15 % of the bags at
    random so that it answers studies without a FLAIR too.
-5. **Calibration**: one temperature dividing the classifier's logits, the one that minimises the validation
+6. **Calibration**: one temperature dividing the classifier's logits, the one that minimises the validation
    studies' negative log-likelihood (`classifier.temperature`), so a reader is not shown 99 % for a class
    the network is often wrong about. It changes no decision (the class is the argmax either way).
 
 `--detector-from MODEL_DIR` skips step 1: the detector (weights, architecture, anchors) of an existing cmb
-model is reused and steps 2-4 run on `--data`. With data the detector never saw, the classifier learns from
+model is reused and steps 2-6 run on `--data`. With data the detector never saw, the classifier learns from
 bleeds found as in service (misses and false bleeds included) rather than from the near-perfect detections
 of the detector's own training studies.
 
@@ -43,6 +51,8 @@ from dicom_node.errors import ModelError
 from dicom_node.ml.cmb_data import CmbStudy, load_cmb
 from dicom_node.ml.cmb_detector import DEFAULT_ANCHORS, DETECTORS, build_detector, feature_size
 from dicom_node.ml.cmb_metrics import class_metrics, match
+from dicom_node.ml.cmb_rescore import SHAPE_FEATURES, CandidateRescorer, matrix, rescore
+from dicom_node.ml.cmb_rescore import fit as fit_rescorer
 from dicom_node.ml.manifest import write_manifest
 from dicom_node.ml.microbleeds import (
     CLASSES,
@@ -54,6 +64,7 @@ from dicom_node.ml.microbleeds import (
     CmbSettings,
     bag,
     head_depth,
+    reported,
 )
 from dicom_node.ml.mil import BAG_FEATURES, FLAIR_FEATURES, AttentionMIL, bag_features
 from dicom_node.ml.preprocess import resize_pad
@@ -190,10 +201,6 @@ def _relocate(candidates: list[Candidate], depth_mm: float) -> None:
         c.instance[1] = 1.0 if c.location == "deep" else 0.0
 
 
-def _reported(candidates: list[Candidate], threshold: float) -> list[Candidate]:
-    return [c for c in candidates if not c.tubular and c.score >= threshold]
-
-
 MAX_FALSE_PER_STUDY = 1.0  # the bound the bleed threshold is chosen within (issue 11's target)
 
 
@@ -208,12 +215,12 @@ def choose_threshold(studies: list[CmbStudy], candidates: list[list[Candidate]],
     for t in np.round(np.arange(0.2, 0.96, 0.05), 2):
         tp = fp = fn = within_one = 0
         for st, cands in zip(studies, candidates, strict=True):
-            reported = _reported(cands, float(t))
-            m = match(st.bleeds, [c.masks for c in reported])
+            shown = reported(cands, float(t))
+            m = match(st.bleeds, [c.masks for c in shown])
             tp += len(m.matched)
             fp += m.false_bleeds
             fn += m.n_truth - len(m.matched)
-            within_one += abs(len(reported) - m.n_truth) <= 1
+            within_one += abs(len(shown) - m.n_truth) <= 1
         if tp + fn == 0:
             continue
         points.append({"threshold": float(t), "f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4),
@@ -233,6 +240,37 @@ def choose_threshold(studies: list[CmbStudy], candidates: list[list[Candidate]],
         rule = f"best F1 (no score kept false bleeds per validation study at or below {max_false_per_study:g})"
     return best["threshold"], {**{k: v for k, v in best.items() if k != "threshold"}, "rule": rule,
                                "studies": len(studies)}
+
+
+MIN_RESCORER_EXAMPLES = 20  # bleeds and non-bleeds each, and 5 studies, to fit a rescorer
+
+
+def rescore_candidates(studies: list[CmbStudy], candidates: list[list[Candidate]],
+                       others: list[list[Candidate]]) -> tuple[CandidateRescorer | None, dict[str, Any]]:
+    """Fit the candidate rescorer on `studies` (a candidate is a bleed when it matches a ground-truth bleed);
+    their candidates get their cross-fitted confidence, the candidates of `others` (studies it did not see)
+    the fitted rescorer's. None (confidence stays the detector score) when the studies are too few."""
+    rows, labels, groups = [], [], []
+    for k, (st, cands) in enumerate(zip(studies, candidates, strict=True)):
+        kept = [c for c in cands if not c.tubular]
+        hit = {r for _, r, _, _ in match(st.bleeds, [c.masks for c in kept]).matched}
+        for j, c in enumerate(kept):
+            rows.append(c)
+            labels.append(j in hit)
+            groups.append(k)
+    y = np.asarray(labels, bool)
+    if min(int(y.sum()), int((~y).sum())) < MIN_RESCORER_EXAMPLES or len(set(groups)) < 5:
+        reason = (f"{int(y.sum())} bleeds and {int((~y).sum())} false candidates in {len(set(groups))} studies: "
+                  f"too few to fit (at least {MIN_RESCORER_EXAMPLES} each, 5 studies)")
+        log.warning("cmb rescorer not fitted", extra={"reason": reason})
+        return None, {"skipped": reason}
+    rescorer, oof, record = fit_rescorer(matrix(rows), y, np.asarray(groups))
+    for c, p in zip(rows, oof, strict=True):
+        c.confidence = float(p)
+    for cands in others:
+        rescore(rescorer, cands)
+    log.info("cmb rescorer fitted", extra={k: v for k, v in record.items() if k != "log_loss_by_C"})
+    return rescorer, record
 
 
 FLAIR_WITHHELD = 0.15  # share of training bags given "no FLAIR" (a study without one is classified too)
@@ -300,8 +338,9 @@ def _bags(studies: list[CmbStudy], candidates: list[list[Candidate]], thresholds
     out = []
     for st, cands in zip(studies, candidates, strict=True):
         for t in thresholds:
-            x, _ = bag(_reported(cands, t))
-            out.append((x if len(x) else np.zeros((0, width), np.float32), st.flair.bag_features(), st.svd_class))
+            x, _ = bag(reported(cands, t))
+            out.append((x[:, :width] if len(x) else np.zeros((0, width), np.float32), st.flair.bag_features(),
+                        st.svd_class))
     return out
 
 
@@ -355,7 +394,11 @@ def train_cmb(opts: TrainOptions) -> Path:
     log.info("cmb classifier inputs", extra={"flair_features": flair,
                                              "studies_with_flair": sum(st.flair.present for st in studies)})
     depth_mm, depth_accuracy = fit_depth_threshold(train_set)
-    width = len(INSTANCE_FEATURES) + feature_size(detector)
+    # the classifier reads the instance features (where, how large, how sure, what shape, how dark around),
+    # and the detector's box-head features only when asked: on a few hundred studies those 128 numbers let
+    # it fit appearance that does not carry over (docs/models.md, "Microbleeds")
+    detector_width = feature_size(detector)
+    width = len(INSTANCE_FEATURES) + (detector_width if opts.extra.get("mil_detector_features") else 0)
     settings = CmbSettings(size=opts.size, percentiles=(1.0, 99.0), threshold=0.5, deep_min_depth_mm=depth_mm,
                            **{k: reused[k] for k in ("score_min", "mask_threshold", "tube_factor") if k in reused})
     placeholder = AttentionMIL(width, len(CLASSES))
@@ -371,10 +414,12 @@ def train_cmb(opts: TrainOptions) -> Path:
 
     train_c = run_all(train_set, "cmb candidates (training)")
     val_c = run_all(val_set, "cmb candidates (validation)") if val_set else []
-    if reused:  # the detector saw none of --data: every study chooses its threshold
-        threshold, detection = choose_threshold(train_set + val_set, train_c + val_c)
-    else:
-        threshold, detection = choose_threshold(val_set, val_c) if val_set else (0.5, {})
+    # the detector saw none of --data when reused: every study fits the rescorer and chooses the threshold
+    chosen_on, chosen_c = (train_set + val_set, train_c + val_c) if reused else (val_set, val_c)
+    rescorer, rescoring = (rescore_candidates(chosen_on, chosen_c, [] if reused else train_c)
+                           if opts.extra.get("rescorer", True) else (None, {"skipped": "--no-rescorer"}))
+    model.rescorer = rescorer
+    threshold, detection = choose_threshold(chosen_on, chosen_c) if chosen_on else (0.5, {})
     bags = _bags(train_set, train_c, [max(0.1, threshold - 0.1), threshold, min(0.95, threshold + 0.1)], width)
     classifier = train_classifier(bags, width, opts, mil_epochs, flair)
     model.classifier = classifier
@@ -382,16 +427,19 @@ def train_cmb(opts: TrainOptions) -> Path:
     temperature, calibration = 1.0, dict[str, Any]()
     if val_set:
         val_y = np.asarray([s.svd_class for s in val_set])
-        logits = np.stack([model.logits(_reported(c, threshold), st.flair)
+        logits = np.stack([model.logits(reported(c, threshold), st.flair)
                            for st, c in zip(val_set, val_c, strict=True)])
         temperature, calibration = fit_temperature(logits, val_y)
         model.settings = replace(model.settings, temperature=temperature)
-        probs = np.asarray([[model.classify(_reported(c, threshold), st.flair)[k] for k in CLASSES]
+        probs = np.asarray([[model.classify(reported(c, threshold), st.flair)[k] for k in CLASSES]
                             for st, c in zip(val_set, val_c, strict=True)])
         validation["classification"] = class_metrics(val_y, probs, n_boot=200, seed=opts.seed)
     files = [{"role": "detector", "architecture": arch, **_save_weights(detector, opts.out, "detector.pt")},
              {"role": "classifier", "architecture": "attention_mil",
               **_save_weights(classifier, opts.out, "classifier.pt")}]
+    if rescorer is not None:
+        files.append({"role": "rescorer", "architecture": "logistic",
+                      **_save_weights(rescorer, opts.out, "rescorer.pt")})
     manifest = {
         "name": opts.name or "cmb",
         "version": opts.version,
@@ -407,9 +455,12 @@ def train_cmb(opts: TrainOptions) -> Path:
         "detector": {"architecture": arch, "anchor_sizes": anchors, "score_min": settings.score_min,
                      "mask_threshold": settings.mask_threshold, "tube_factor": settings.tube_factor},
         "location": {"deep_min_depth_mm": depth_mm, "fitted_accuracy": depth_accuracy},
+        **({"rescorer": {"architecture": "logistic", "in_features": rescorer.in_features,
+                         "features": [*INSTANCE_FEATURES, *SHAPE_FEATURES, f"detector[{detector_width}]"],
+                         "fit": rescoring}} if rescorer is not None else {}),
         "classifier": {"architecture": "attention_mil", "in_features": width, "hidden": 64,
                        "classes": list(CLASSES), "instance_features": list(INSTANCE_FEATURES),
-                       "detector_features": feature_size(detector),
+                       "detector_features": width - len(INSTANCE_FEATURES),
                        "bag_features": list(BAG_FEATURES + (FLAIR_FEATURES if flair else ())),
                        "temperature": temperature, "calibration": calibration,
                        "decision": "argmax"},
@@ -418,7 +469,8 @@ def train_cmb(opts: TrainOptions) -> Path:
                           "resize": "aspect-preserving, zero pad, centred"},
         "components": files,
         **_common(_detector_options(opts, arch, reused.get("training")), {
-            "validation": validation, "train_studies": len(train_set), "validation_studies": len(val_set),
+            "validation": validation, **({"rescorer": rescoring} if rescorer is None else {}),
+            "train_studies": len(train_set), "validation_studies": len(val_set),
             "classifier_epochs": mil_epochs, "flair_withheld": FLAIR_WITHHELD if flair else None,
             **({"detector_reused_from": {k: reused[k] for k in ("name", "version", "sha256", "training", "training_data")}}
                if reused else {"crop": crop})}),
