@@ -1,7 +1,8 @@
 """`dicom-node demo` (the README's main command) on a copy of the shipped config.toml, for a few seeds: exit
 code 0 and a summary naming what came back for each generated study, with the right findings (the
-subdural study: subdural and any; the normal CT: nothing; the MR: SIH) and a SEG of the subdural
-hemorrhage. bench/study_level.py --demo-seeds runs 20 seeds."""
+subdural study: subdural and any; the normal CT: nothing; the MR: SIH; the SWI study: microbleeds and CAA)
+and a SEG of the subdural hemorrhage and of the microbleeds. bench/study_level.py --demo-seeds runs 20
+seeds."""
 
 from __future__ import annotations
 
@@ -44,10 +45,11 @@ def test_demo_runs_the_whole_loop_and_gets_its_studies_right(tmp_path: Path, see
     assert proc.returncode == 0, out + proc.stderr
     sections = re.split(r"(?m)^- ", out.split("what the PACS")[1])[1:]
     by_title = {s.splitlines()[0].split(" (study")[0]: s for s in sections}
-    assert set(by_title) == {"head CT, subdural hemorrhage", "head CT, normal", "brain MR, SIH signs"}, out
+    assert set(by_title) == {"head CT, subdural hemorrhage", "head CT, normal", "brain MR, SIH signs",
+                             "brain MR, SWI microbleeds"}, out  # config.toml enables ich, sih and cmb
 
     def present(section: str) -> set[str]:
-        return {m.group(1) for m in re.finditer(r"(?m)^\s+Present\s+(.+?)(?: p=[\d.]+)?$", section)}
+        return {m.group(1) for m in re.finditer(r"(?m)^\s+Present\s+(.+?)(?: p=[\d.]+)?(?:; \d+ marked.*)?$", section)}
 
     # the right answer: the subdural hemorrhage found, nothing on the normal CT (whether an extra subtype is
     # named beside the subdural one is a specificity question: bench/study_level.py counts it over 20 seeds)
@@ -56,6 +58,15 @@ def test_demo_runs_the_whole_loop_and_gets_its_studies_right(tmp_path: Path, see
     assert present(by_title["head CT, normal"]) == set()
     assert re.search(r"(?m)^\s+Absent\s+Intracranial hemorrhage", by_title["head CT, normal"])
     assert present(by_title["brain MR, SIH signs"]) == {"Spontaneous intracranial hypotension"}
+    # each MR also gets the other MR model's answer: not analysed, and why (no SWI / no post-contrast T1)
+    assert re.search(r"AI CMB: NOT ANALYSED.*\n(.*\n)*.*Not analysed: no SWI series", by_title["brain MR, SIH signs"])
+    assert re.search(r"AI SIH: NOT ANALYSED.*\n(.*\n)*.*Not analysed: no post-contrast T1", by_title["brain MR, SWI microbleeds"])
+    # the SWI study (lobar bleeds, CAA): bleeds marked one by one, counted, the class, a SEG of the bleeds
+    swi = by_title["brain MR, SWI microbleeds"]
+    assert present(swi) == {"Cerebral microbleed", "Cerebral amyloid angiopathy"}, swi
+    marked = re.search(r"Present\s+Cerebral microbleed p=[\d.]+; (\d+) marked", swi)
+    assert marked and f"Number of cerebral microbleeds: {marked.group(1)}" in swi
+    assert "1 segmentation (DICOM SEG)" in swi
     assert "0 overlay image(s)" in by_title["head CT, normal"]
     assert re.search(r"[1-9]\d* overlay image\(s\)", by_title["head CT, subdural hemorrhage"])
     assert "1 segmentation (DICOM SEG)" in by_title["head CT, subdural hemorrhage"]

@@ -12,15 +12,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from e2e_helpers import CMB_DEMO_VERSION, MODELS
 
 from dicom_node.errors import ModelError
 from dicom_node.ml.analysis import AnalysisStatus
 from dicom_node.ml.cmb_rescore import SHAPE_FEATURES, CandidateRescorer, features, fit, matrix, rescore
+from dicom_node.ml.datasets import scan_dicom
 from dicom_node.ml.device import choose_device
 from dicom_node.ml.microbleeds import INSTANCE_FEATURES, CmbModel, CmbSettings, reported
 from dicom_node.ml.mil import AttentionMIL
 from dicom_node.ml.registry import load_pipeline
 from dicom_node.ml.train_cmb import rescore_candidates
+from dicom_node.synth import generate
 
 DET = 6  # detector feature width of the toy candidates
 
@@ -55,7 +58,7 @@ def _toy_studies(n: int, seed: int = 0) -> tuple[list[SimpleNamespace], list[lis
 
 
 def test_fit_chooses_strength_by_folds_and_learns_what_the_detector_score_misses() -> None:
-    studies, candidates = _toy_studies(12)
+    _, candidates = _toy_studies(12)
     rows = [c for cs in candidates for c in cs]
     x = matrix(rows)
     assert x.shape == (48, len(INSTANCE_FEATURES) + len(SHAPE_FEATURES) + DET)
@@ -112,39 +115,35 @@ def test_training_fits_the_rescorer_on_honest_scores_or_says_why_not() -> None:
 def _with_rescorer(source: Path, folder: Path, width: int | None = None) -> dict:
     shutil.copytree(source, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
-    in_features = manifest["classifier"]["in_features"] + len(SHAPE_FEATURES)
-    net = CandidateRescorer(in_features)
+    in_features = len(INSTANCE_FEATURES) + len(SHAPE_FEATURES)  # + the demo detector's 128
+    net = CandidateRescorer(width or in_features + 128)
     with torch.no_grad():
         net.linear.weight.zero_()
         net.linear.bias.fill_(5.0)  # every candidate a bleed, confidence 0.993
     torch.save(net.state_dict(), folder / "rescorer.pt")
     sha = hashlib.sha256((folder / "rescorer.pt").read_bytes()).hexdigest()
     manifest.update({"version": folder.name, "rescorer": {"architecture": "logistic",
-                                                          "in_features": width or in_features}})
-    manifest["components"] = [*manifest["components"], {"role": "rescorer", "architecture": "logistic",
-                                                        "weights": "rescorer.pt", "sha256": sha}]
+                                                          "in_features": width or in_features + 128}})
+    manifest["components"] = [*(c for c in manifest["components"] if c["role"] != "rescorer"),
+                              {"role": "rescorer", "architecture": "logistic", "weights": "rescorer.pt", "sha256": sha}]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return manifest
 
 
 def test_a_manifest_with_a_rescorer_loads_reports_its_confidence_and_is_checked(tmp_path: Path) -> None:
-    from tests.test_ml_microbleeds import _study_refs
-
     models = tmp_path / "models"
-    source = Path(__file__).parent.parent / "models" / "cmb"
-    demo = sorted(p for p in source.iterdir() if (p / "manifest.json").exists())[-1]
+    demo = MODELS / "cmb" / CMB_DEMO_VERSION
     _with_rescorer(demo, models / "cmb" / "9.0.0-test")
     p = load_pipeline(models, "cmb", "9.0.0-test", choose_device("cpu", 1))
     assert p.model.rescorer is not None
-    from dicom_node.synth import generate
-
     data = tmp_path / "data"
     generate("mr-swi", 1, seed=5, out=data, size=256, n_slices=12)
-    analysis = p.analyse(_study_refs(data)[0])
+    refs = [r for r in scan_dicom(data) if r.modality == "MR"]
+    analysis = p.analyse(refs)
     assert analysis.status == AnalysisStatus.ANALYSED
     bleeds = [f for f in analysis.findings if f.label == "microbleed"]
     assert bleeds and {round(f.probability, 3) for f in bleeds} == {0.993}  # the rescorer's, not the detector's
-    _with_rescorer(demo, models / "cmb" / "9.0.1-test", width=12)
+    _with_rescorer(demo, models / "cmb" / "9.0.1-test", width=12)  # not what this detector's candidates give
     with pytest.raises(ModelError, match="rescorer.in_features"):
         load_pipeline(models, "cmb", "9.0.1-test", choose_device("cpu", 1))
     bad = models / "cmb" / "9.0.2-test"

@@ -198,7 +198,7 @@ def test_bleed_threshold_gets_the_count_right_within_one_false_bleed_per_study()
     truth = [SimpleNamespace(bleeds=[{1: _disc((10, 10), 3)}]), SimpleNamespace(bleeds=[{4: _disc((30, 30), 3)}])]
 
     def cand(index: int, centre: tuple[int, int], score: float) -> SimpleNamespace:
-        return SimpleNamespace(masks={index: _disc(centre, 3)}, score=score, tubular=False)
+        return SimpleNamespace(masks={index: _disc(centre, 3)}, score=score, confidence=score, tubular=False)
 
     found = [[cand(1, (10, 10), 0.9), cand(2, (40, 40), 0.8)],
              [cand(4, (30, 30), 0.5), cand(6, (20, 20), 0.45), cand(7, (5, 40), 0.3)]]
@@ -230,6 +230,11 @@ def test_trained_model_loads_analyses_and_reports(tiny_model: Path, swi_data: Pa
     assert sorted(manifest["selection"]) == ["flair", "mip", "swi"]
     assert manifest["classifier"]["bag_features"] == ["log_count", "deep_fraction", "flair_wmh_extent", "flair_present"]
     assert 0.25 <= manifest["classifier"]["temperature"] <= 20 and manifest["classifier"]["calibration"]["studies"] > 0
+    # the classifier reads the 8 instance features, not the detector's 128 (--mil-detector-features)
+    assert manifest["classifier"]["in_features"] == len(INSTANCE_FEATURES)
+    assert manifest["classifier"]["detector_features"] == 0
+    # 2 validation studies are too few to fit a rescorer: the manifest says why, and none is claimed
+    assert "rescorer" not in manifest and "too few to fit" in manifest["training"]["rescorer"]["skipped"]
     p = load_pipeline(tiny_model, "cmb", "0.0.1-test", choose_device("cpu", 1))
     assert p.modalities == frozenset({"MR"}) and p.info.labels == ("microbleeds", "asvd", "caa", "cadasil")
     refs = _study_refs(swi_data)[0]
@@ -289,6 +294,10 @@ def test_classifier_trains_on_a_reused_detector(tiny_model: Path, swi_data: Path
     reused = new["training"]["detector_reused_from"]
     assert (reused["name"], reused["version"], reused["sha256"]) == ("cmb", "0.0.1-test", sha["old"]["detector"])
     assert new["detector"]["anchor_sizes"] == old["detector"]["anchor_sizes"]
+    # all 8 studies fit the rescorer when the detector is reused: either it is there with its weights, or the
+    # manifest says why not (a 1-epoch detector may find too few bleeds)
+    assert ("rescorer" in new) != ("rescorer" in new["training"])
+    assert ("rescorer" in sha["new"]) == ("rescorer" in new)
     assert load_pipeline(tmp_path, "cmb", "0.0.2-test", choose_device("cpu", 1)).analyse(
         _study_refs(swi_data)[1]).status == AnalysisStatus.ANALYSED
     with pytest.raises(ModelError, match="input size"):
@@ -342,6 +351,8 @@ def test_registry_refuses_bad_cmb_manifests(tiny_model: Path, tmp_path: Path) ->
         load_with({"input": {**good["input"], "channels": ["swi"]}})
     with pytest.raises(ModelError, match="classifier.temperature"):
         load_with({"classifier": {**good["classifier"], "temperature": 0}})
+    with pytest.raises(ModelError, match="classifier.in_features"):
+        load_with({"classifier": {**good["classifier"], "detector_features": 128}})
     with pytest.raises(ModelError, match="classifier.bag_features"):
         load_with({"classifier": {**good["classifier"], "bag_features": ["log_count", "flair_present"]}})
     with pytest.raises(ModelError, match="selection"):

@@ -15,7 +15,7 @@ import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dicom_node.commands import load_config_or_report
 from dicom_node.config import Config
@@ -165,11 +165,11 @@ def _demo(config: Config, node: Node, pacs: DemoPacs, work: Path, args: argparse
             if r.sop_class_uid != sr_class:
                 continue
             ds = pydicom.dcmread(r.path)
-            for f in sr_findings(ds):
-                p = "" if f.probability is None else f" p={f.probability:.2f}"
-                print(f"    {f.presence:<12} {f.finding}{p}")
-            for text in sr_text(ds)[:1]:
-                print(f"    note: {text}")
+            print(f"    {ds.SeriesDescription}")
+            for line in _finding_lines(sr_findings(ds)):
+                print(f"      {line}")
+            for text in sr_text(ds)[1:]:  # the impression, or why the study was not analysed
+                print(f"      {text}")
         segs = [r for r in mine if r.sop_class_uid == seg_class]
         overlays = [r for r in mine if r.sop_class_uid not in (sr_class, seg_class)]
         print(f"    {len(overlays)} overlay image(s) with the finding marked")
@@ -177,3 +177,20 @@ def _demo(config: Config, node: Node, pacs: DemoPacs, work: Path, args: argparse
             print(f"    {len(segs)} segmentation (DICOM SEG) of the lesion(s)")
     print(f"\nfiles: {pacs.folder}")
     return 1 if failures else 0
+
+
+def _finding_lines(findings: list[Any]) -> list[str]:
+    """One line per finding; a finding located once per lesion (microbleeds: the regions, then the study-level
+    statement) as one line with how many regions mark it (the impression that follows gives the counts)."""
+    seen: dict[str, list[Any]] = {}
+    for f in findings:
+        seen.setdefault(f.finding, []).append(f)
+    lines = []
+    for name, group in seen.items():
+        study, lesions = group[-1], group[:-1]
+        line = f"{study.presence:<12} {name}" + ("" if study.probability is None else f" p={study.probability:.2f}")
+        probs = [f.probability for f in lesions if f.probability is not None]
+        if lesions:
+            line += f"; {len(lesions)} marked" + (f" (p={min(probs):.2f}-{max(probs):.2f})" if probs else "")
+        lines.append(line)
+    return lines
