@@ -155,3 +155,14 @@ def test_a_manifest_with_a_rescorer_loads_reports_its_confidence_and_is_checked(
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="roles"):
         load_pipeline(models, "cmb", "9.0.2-test", choose_device("cpu", 1))
+
+
+def test_a_fold_without_bleeds_to_learn_from_gives_its_prior_instead_of_failing() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1, (60, 12)).astype(np.float32)
+    groups = np.repeat(np.arange(6), 10)
+    y = groups == 0  # every bleed in one study: the fold that holds it out has none to learn from
+    x[y, 0] += 3.0
+    net, oof, record = fit(x, y, groups)
+    assert np.all(oof[y] == 0.0)  # that fold's model would be the prior of its training studies: no bleed
+    assert record["bleeds"] == 10 and net.probabilities(x[:1]).shape == (1,)

@@ -3,8 +3,8 @@
 A study without an axial SWI magnitude or mIP series gets NOT_ANALYSED with the reason (every series and why
 it was not read), like the other tasks. Findings: "microbleeds" (present when any bleed is reported; its
 probability is the best non-vessel candidate's confidence (`cmb_rescore`), or the peak proposal score when
-there is none), one "microbleed" per bleed (instance 1..n, best first, region on the slice where it is largest, diameter,
-lobar/deep), and "asvd" / "caa" / "cadasil" (the most probable class present; "none" leaves all three
+there is none), one "microbleed" per bleed (instance 1..n, most confident first, region on the slice where
+it is largest, diameter, lobar/deep), and "asvd" / "caa" / "cadasil" (the most probable class present; "none" leaves all three
 absent); counts as study measurements. A classifier trained with the FLAIR features gets the study's FLAIR
 white-matter extent (`ml/wmh.py`), or is told there is none: the SR then carries the extent it read (a
 measurement, with the FLAIR images as evidence), and the analysis reason (log, dashboard) says which.

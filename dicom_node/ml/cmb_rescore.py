@@ -5,12 +5,13 @@ The detector scores each slice's detection alone. Many of its false bleeds (vess
 calcification, an air-bone artefact) and its misses (bleeds under 3 mm, scored low on every slice) are told
 apart better by what the candidate looks like as a whole: how deep it is, where it lies, its size, how many
 slices it spans and how long it is along the slice normal, how dark its surroundings are, and the box head's
-128 features of its key detection. A logistic regression over those (`FEATURES`, standardised) gives the
+128 features of its key detection. A logistic regression over those (`features`, standardised) gives the
 candidate's `confidence`; the `microbleeds` threshold applies to it.
 
 Fitting (`fit`) uses studies the detector never saw; the regularisation strength is the one with the lowest
-cross-fitted log loss (folds by study), and `cross_fitted` gives each candidate a probability from a model
-that did not see its study, so the threshold and the classifier downstream are chosen on honest scores.
+cross-fitted log loss (folds by study), and `fit` also returns each candidate's cross-fitted probability,
+from the fold model that did not see its study, so the threshold and the classifier downstream are chosen
+on honest scores.
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ def fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[CandidateResc
     for c in C_GRID:
         oof = np.zeros(len(y))
         for a, b in folds:
+            if len(np.unique(y[a])) < 2:  # every bleed in the held-out studies: the rest say only the prior
+                oof[b] = float(y[a].mean())
+                continue
             oof[b] = _logistic(c).fit(x[a], y[a]).predict_proba(x[b])[:, 1]
         losses[c] = _log_loss(y, oof)
         if best is None or losses[c] < best[0]:

@@ -25,9 +25,9 @@ Steps (docs/models.md, "Microbleeds"):
    when it is not a vessel and its confidence reaches the `microbleeds` threshold.
 6. **Class**: the MIL network over the reported bleeds: per bleed eight numbers (`INSTANCE_FEATURES`)
    and, when the manifest's `classifier.detector_features` says so, the detector's box-head features of
-   its key detection; per study
-   log(1 + count), the deep fraction and, when the classifier was trained with them, the FLAIR
-   white-matter hyperintensity extent and whether a FLAIR was read (`ml/wmh.py`; the rule "flair").
+   its key detection; per study log(1 + count), the deep fraction and, when the classifier was trained
+   with them, the FLAIR white-matter hyperintensity extent and whether a FLAIR was read (`ml/wmh.py`; the
+   rule "flair").
    Softmax over none / aSVD / CAA / CADASIL.
 """
 
@@ -233,8 +233,8 @@ class Candidate:
 
 @dataclass
 class CmbResult:
-    candidates: list[Candidate]  # every merged candidate (vessels flagged), best score first
-    bleeds: list[Candidate]  # reported: not tubular, confidence >= threshold; best first
+    candidates: list[Candidate]  # every merged candidate (vessels flagged), most confident first
+    bleeds: list[Candidate]  # reported: not tubular, confidence >= threshold; most confident first
     class_probabilities: dict[str, float]  # CLASSES -> probability
     heat: dict[int, np.ndarray]  # slice index -> float map in [0, 1] of the reported bleeds' mask probabilities
     probability: float  # of any bleed in the study (`CmbModel.result`)
@@ -350,8 +350,8 @@ def _candidate(members: list[_Detection], volume: SwiVolume, settings: CmbSettin
     diameter = 2 * math.sqrt(areas[key] * volume.row_spacing * volume.col_spacing / math.pi)
     extent = (max(masks) - min(masks) + 1) * volume.slice_spacing
     tubular = extent > settings.tube_factor * diameter + 2 * volume.slice_spacing
-    return Candidate(score=best.score, confidence=best.score, masks=masks, features=best.feature, key_slice=key, center_px=center_px,
-                     radius_px=math.sqrt(areas[key] / math.pi), diameter_mm=diameter,
+    return Candidate(score=best.score, confidence=best.score, masks=masks, features=best.feature, key_slice=key,
+                     center_px=center_px, radius_px=math.sqrt(areas[key] / math.pi), diameter_mm=diameter,
                      center_mm=(float(center[0]), float(center[1]), float(center[2])), extent_mm=extent,
                      tubular=tubular)
 

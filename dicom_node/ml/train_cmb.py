@@ -20,10 +20,9 @@
    the chosen threshold and 0.1 either side, so it sees what the node will show it, false bleeds included),
    instances dropped at random; cross-entropy, AdamW. Each bleed is its 8 instance features
    (`INSTANCE_FEATURES`), plus its 128 detector features with `--mil-detector-features` (0.3.0 read them;
-   on 160 studies they let the classifier fit appearance that did not carry over to held-out studies). When
-   the training studies have FLAIR series, the
-   classifier also reads the FLAIR white-matter extent (`ml/wmh.py`), withheld from 15 % of the bags at
-   random so that it answers studies without a FLAIR too.
+   on 160 studies they let the classifier fit appearance that did not carry over to held-out studies).
+   When the training studies have FLAIR series, the classifier also reads the FLAIR white-matter extent
+   (`ml/wmh.py`), withheld from 15 % of the bags at random so that it answers studies without a FLAIR too.
 6. **Calibration**: one temperature dividing the classifier's logits, the one that minimises the validation
    studies' negative log-likelihood (`classifier.temperature`), so a reader is not shown 99 % for a class
    the network is often wrong about. It changes no decision (the class is the argmax either way).
