@@ -269,7 +269,9 @@ def _assert_exactly_once(cluster: Cluster, studies: dict[str, list[Path]]) -> No
     assert Counter((uid, kind) for uid, kind, _ in outputs if kind == "sr") == Counter(
         {(uid, "sr"): 1 for uid in studies})  # every study's report was made
     received = cluster.received()
-    assert received == Counter({sop: 1 for _, _, sop in outputs}), "the PACS got an output twice, or missed one"
+    twice = sorted(sop for sop, n in received.items() if n > 1)
+    assert received == Counter({sop: 1 for _, _, sop in outputs}), (
+        f"the PACS got an output twice ({twice}), or missed one\n{cluster.diagnostics()}")
 
 
 def test_two_workers_on_other_hosts_analyse_every_study_once(cluster: Cluster,

@@ -273,3 +273,45 @@ def test_orthanc_receives_outputs_and_repeat_is_harmless(tmp_path: Path) -> None
         assert Sender(cfg, db).run_once() == 2
         assert len(pacs.get("/instances")) == 2
         db.dispose()
+
+
+def test_a_slow_pacs_answer_never_lets_another_sender_take_the_claim(tmp_path: Path, pacs_port: int) -> None:
+    """Two serve processes on one database: while one waits for a slow C-STORE answer (longer than the
+    lease), its claims are renewed, so the other claims nothing and each object reaches the PACS once."""
+    import threading
+    import time
+
+    from pynetdicom import AE, evt
+
+    config = load_config(write_config(
+        tmp_path, destinations=[{"name": "pacs", "ae_title": "DEMO-PACS", "host": "127.0.0.1", "port": pacs_port}],
+        delivery={"lease_seconds": 0.6, "poll_seconds": 0.05}))
+    db = Database(config.database_url)
+    uids = add_outputs(db, config, 2)
+    stored: list[str] = []
+
+    def slow_store(event: evt.Event) -> int:
+        time.sleep(1.5)  # 2.5 leases per answer
+        stored.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title="DEMO-PACS")
+    ae.add_supported_context(SecondaryCaptureImageStorage, [ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, slow_store)])
+    try:
+        sent: list[int] = []
+        first = threading.Thread(target=lambda: sent.append(Sender(config, db, owner="serve-a").run_once()))
+        first.start()
+        rival = Sender(config, db, owner="serve-b")
+        taken = 0
+        while first.is_alive():  # serve-b polls all the while serve-a waits for the PACS
+            taken += rival.run_once()
+            time.sleep(0.1)
+        first.join()
+        states = {d.state for d in deliveries(db)}
+    finally:
+        server.shutdown()
+        db.dispose()
+    assert sent == [2] and taken == 0
+    assert sorted(stored) == sorted(uids)  # each once
+    assert states == {DeliveryState.SENT}

@@ -18,7 +18,8 @@ never send one twice; outcomes are recorded only for claims this sender still ho
 from __future__ import annotations
 
 import logging
-import time
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -104,7 +105,6 @@ class Sender:
         with self.db.read() as session:  # a cheap look first: claiming takes the write lock
             if not state.due(session, utcnow(), limit=1, destination=dest_name, exclude=exclude):
                 return 0
-        claimed_at = time.monotonic()
         with self.db.write() as session:
             items = state.claim_due(
                 session, self.owner, self.lease_seconds, utcnow(), limit=_MAX_CONTEXTS * 4,
@@ -115,9 +115,9 @@ class Sender:
         if dest_name is None:
             self._record({i.delivery_id: Outcome(f"destination {i.destination!r} is not configured") for i in items}, items)
             return 0
-        return self._send_batch(dest_name, items, claimed_at)
+        return self._send_batch(dest_name, items)
 
-    def _send_batch(self, dest_name: str, items: list[DueDelivery], claimed_at: float) -> int:
+    def _send_batch(self, dest_name: str, items: list[DueDelivery]) -> int:
         dest = self.config.destination(dest_name)
         classes = sorted({i.sop_class_uid for i in items})[:_MAX_CONTEXTS]
         later = [i.delivery_id for i in items if i.sop_class_uid not in classes]
@@ -126,36 +126,37 @@ class Sender:
                 state.unclaim(session, later, self.owner)
         items = [i for i in items if i.sop_class_uid in classes]
         contexts = [(c, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for c in classes]
-        try:
-            assoc = open_association(make_ae(self.config), dest, contexts)
-        except DeliveryRefused as exc:
-            self._record({i.delivery_id: Outcome(str(exc), permanent=True) for i in items}, items)
-            return 0
-        except (DeliveryError, OSError) as exc:
-            self._record({i.delivery_id: Outcome(str(exc)) for i in items}, items)
-            return 0
+        # the claims are held from here until the outcomes are recorded, however long one C-STORE waits for
+        # its answer (up to the DIMSE timeout): a lapsed lease lets another serve send the object again
+        held = _Heartbeat(self._renew, [i.delivery_id for i in items], self.lease_seconds / 3)
         outcomes: dict[int, Outcome] = {}
-        renewed, lost = claimed_at, set[int]()
+        assoc: Association | None = None
         try:
-            accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-            for item in items:
-                if self._loops.stopping:
-                    break
-                if time.monotonic() - renewed > self.lease_seconds / 3:
-                    # every item until `_record`: one sent is still pending in the database until then
-                    lost |= self._renew([i.delivery_id for i in items])
-                    renewed = time.monotonic()
-                if item.delivery_id in lost:
-                    continue  # its lease ran out and another sender has it now: do not send it as well
-                outcomes[item.delivery_id] = self._store_one(assoc, item, accepted)
-                if not assoc.is_established:
-                    break
+            try:
+                assoc = open_association(make_ae(self.config), dest, contexts)
+            except DeliveryRefused as exc:
+                outcomes = {i.delivery_id: Outcome(str(exc), permanent=True) for i in items}
+            except (DeliveryError, OSError) as exc:
+                outcomes = {i.delivery_id: Outcome(str(exc)) for i in items}
+            if assoc is not None:
+                accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+                for item in items:
+                    if self._loops.stopping:
+                        break
+                    if held.lost(item.delivery_id):
+                        continue  # its lease ran out and another sender has it now: do not send it as well
+                    outcomes[item.delivery_id] = self._store_one(assoc, item, accepted)
+                    if not assoc.is_established:
+                        break
+            held.stop()
+            for item in items:  # a claim taken over is the other sender's to record
+                if not held.lost(item.delivery_id):
+                    outcomes.setdefault(item.delivery_id, Outcome("association ended before this object was sent"))
+            self._record(outcomes, items)
         finally:
-            if assoc.is_established:
+            held.stop()
+            if assoc is not None and assoc.is_established:
                 assoc.release()
-        for item in items:
-            outcomes.setdefault(item.delivery_id, Outcome("association ended before this object was sent"))
-        self._record(outcomes, items)
         n_sent = sum(1 for o in outcomes.values() if o == SENT)
         n_refused = sum(1 for o in outcomes.values() if o.permanent)
         log.info(
@@ -225,6 +226,34 @@ class Sender:
         if output_ids:
             with self.db.write() as session:
                 state.remove_delivered_files(session, self.outbox, output_ids)
+
+
+class _Heartbeat:
+    """Renews a batch's claims every `every` seconds from a thread, from its creation until `stop`; `lost`
+    says whether a claim was found taken over (its lease had run out anyway)."""
+
+    def __init__(self, renew: Callable[[list[int]], set[int]], ids: list[int], every: float) -> None:
+        self._renew, self._ids, self._every = renew, ids, max(0.05, every)
+        self._lost: set[int] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="delivery-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._every):
+            lost = self._renew(self._ids)
+            with self._lock:
+                self._lost |= lost
+
+    def lost(self, delivery_id: int) -> bool:
+        with self._lock:
+            return delivery_id in self._lost
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 def _status_text(code: int) -> str:

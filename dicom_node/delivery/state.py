@@ -8,8 +8,9 @@ Any other failed attempt keeps the row pending, due again after the `[delivery.r
 or `max_attempts` when set).
 
 A process sends only deliveries it has claimed (`claim_due`, see `db/claims.py`): the claim names the process
-and holds for `delivery.lease_seconds`, renewed while a long batch runs, so two `serve` processes on one
-database never send the same delivery; a dead process's claims are taken over once they expire. Marking a
+and holds for `delivery.lease_seconds`, renewed every third of that from a thread while its batch runs (a
+C-STORE may wait for its answer up to the DIMSE timeout), so two `serve` processes on one database never
+send the same delivery; a dead process's claims are taken over once they expire. Marking a
 delivery sent or failed clears the claim and applies only while the caller still holds it.
 
 An output's file leaves the outbox once every destination has it (`remove_delivered_files`).
