@@ -4,7 +4,8 @@ Unix socket, in a folder all of them see) and the store. The PACS (DCMTK storesc
 receives) and the sender (DCMTK storescu) run in the serve namespace.
 
 20 generated studies (18 head CTs, 2 brain MRs, the ICH and SIH demo models on the CPU) must each be
-analysed exactly once per model, and every output must reach the PACS exactly once: with both workers up,
+analysed exactly once per model, and every output must reach the PACS exactly once (at least once where a
+send got no answer, as the node promises): with both workers up,
 with one worker SIGKILLed while it holds a job, and with a second `serve` on the same database.
 """
 
@@ -269,9 +270,15 @@ def _assert_exactly_once(cluster: Cluster, studies: dict[str, list[Path]]) -> No
     assert Counter((uid, kind) for uid, kind, _ in outputs if kind == "sr") == Counter(
         {(uid, "sr"): 1 for uid in studies})  # every study's report was made
     received = cluster.received()
-    twice = sorted(sop for sop, n in received.items() if n > 1)
-    assert received == Counter({sop: 1 for _, _, sop in outputs}), (
-        f"the PACS got an output twice ({twice}), or missed one\n{cluster.diagnostics()}")
+    assert set(received) == {sop for _, _, sop in outputs}, "an output never reached the PACS"
+    # exactly once, except at least once for an object whose send got no answer (a C-STORE the PACS may have
+    # stored although its response never came: pynetdicom under load sometimes waits out the DIMSE timeout);
+    # a repeat by a second claimant (a lapsed lease) leaves one attempt on the record and fails here
+    with cluster.db.read() as s:
+        retried = set(s.scalars(select(Output.sop_instance_uid).join(Delivery, Delivery.output_id == Output.id)
+                                .where(Delivery.attempts > 1)))
+    twice = sorted(sop for sop, n in received.items() if n > 1 and sop not in retried)
+    assert not twice, f"the PACS got an output twice without a failed attempt ({twice})\n{cluster.diagnostics()}"
 
 
 def test_two_workers_on_other_hosts_analyse_every_study_once(cluster: Cluster,
