@@ -15,7 +15,7 @@ import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dicom_node.commands import load_config_or_report
 from dicom_node.config import Config
@@ -23,6 +23,7 @@ from dicom_node.errors import ModelError
 
 if TYPE_CHECKING:
     from dicom_node.delivery.demo_pacs import DemoPacs
+    from dicom_node.outputs.readback import ReportedFinding
     from dicom_node.runtime.node import Node
 
 
@@ -179,10 +180,10 @@ def _demo(config: Config, node: Node, pacs: DemoPacs, work: Path, args: argparse
     return 1 if failures else 0
 
 
-def _finding_lines(findings: list[Any]) -> list[str]:
+def _finding_lines(findings: list[ReportedFinding]) -> list[str]:
     """One line per finding; a finding located once per lesion (microbleeds: the regions, then the study-level
     statement) as one line with how many regions mark it (the impression that follows gives the counts)."""
-    seen: dict[str, list[Any]] = {}
+    seen: dict[str, list[ReportedFinding]] = {}
     for f in findings:
         seen.setdefault(f.finding, []).append(f)
     lines = []

@@ -252,8 +252,7 @@ class _Heartbeat:
 
     def stop(self) -> None:
         self._stopped.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        self._thread.join()
 
 
 def _status_text(code: int) -> str:

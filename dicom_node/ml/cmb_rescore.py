@@ -88,15 +88,10 @@ def _folds(groups: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(a, b) for a, b in GroupKFold(n).split(dummy, dummy, groups)]
 
 
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
 def fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[CandidateRescorer, np.ndarray, dict[str, Any]]:
     """The rescorer fitted on every candidate, each candidate's cross-fitted probability (from the fold model
     that did not see its study) and what the manifest records. `groups`: the study of each candidate."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import log_loss, roc_auc_score
 
     y = np.asarray(y, bool)
     folds = _folds(groups)
@@ -109,7 +104,7 @@ def fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[CandidateResc
                 oof[b] = float(y[a].mean())
                 continue
             oof[b] = _logistic(c).fit(x[a], y[a]).predict_proba(x[b])[:, 1]
-        losses[c] = _log_loss(y, oof)
+        losses[c] = float(log_loss(y, np.clip(oof, 1e-6, 1 - 1e-6), labels=[False, True]))
         if best is None or losses[c] < best[0]:
             best = (losses[c], c, oof)
     assert best is not None
