@@ -191,13 +191,16 @@ def test_dsr2html_labels_the_probability(tmp_path: Path) -> None:
 
 def test_a_small_probability_is_never_written_as_zero() -> None:
     # OHIF prints a NUM of 0 as an empty value ("Probability:  %"); a probability under 0.05 % keeps two
-    # significant digits instead of rounding to 0.0
-    assert [wording.percent(p) for p in (0.0, 2e-6, 0.0004, 0.0006, 0.5)] == [0.0, 0.0002, 0.04, 0.1, 50.0]
+    # significant digits instead of rounding to 0.0, and under 0.01 % (0 and 8.8e-18 included) it is the
+    # floor 0.01, never a figure like "8.8e-16 %"
+    probs = (0.0, 8.8e-18, 2e-6, 0.00012, 0.0004, 0.0006, 0.5)
+    assert [wording.percent(p) for p in probs] == [0.01, 0.01, 0.01, 0.012, 0.04, 0.1, 50.0]
+    assert [wording.percent_text(p) for p in probs] == ["< 0.01", "< 0.01", "< 0.01", "0.012", "0.04", "0.1", "50"]
     series = make_series("CT", n=4, blob=(40, 80))
     analysis = ich_analysis(series, positive=False)
     analysis = replace(analysis, findings=[replace(f, probability=2e-6) for f in analysis.findings])
     stated = sr_findings(build_outputs(analysis, sources_of(series), 1)[0].dataset)
-    assert stated and all(f.probability is not None and 0 < f.probability < 1e-3 for f in stated)
+    assert stated and all(f.probability is not None and abs(f.probability - 1e-4) < 1e-12 for f in stated)  # 0.01 %
 
 
 def _real_world(series: list[Dataset], kind: str) -> None:

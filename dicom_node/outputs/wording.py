@@ -23,11 +23,24 @@ def verdict(finding: Finding) -> str:
     return "PRESENT" if finding.present else "ABSENT"
 
 
+PERCENT_FLOOR = 0.01  # the smallest probability (in %) a report states; below it: "< 0.01 %"
+
+
 def percent(probability: float) -> float:
-    """A probability as the percentage a reader needs: one decimal; under 0.05 % two significant digits, so a
-    small probability is never written as zero (OHIF prints a NUM of 0 as an empty value: "Probability:  %")."""
+    """A probability as the percentage a reader needs, for a NUM or a sentence: one decimal; under 0.05 %
+    two significant digits; under 0.01 % (0 included) the floor 0.01. Never written as zero: OHIF prints a
+    NUM of 0 as an empty value ("Probability:  %"), and no model output is a certainty. Never a number like
+    8.8e-16, which reads as noise. `percent_text` writes the floor as "< 0.01"."""
     value = float(probability) * 100.0
-    return float(f"{value:.2g}") if 0 < value < 0.05 else round(value, 1)
+    if value < PERCENT_FLOOR:
+        return PERCENT_FLOOR
+    return float(f"{value:.2g}") if value < 0.05 else round(value, 1)
+
+
+def percent_text(probability: float) -> str:
+    """The percentage for a sentence: `percent`'s figure ("93", "0.04"), or "< 0.01" at the floor."""
+    value = float(probability) * 100.0
+    return f"< {PERCENT_FLOOR:g}" if value < PERCENT_FLOOR else f"{percent(probability):g}"
 
 
 def finding_line(finding: Finding) -> str:
@@ -68,7 +81,7 @@ def summary(analysis: StudyAnalysis) -> str:
     parts = []
     if present:
         parts.append("Present: " + ", ".join(
-            f"{codes.finding_concept(f.label).display} (probability {percent(f.probability):g} %)"
+            f"{codes.finding_concept(f.label).display} (probability {percent_text(f.probability)} %)"
             for f in present))
     if absent:
         parts.append("Absent: " + ", ".join(codes.finding_concept(f.label).display for f in absent))
