@@ -1,5 +1,5 @@
 """Seed 002's weighted ensemble: members trained by `train` (a segmentation model on the generator's SEG
-masks and a subdural specialist), weights fitted by `train --model ich-ensemble`; the ensemble loads by
+masks and a subdural specialist at another input size), weights fitted by `train --model ich-ensemble`; the ensemble loads by
 name and version like any model, refuses a member whose checksum differs, combines as its manifest says,
 and names itself and its members in the SR."""
 
@@ -36,8 +36,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ensemble")
     data = root / "data"
     generate("ct-head", 14, seed=3, out=data, size=64, n_slices=8, distractors=False)
-    for name, subset in (("ich-a", "all"), ("ich-b", "subdural")):
-        train(TrainOptions(task="ich", data=data, out=root / "models" / name / V, epochs=1, size=32, name=name,
+    for name, subset, size in (("ich-a", "all", 32), ("ich-b", "subdural", 48)):  # members of two input sizes
+        train(TrainOptions(task="ich", data=data, out=root / "models" / name / V, epochs=1, size=size, name=name,
                            version=V, architecture="narrow_resnet_w8_seg", val_fraction=0.3, subset=subset,
                            context_slices=1))
     exe = Path(sys.executable).parent / "dicom-node"
@@ -89,6 +89,9 @@ def test_ensemble_loads_by_name_and_combines_its_members(models: tuple[Path, Pat
         w = np.array([ens["weights"][label][name] for label in ICH_LABELS])
         z += w * np.log(np.clip(member, 1e-6, 1 - 1e-6) / (1 - np.clip(member, 1e-6, 1 - 1e-6)))
     np.testing.assert_allclose(out.study, sigmoid(z), rtol=1e-5, atol=1e-6)
+    # masks of a 32 px and a 48 px member (grids 16 and 24) averaged on the finer grid, as probabilities
+    assert out.masks is not None and out.masks.shape == (len(slices), len(ICH_LABELS) - 1, 24, 24)
+    assert 0.0 <= float(out.masks.min()) and float(out.masks.max()) <= 1.0
     result = p.analyse(refs)
     assert result.status is AnalysisStatus.ANALYSED and [f.label for f in result.findings] == list(ICH_LABELS)
 

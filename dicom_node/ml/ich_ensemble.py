@@ -6,10 +6,11 @@ An ensemble is a model folder whose manifest names its members instead of weight
                  "members": [{"name": "ich-all", "version": "...", "sha256": "<member manifest.json sha256>"}, ...],
                  "weights": {label: {member name: w >= 0}}, "intercepts": {label: b}}
 
-Each member is an ordinary ICH model folder (its own network, study model and thresholds) under the same
-models directory. The study probability of a label is sigmoid(b + sum_m w_m * logit(p_m)), p_m being member
-m's study probability; mask and slice probabilities are the members' means weighted by the same (positive)
-weights. Loading checks every member's manifest sha256 against the ensemble's (a member's manifest in turn
+Each member is an ordinary ICH model folder (its own network, input size, study model and thresholds) under
+the same models directory. The study probability of a label is sigmoid(b + sum_m w_m * logit(p_m)), p_m
+being member m's study probability; mask and slice probabilities are the members' means weighted by the
+same (positive) weights, the masks of members with different input sizes first resampled to the finest
+grid (every grid covers the same square, which the first member's placement maps back to the source). Loading checks every member's manifest sha256 against the ensemble's (a member's manifest in turn
 carries its weights' sha256), so the ensemble runs exactly the members it was fitted with, or refuses.
 The SR's algorithm identification names the ensemble with its members and their versions.
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from pydantic import Field, StringConstraints
 
 from dicom_node.errors import ModelError
@@ -76,6 +79,18 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.asarray(np.log(p / (1 - p)))
 
 
+def on_grid(masks: np.ndarray, size: int) -> np.ndarray:
+    """(N, M, h, w) mask probabilities resampled (bilinear) to (N, M, size, size) float32: members of
+    different input sizes put their masks on one grid before they are averaged. The grids cover the same
+    square (each member's placement scales the source's longer side to its input), so resampling aligns them."""
+    m = np.asarray(masks, dtype=np.float32)
+    if m.shape[-2:] == (size, size):
+        return m
+    t = F.interpolate(torch.from_numpy(np.ascontiguousarray(m)), size=(size, size), mode="bilinear",
+                      align_corners=False)
+    return np.asarray(t.numpy())
+
+
 def run_members(members: Sequence[IchPipeline], slices: Sequence[InstanceRef], batch_size: int, device: Device
                 ) -> tuple[list[np.ndarray], list[SeriesOutputs]]:
     """Each member's study logits (L,) and series outputs, from one decoding of the series."""
@@ -122,7 +137,8 @@ class IchEnsemblePipeline(Pipeline):
         masks = None
         if with_masks:
             sub = w[with_masks, 1:] / np.maximum(w[with_masks, 1:].sum(axis=0, keepdims=True), 1e-9)  # (M', L-1)
-            masks = sum(sub[n][None, :, None, None] * outs[k].masks.astype(np.float32)  # type: ignore[union-attr]
+            grid = max(outs[k].masks.shape[-1] for k in with_masks)  # type: ignore[union-attr]
+            masks = sum(sub[n][None, :, None, None] * on_grid(outs[k].masks, grid)  # type: ignore[arg-type]
                         for n, k in enumerate(with_masks))
         first = outs[0]
         return SeriesOutputs(first.slices, first.hu, first.inputs, first.places, np.asarray(slice_probs),
@@ -171,9 +187,6 @@ def load_ich_ensemble(models_dir: Path, folder: Path, device: Device, batch_size
         if not isinstance(member, IchPipeline) or member.manifest.labels != ICH_LABELS:
             raise ModelError(f"{where}: member {name} {version} is not an ICH model with labels {list(ICH_LABELS)}")
         members.append(member)
-    sizes = {m.manifest.input.size for m in members}
-    if len(sizes) != 1:
-        raise ModelError(f"{where}: members must share one input size (masks are averaged), got {sorted(sizes)}")
     try:
         weights = {m.info.name: np.array([float(e["weights"][label][m.info.name]) for label in labels])
                    for m in members}
