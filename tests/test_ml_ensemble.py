@@ -158,3 +158,28 @@ def test_specialist_subsets_choose_their_studies_and_the_normal_ones() -> None:
     assert chosen("intraparenchymal") == ["normal", "intraparenchymal", "intraventricular"]
     with pytest.raises(ValueError, match="subset must be one of"):
         subset_studies(data, studies, "parenchyma")
+
+
+def test_a_subtype_mask_comes_from_the_members_trained_on_it(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """ich-b (subdural specialist) learned only the subdural mask: its epidural output is not averaged in,
+    while both members' subdural masks are, with the label's weights; masks resampled to the finer grid."""
+    from dicom_node.ml.ich_ensemble import on_grid
+
+    root, data = models
+    copy = tmp_path / "models"
+    shutil.copytree(root, copy)
+    path = copy / "ich-ens" / V / "manifest.json"
+    ens = json.loads(path.read_text())
+    for label in ICH_LABELS:
+        ens["ensemble"]["weights"][label] = {"ich-a": 0.25, "ich-b": 0.75}
+    path.write_text(json.dumps(ens))
+    p = load_pipeline(copy, "ich-ens", V, CPU)
+    slices = p.select(_study(data, positive=True))
+    a = on_grid(load_pipeline(copy, "ich-a", V, CPU).series_outputs(slices).masks, 24)
+    b = on_grid(load_pipeline(copy, "ich-b", V, CPU).series_outputs(slices).masks, 24)
+    out = p.series_outputs(slices).masks
+    assert out is not None
+    sdh, edh = ICH_LABELS.index("subdural") - 1, ICH_LABELS.index("epidural") - 1
+    np.testing.assert_allclose(out[:, edh], a[:, edh], atol=1e-6)
+    np.testing.assert_allclose(out[:, sdh], 0.25 * a[:, sdh] + 0.75 * b[:, sdh], atol=1e-6)
+    assert not np.allclose(a[:, edh], b[:, edh])  # the rule changed something: b's epidural output differs

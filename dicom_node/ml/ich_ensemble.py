@@ -9,8 +9,10 @@ An ensemble is a model folder whose manifest names its members instead of weight
 Each member is an ordinary ICH model folder (its own network, input size, study model and thresholds) under
 the same models directory. The study probability of a label is sigmoid(b + sum_m w_m * logit(p_m)), p_m
 being member m's study probability; mask and slice probabilities are the members' means weighted by the
-same (positive) weights, the masks of members with different input sizes first resampled to the finest
-grid (every grid covers the same square, which the first member's placement maps back to the source). Loading checks every member's manifest sha256 against the ensemble's (a member's manifest in turn
+same (positive) weights. A subtype's mask comes only from the members trained on it (a subdural specialist's
+epidural mask output learned nothing but zeros), and masks of members with different input sizes are first
+resampled to the finest grid (every grid covers the same square, which the first member's placement maps back
+to the source). Loading checks every member's manifest sha256 against the ensemble's (a member's manifest in turn
 carries its weights' sha256), so the ensemble runs exactly the members it was fitted with, or refuses.
 The SR's algorithm identification names the ensemble with its members and their versions.
 """
@@ -79,6 +81,16 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.asarray(np.log(p / (1 - p)))
 
 
+def mask_labels_learned(manifest: Manifest) -> np.ndarray:
+    """(L-1,) 1.0 for each subtype whose mask the member was trained on (a specialist's subset names them;
+    its other mask outputs learned only zeros), else 0.0."""
+    from dicom_node.ml.train_ich import SUBSET_MASK_LABELS
+
+    subset = str(manifest.raw.get("training", {}).get("subset", "all"))
+    learned = SUBSET_MASK_LABELS.get(subset, ICH_LABELS[1:])
+    return np.array([1.0 if label in learned else 0.0 for label in ICH_LABELS[1:]])
+
+
 def on_grid(masks: np.ndarray, size: int) -> np.ndarray:
     """(N, M, h, w) mask probabilities resampled (bilinear) to (N, M, size, size) float32: members of
     different input sizes put their masks on one grid before they are averaged. The grids cover the same
@@ -113,6 +125,7 @@ class IchEnsemblePipeline(Pipeline):
         self.members = list(members)
         self.weights = weights  # member name -> (L,) weight per label
         self.intercepts = intercepts  # (L,)
+        self.learned = np.stack([mask_labels_learned(m.manifest) for m in members])  # (M, L-1)
         super().__init__(manifest, device, batch_size, thresholds)
 
     def load_networks(self) -> None:
@@ -136,7 +149,9 @@ class IchEnsemblePipeline(Pipeline):
         with_masks = [k for k, o in enumerate(outs) if o.masks is not None]
         masks = None
         if with_masks:
-            sub = w[with_masks, 1:] / np.maximum(w[with_masks, 1:].sum(axis=0, keepdims=True), 1e-9)  # (M', L-1)
+            wm = w[with_masks, 1:] * self.learned[with_masks]  # (M', L-1): only masks a member was trained on
+            wm = np.where(wm.sum(axis=0, keepdims=True) > 0, wm, w[with_masks, 1:])
+            sub = wm / np.maximum(wm.sum(axis=0, keepdims=True), 1e-9)
             grid = max(outs[k].masks.shape[-1] for k in with_masks)  # type: ignore[union-attr]
             masks = sum(sub[n][None, :, None, None] * on_grid(outs[k].masks, grid)  # type: ignore[arg-type]
                         for n, k in enumerate(with_masks))

@@ -43,6 +43,10 @@ from dicom_node.ml.study_model import FEATURES_CLS, FEATURES_SEG, fit_study_mode
 log = logging.getLogger(__name__)
 
 SUBSETS = ("all", "subdural", "subarachnoid", "intraparenchymal", "small-lesion")
+# the subtypes whose masks a specialist learns: it sees positives of these only (its other mask outputs are
+# trained on nothing but zeros); "all" and "small-lesion" see every subtype
+SUBSET_MASK_LABELS = {"subdural": ("subdural",), "subarachnoid": ("subarachnoid",),
+                      "intraparenchymal": ("intraparenchymal", "intraventricular")}
 ANNOTATIONS = ("auto", "seg", "boxes", "none")
 
 
