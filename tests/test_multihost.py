@@ -175,7 +175,7 @@ class Cluster:
             assembly={"quiet_seconds": 30, "complete_on_release": True, "release_grace_seconds": 0.2,
                       "check_interval_seconds": 0.2},
             models={"path": str(REPO / "models"),
-                     "enabled": [{"name": "ich", "version": "0.2.0-synthetic-demo"},
+                     "enabled": [{"name": "ich", "version": "0.3.0-synthetic-demo"},
                                  {"name": "sih", "version": "0.1.0-synthetic-demo"}]},
             worker={"device": "cpu", "local": False, "lease_seconds": 4, "poll_seconds": 0.2, "batch_size": 8,
                     "torch_threads": 1},
