@@ -12,7 +12,8 @@ returned SEG against the generator's masks, per subtype.
     .venv/bin/python bench/study_level.py [--ct 130] [--mr 30] [--seed 7001] [--demo-seeds 20] [--models models]
         [--ich ich/VERSION] [--sih sih/VERSION] [--work DIR] [--json results.json]
 
---ct 130 gives 52 normal CTs (the generator's mix is 40 % normal). `--demo-seeds N` adds the three studies
+`--json` also keeps each study's truth, verdicts and stated probabilities, so thresholds can be studied
+again without a new run. --ct 130 gives 52 normal CTs (the generator's mix is 40 % normal). `--demo-seeds N` adds the three studies
 `dicom-node demo --seed S` sends (subdural CT, normal CT, SIH MR) for S = 1..N and counts the seeds whose
 three answers are exactly right. Studies are sent one association each.
 """
@@ -215,6 +216,7 @@ def _score(cts: list[Any], mrs: list[Any], by_study: dict[str, list[Any]], gen: 
     loc: dict[str, dict[str, int]] = {label: {"n": 0, "in_head": 0, "in_lesion": 0} for label in CT_LABELS}
     dice: dict[str, list[float]] = defaultdict(list)
     normal_flagged, missing = [], []
+    studies: list[dict[str, Any]] = []  # each study's truth, verdicts and stated probabilities (for re-analysis)
     for st in [*cts, *mrs]:
         received = by_study.get(st.study_uid, [])
         srs = [r for r in received if r.sop_class_uid == SR_CLASS]
@@ -222,8 +224,13 @@ def _score(cts: list[Any], mrs: list[Any], by_study: dict[str, list[Any]], gen: 
             missing.append(st.study_uid)
             continue
         sr = pydicom.dcmread(srs[-1].path)
-        present = {CODE_TO_LABEL.get(f.code[0]) for f in sr_findings(sr) if f.presence == "Present"}
+        stated = sr_findings(sr)
+        present = {CODE_TO_LABEL.get(f.code[0]) for f in stated if f.presence == "Present"}
         labels = ("sih",) if st.kind == "mr-sih" else CT_LABELS
+        studies.append({"study": st.folder.name, "truth": sorted(k for k in labels if st.study_labels[k]),
+                        "present": sorted(k for k in labels if k in present),
+                        "probability": {CODE_TO_LABEL[f.code[0]]: round(f.probability, 6) for f in stated
+                                        if f.code[0] in CODE_TO_LABEL and f.probability is not None}})
         for label in labels:
             truth, call = bool(st.study_labels[label]), label in present
             counts[label]["tp" if truth and call else "fn" if truth else "fp" if call else "tn"] += 1
@@ -271,7 +278,7 @@ def _score(cts: list[Any], mrs: list[Any], by_study: dict[str, list[Any]], gen: 
     n_normal = sum(1 for st in cts if not st.study_labels["any"])
     return {"labels": table, "localisation": loc, "normal_ct": n_normal, "normal_ct_flagged": len(normal_flagged),
             "dice": {k: {"mean": float(np.nanmean(v)), "n": len(v)} for k, v in dice.items() if v},
-            "studies_without_sr": missing, "n_ct": len(cts), "n_mr": len(mrs)}
+            "studies_without_sr": missing, "n_ct": len(cts), "n_mr": len(mrs), "studies": studies}
 
 
 def _present(received: list[Any]) -> set[str] | None:
