@@ -12,10 +12,10 @@ returned SEG against the generator's masks, per subtype.
     .venv/bin/python bench/study_level.py [--ct 130] [--mr 30] [--seed 7001] [--demo-seeds 20] [--models models]
         [--ich ich/VERSION] [--sih sih/VERSION] [--work DIR] [--json results.json]
 
-`--json` also keeps each study's truth, verdicts and stated probabilities, so thresholds can be studied
-again without a new run. --ct 130 gives 52 normal CTs (the generator's mix is 40 % normal). `--demo-seeds N` adds the three studies
+--ct 130 gives 52 normal CTs (the generator's mix is 40 % normal). `--demo-seeds N` adds the three studies
 `dicom-node demo --seed S` sends (subdural CT, normal CT, SIH MR) for S = 1..N and counts the seeds whose
-three answers are exactly right. Studies are sent one association each.
+three answers are exactly right. Studies are sent one association each. `--json` also keeps each study's
+truth, verdicts and stated probabilities, so a threshold question can be answered without a new run.
 """
 
 from __future__ import annotations
