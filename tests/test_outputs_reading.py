@@ -7,6 +7,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from outputs_helpers import (
@@ -187,6 +188,40 @@ def test_dsr2html_labels_the_probability(tmp_path: Path) -> None:
     assert "Probability: 93.0 %" in text  # in the located finding's group
     assert "Probability = 4.0 %" in text  # with each qualitative evaluation
     assert not re.search(r"Probability\S* [=:]? ?\d+\.\d{2,}", text)  # no bare many-digit numbers
+
+
+def test_a_long_ensemble_name_is_shortened_whole_in_64_character_attributes(tmp_path: Path) -> None:
+    # an ensemble's display name lists its members (> 64 characters): LO attributes (the SEG's algorithm
+    # name, Manufacturer's Model Name) carry the name without the list, never cut mid-word; the SR's text
+    # items keep the whole name
+    full = ("dicom-node ICH ensemble (synthetic demo) [ich-all 0.2.0-synthetic-demo, ich-subdural "
+            "0.2.0-synthetic-demo, ich 0.1.0-synthetic-demo]")
+    series = make_series("CT", n=4, blob=(40, 80))
+    analysis = replace(ich_analysis(series, positive=True), model=replace(ICH_MODEL, display_name=full))
+    mask = np.zeros((int(series[1].Rows), int(series[1].Columns)), dtype=bool)
+    mask[30:50, 70:90] = True
+    analysis = replace(analysis, masks={"subdural": {series[1].SOPInstanceUID: mask}})
+    outputs = build_outputs(analysis, sources_of(series), 1)
+    seg = next(o.dataset for o in outputs if o.dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4")
+    sr = outputs[0].dataset
+    short = "dicom-node ICH ensemble (synthetic demo)"
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == short
+    assert seg.ManufacturerModelName == short and sr.ManufacturerModelName == short
+    assert seg.ContributingEquipmentSequence[-1].ManufacturerModelName == short
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    assert dciodvfy_errors(path) == []
+    texts: list[str] = []
+
+    def walk(items: list) -> None:
+        for item in items:
+            if item.get("ValueType") == "TEXT":
+                texts.append(str(item.TextValue))
+            walk(list(item.get("ContentSequence", [])))
+
+    walk(list(sr.ContentSequence))
+    assert any(full in t for t in texts)
+    assert wording.model_name_lo("x" * 70) == "x" * 61 + "..."
 
 
 def test_a_small_probability_is_never_written_as_zero() -> None:

@@ -16,7 +16,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 
 from dicom_node import __version__
 from dicom_node.ml.analysis import ModelInfo
-from dicom_node.outputs import codes, uids
+from dicom_node.outputs import codes, uids, wording
 from dicom_node.outputs.headers import carry_deidentification
 
 MANUFACTURER = "dicom-node"
@@ -37,7 +37,7 @@ def algorithm_equipment(model: ModelInfo, device: EquipmentInfo | None) -> Datas
     item = hd.ContributingEquipment(
         manufacturer=MANUFACTURER,
         purpose_of_reference=dcm_codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=model.display_name[:64],
+        manufacturer_model_name=wording.model_name_lo(model.display_name),
         software_versions=model.version[:64],
         institution_name=(device.institution_name[:64] if device and device.institution_name else None),
         contribution_description=f"AI algorithm {model.name} {model.version}"[:1024],
@@ -56,7 +56,7 @@ def finish_common(
                                         algorithm_equipment(model, device)]
     ds.CodingSchemeIdentificationSequence = codes.coding_scheme_identification()
     ds.SeriesDescription = series_description[:64]
-    ds.ManufacturerModelName = model.display_name[:64]
+    ds.ManufacturerModelName = wording.model_name_lo(model.display_name)
     ds.SoftwareVersions = [f"dicom-node {device.software_version if device else __version__}"[:64],
                            model.version[:64]]
     if device is not None:

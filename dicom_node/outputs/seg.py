@@ -52,7 +52,7 @@ class SegAlgorithm:
 def _description(number: int, segment: SegmentMask, algorithm: SegAlgorithm) -> hd.seg.SegmentDescription:
     concept = codes.finding_concept(segment.label)
     identification = hd.AlgorithmIdentificationSequence(
-        name=algorithm.name[:64], family=codes.ARTIFICIAL_INTELLIGENCE, version=algorithm.version[:64],
+        name=wording.model_name_lo(algorithm.name), family=codes.ARTIFICIAL_INTELLIGENCE, version=algorithm.version[:64],
         source="dicom-node")
     return hd.seg.SegmentDescription(
         segment_number=number,
@@ -104,11 +104,11 @@ def build_seg(
         sop_instance_uid=sop_uid,
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
-        manufacturer_model_name=algorithm.name[:64],
+        manufacturer_model_name=wording.model_name_lo(algorithm.name),
         software_versions=algorithm.version[:64],
         device_serial_number="0",
         content_label="LESIONS",
-        content_description=f"{algorithm.name} lesion masks"[:64],
+        content_description=f"{wording.model_name_lo(algorithm.name)} lesion masks"[:64],
         omit_empty_frames=True,
     )
     if algorithm.model is not None:

@@ -13,6 +13,7 @@ DEMO_MARK = "synthetic-demo"
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 UNVERIFIED = "unverified AI result"
 SERIES_DESCRIPTION_LENGTH = 64  # LO
+LO_LENGTH = 64
 SUMMARY_LABEL = "any"  # the study-level label of a model with subtypes (see verdicts.reconcile)
 
 
@@ -41,6 +42,19 @@ def percent_text(probability: float) -> str:
     """The percentage for a sentence: `percent`'s figure ("93", "0.04"), or "< 0.01" at the floor."""
     value = float(probability) * 100.0
     return f"< {PERCENT_FLOOR:g}" if value < PERCENT_FLOOR else f"{percent(probability):g}"
+
+
+def model_name_lo(display_name: str) -> str:
+    """A model's name for a 64-character (LO) attribute: whole when it fits; else without its bracketed list
+    (an ensemble's members, which the SR states in full), else cut at a word with "..." (ASCII: the
+    default character repertoire). Never cut mid-word, as "[ich-all 0.2.0-syntheti" would be."""
+    if len(display_name) <= LO_LENGTH:
+        return display_name
+    base = display_name.split(" [", 1)[0].rstrip()
+    if len(base) <= LO_LENGTH:
+        return base
+    cut = base[: LO_LENGTH - 3].rsplit(" ", 1)[0].rstrip(" ,;(")
+    return cut + "..."
 
 
 def finding_line(finding: Finding) -> str:
