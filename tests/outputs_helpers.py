@@ -149,3 +149,17 @@ def roundtrip(ds: Dataset, path) -> Dataset:
     """Write as a DICOM file (with preamble and file meta) and read it back."""
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return pydicom.dcmread(path)
+
+
+def sr_texts(sr: Dataset) -> list[str]:
+    """Every TEXT content item's value in an SR, in document order."""
+    texts: list[str] = []
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            if item.get("ValueType") == "TEXT":
+                texts.append(str(item.TextValue))
+            walk(list(item.get("ContentSequence", [])))
+
+    walk(list(sr.ContentSequence))
+    return texts

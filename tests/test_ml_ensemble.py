@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from outputs_helpers import sr_texts
 
 from dicom_node.errors import ModelError
 from dicom_node.ml.analysis import AnalysisStatus, instance_ref_from_file
@@ -123,15 +124,7 @@ def test_sr_names_the_ensemble_and_its_members(models: tuple[Path, Path]) -> Non
     result = p.analyse(refs)
     sources = {r.sop_instance_uid: pydicom.dcmread(r.path) for r in refs}
     sr = build_outputs(result, sources, 1)[0].dataset
-    names: list[str] = []
-
-    def walk(items: list) -> None:
-        for item in items:
-            if item.get("ValueType") == "TEXT":
-                names.append(str(item.TextValue))
-            walk(list(item.get("ContentSequence", [])))
-
-    walk(list(sr.ContentSequence))
+    names = sr_texts(sr)
     assert any(f"ich-a {V}" in t and f"ich-b {V}" in t for t in names), names
     assert p.info.manifest_sha256 in " ".join(names)
 

@@ -18,6 +18,7 @@ from outputs_helpers import (
     roundtrip,
     sih_analysis,
     sources_of,
+    sr_texts,
 )
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -211,16 +212,7 @@ def test_a_long_ensemble_name_is_shortened_whole_in_64_character_attributes(tmp_
     path = tmp_path / "seg.dcm"
     seg.save_as(path)
     assert dciodvfy_errors(path) == []
-    texts: list[str] = []
-
-    def walk(items: list) -> None:
-        for item in items:
-            if item.get("ValueType") == "TEXT":
-                texts.append(str(item.TextValue))
-            walk(list(item.get("ContentSequence", [])))
-
-    walk(list(sr.ContentSequence))
-    assert any(full in t for t in texts)
+    assert any(full in t for t in sr_texts(sr))
     assert wording.model_name_lo("x" * 70) == "x" * 61 + "..."
 
 
