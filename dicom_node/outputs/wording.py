@@ -12,8 +12,8 @@ from dicom_node.outputs import codes
 DEMO_MARK = "synthetic-demo"
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 UNVERIFIED = "unverified AI result"
-SERIES_DESCRIPTION_LENGTH = 64  # LO
-LO_LENGTH = 64
+LO_LENGTH = 64  # a Long String (LO) attribute's maximum
+SERIES_DESCRIPTION_LENGTH = LO_LENGTH
 SUMMARY_LABEL = "any"  # the study-level label of a model with subtypes (see verdicts.reconcile)
 
 
