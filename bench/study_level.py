@@ -157,7 +157,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7001, help="generator seed (training used 9101 and 31)")
     ap.add_argument("--models", type=Path, default=REPO / "models")
     ap.add_argument("--ich", default="ich/0.3.0-synthetic-demo")
-    ap.add_argument("--sih", default="sih/0.1.0-synthetic-demo")
+    ap.add_argument("--sih", default="sih/0.2.0-synthetic-demo")
     ap.add_argument("--demo-seeds", type=int, default=20,
                     help="also send `dicom-node demo`'s three studies for seeds 1..N and check each answer")
     ap.add_argument("--work", type=Path, default=None)

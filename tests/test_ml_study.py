@@ -14,6 +14,7 @@ from dicom_node.ml.study_model import (
     FEATURES_SEG,
     StudyModel,
     choose_threshold,
+    cross_fitted,
     fit_study_model,
     study_features,
 )
@@ -74,6 +75,25 @@ def test_study_model_fits_predicts_and_round_trips() -> None:
                                model.probabilities(x[0], ("any", "subdural")), atol=1e-5)
     assert StudyModel.from_json({"method": "logistic", "features": ["volume"]}, ("any",), problems) is None
     assert "features" in problems[-1]
+
+
+def test_cross_fitted_threshold_comes_from_out_of_fold_probabilities() -> None:
+    """The SIH combination and each ICH study model: the threshold is chosen on probabilities of studies
+    the regression was not fitted on, and the model kept is the one fitted on every study."""
+    rng = np.random.default_rng(1)
+    n = 60
+    y = (np.arange(n) % 3 == 0).astype(float)
+    x = np.stack([y * 3 - 1.5 + rng.normal(0, 1.2, n), rng.normal(0, 1, n)], axis=1)  # (S, F), one noise feature
+    w, b, point, oof = cross_fitted(x, y, np.random.default_rng(0))
+    in_sample = 1 / (1 + np.exp(-(x @ w + b)))
+    assert oof.shape == (n,) and not np.allclose(oof, in_sample)
+    assert point.threshold == choose_threshold(y, oof).threshold
+    assert (point.n_positive, point.n_negative) == (20, 40)
+    assert w[0] > 1.0 and abs(w[1]) < w[0] / 3  # the informative feature carries the fit
+    again = cross_fitted(x, y, np.random.default_rng(0))  # seeded: the same folds, the same point
+    assert again[2] == point
+    tiny = cross_fitted(x[[0, 1]], np.array([1.0, 0.0]), np.random.default_rng(0))  # one study per class
+    assert tiny[2].n_positive == 1 and tiny[2].n_negative == 1 and 0 < tiny[2].threshold < 1
 
 
 def test_region_of_a_crescent_lies_inside_it() -> None:

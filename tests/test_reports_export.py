@@ -104,6 +104,9 @@ def test_sih_labels_from_reports_train_a_sih_model(tmp_path: Path, node: Node) -
     assert trained.returncode == 0, trained.stdout + trained.stderr
     manifest = json.loads((tmp_path / "models" / "sih" / "r1" / "manifest.json").read_text())
     assert manifest["training"]["train_studies"] + manifest["training"]["validation_studies"] == len(studies)
+    point = manifest["operating_points"]["sih"]  # the threshold is chosen at study level, and says how
+    assert manifest["thresholds"]["sih"] == point["threshold"]
+    assert point["rule"] == "youden-midpoint" or point["rule"].startswith("validation lacks a class: 0.5")
 
 
 def test_ich_study_level_labels_from_reports_train_an_ich_model(tmp_path: Path, node: Node) -> None:

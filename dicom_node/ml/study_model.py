@@ -117,7 +117,8 @@ class OperatingPoint:
         return {"threshold": round(self.threshold, 6), "rule": self.rule,
                 "sensitivity": round(self.sensitivity, 4), "specificity": round(self.specificity, 4),
                 "n_positive": self.n_positive, "n_negative": self.n_negative,
-                "chosen_on": "validation studies, out-of-fold study probabilities"}
+                "chosen_on": "validation studies, out-of-fold study probabilities" if self.rule == "youden-midpoint"
+                else "fixed"}
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray) -> OperatingPoint:
@@ -155,26 +156,35 @@ def _fit_one(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]
     return lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
 
 
+def cross_fitted(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, c: float = 1.0
+                 ) -> tuple[np.ndarray, float, OperatingPoint, np.ndarray]:
+    """Logistic regression of `y` (S,) on `x` (S, F): coefficients and intercept fitted on every study, the
+    operating point chosen on out-of-fold probabilities (stratified FOLDS-fold cross-fitting, so the
+    threshold is not chosen on probabilities the model was fitted on), and those probabilities (S,)."""
+    t = np.asarray(y).astype(int)
+    folds = _stratified_folds(t, min(FOLDS, max(2, len(t))), rng)
+    w, b = _fit_one(x, t, c)
+    oof = np.zeros(len(t))
+    for k in range(folds.max() + 1):
+        test = folds == k
+        # a fold holding every study (one study of each class) leaves nothing to fit on: in-sample there
+        wk, bk = _fit_one(x[~test], t[~test], c) if (~test).any() else (w, b)
+        oof[test] = 1 / (1 + np.exp(-np.clip(x[test] @ wk + bk, -60, 60)))
+    return w, b, choose_threshold(t, oof), oof
+
+
 def fit_study_model(features: np.ndarray, y: np.ndarray, labels: Sequence[str], names: Sequence[str],
                     seed: int = 0, c: float = 1.0) -> tuple[StudyModel, dict[str, OperatingPoint], np.ndarray]:
     """Fit on validation studies: `features` (S, L, F), `y` (S, L). Returns the model, each label's
     operating point (threshold chosen on out-of-fold probabilities) and those probabilities (S, L)."""
-    s = len(y)
     rng = np.random.default_rng(seed)
     coef: dict[str, tuple[float, ...]] = {}
     inter: dict[str, float] = {}
     points: dict[str, OperatingPoint] = {}
-    oof = np.zeros((s, len(labels)))
+    oof = np.zeros((len(y), len(labels)))
     for j, label in enumerate(labels):
-        x, t = features[:, j, :], y[:, j].astype(int)
-        folds = _stratified_folds(t, min(FOLDS, max(2, s)), rng)
-        for k in range(folds.max() + 1):
-            test = folds == k
-            w, b = _fit_one(x[~test], t[~test], c)
-            oof[test, j] = 1 / (1 + np.exp(-np.clip(x[test] @ w + b, -60, 60)))
-        w, b = _fit_one(x, t, c)
+        w, b, points[label], oof[:, j] = cross_fitted(features[:, j, :], y[:, j], rng, c)
         coef[label], inter[label] = tuple(float(v) for v in w), b
-        points[label] = choose_threshold(t, oof[:, j])
     return StudyModel(tuple(names), coef, inter), points, oof
 
 

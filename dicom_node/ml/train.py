@@ -3,7 +3,8 @@
 ICH: one slice classifier, 6 sigmoid outputs, BCE with per-label positive weights, flips and shifts as
 augmentation, per-label thresholds at the validation set's Youden point on study-level probabilities.
 SIH: three binary networks (axial, coronal 1, coronal 2), then a logistic regression over their
-logits fitted on the validation studies (on the training studies when validation lacks a class).
+logits fitted on the validation studies (on the training studies when validation lacks a class), its
+threshold chosen at study level on the validation studies' out-of-fold probabilities.
 Seeded: the same data, options and seed give the same weights on the same machine and library versions.
 """
 
@@ -27,6 +28,7 @@ from dicom_node.ml.metrics import auroc
 from dicom_node.ml.nets import SEGMENTATION_ARCHITECTURES, build_model
 from dicom_node.ml.preprocess import ICH_WINDOW_NAMES, ICH_WINDOWS
 from dicom_node.ml.selection import default_selection
+from dicom_node.ml.study_model import OperatingPoint, cross_fitted
 from dicom_node.ml.train_ich import optimizer_step
 
 log = logging.getLogger(__name__)
@@ -153,8 +155,6 @@ def train_ich(opts: TrainOptions) -> Path:
 
 
 def train_sih(opts: TrainOptions) -> Path:
-    from sklearn.linear_model import LogisticRegression
-
     seed_everything(opts.seed)
     spec = InputSpec(modality="MR", size=opts.size, channels=("t1c",), percentiles=(1.0, 99.0))
     data = load_sih(opts.data, spec)
@@ -170,11 +170,17 @@ def train_sih(opts: TrainOptions) -> Path:
     use_val = len(val_s) > 0 and 0 < data.labels[val_s].sum() < len(val_s)
     idx, logits = (val_s, val_logits) if use_val else (train_s, train_logits)
     features = np.stack([logits[r] for r in SIH_ROLES], axis=1)
-    lr = LogisticRegression(C=1.0).fit(features, data.labels[idx])
+    # the combination and the threshold at study level: the threshold on out-of-fold probabilities of the
+    # validation studies (cross-fitted, as for ICH); without both classes there, 0.5 on the training studies
+    coef, intercept, point, oof = cross_fitted(features, data.labels[idx], np.random.default_rng(opts.seed))
+    if not use_val:
+        y, p = data.labels[idx].astype(bool), 1 / (1 + np.exp(-(features @ coef + intercept)))
+        point = OperatingPoint(0.5, float((p[y] >= 0.5).mean()) if y.any() else 0.0,
+                               float((p[~y] < 0.5).mean()) if (~y).any() else 0.0, int(y.sum()), int((~y).sum()),
+                               "validation lacks a class: 0.5 (sensitivity, specificity on the training studies)")
     validation = {}
     if len(val_s):
-        vf = np.stack([val_logits[r] for r in SIH_ROLES], axis=1)
-        validation = {"sih_auroc": _r(auroc(data.labels[val_s], lr.predict_proba(vf)[:, 1])),
+        validation = {"sih_auroc_out_of_fold": _r(auroc(data.labels[val_s], oof)) if use_val else None,
                       **{f"{r}_auroc": _r(auroc(data.labels[val_s], val_logits[r])) for r in SIH_ROLES}}
     manifest = {
         "name": opts.name or "sih",
@@ -183,7 +189,8 @@ def train_sih(opts: TrainOptions) -> Path:
         "task": "sih-mr",
         "labels": list(SIH_LABELS),
         "critical_labels": [],
-        "thresholds": {"sih": 0.5},
+        "thresholds": {"sih": round(point.threshold, 6)},
+        "operating_points": {"sih": point.to_json()},
         "input": {"modality": "MR", "size": opts.size, "channels": ["t1c"], "percentiles": [1.0, 99.0]},
         "preprocessing": {"normalisation": "1st-99th percentile of non-zero pixels to [0, 1]",
                           "resize": "aspect-preserving, zero pad, centred",
@@ -191,8 +198,8 @@ def train_sih(opts: TrainOptions) -> Path:
         "selection": default_selection("sih-mr"),
         "components": components,
         "ensemble": {"method": "logistic", "inputs": "logits",
-                     "coefficients": {r: round(float(c), 6) for r, c in zip(SIH_ROLES, lr.coef_[0], strict=True)},
-                     "intercept": round(float(lr.intercept_[0]), 6),
+                     "coefficients": {r: round(float(c), 6) for r, c in zip(SIH_ROLES, coef, strict=True)},
+                     "intercept": round(float(intercept), 6),
                      "fitted_on": "validation studies" if use_val else "training studies"},
         **_common(opts, {"validation": validation, "train_studies": len(train_s), "validation_studies": len(val_s)}),
     }
