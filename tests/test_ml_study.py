@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 from dicom_node.ml import localise
 from dicom_node.ml.metrics import auroc_ci
@@ -12,10 +13,13 @@ from dicom_node.ml.preprocess import placement
 from dicom_node.ml.study_model import (
     FEATURES_CLS,
     FEATURES_SEG,
+    REPEATS,
     StudyModel,
     choose_threshold,
     cross_fitted,
     fit_study_model,
+    out_of_fold,
+    pooled_threshold,
     study_features,
 )
 
@@ -87,13 +91,36 @@ def test_cross_fitted_threshold_comes_from_out_of_fold_probabilities() -> None:
     w, b, point, oof = cross_fitted(x, y, np.random.default_rng(0))
     in_sample = 1 / (1 + np.exp(-(x @ w + b)))
     assert oof.shape == (n,) and not np.allclose(oof, in_sample)
-    assert point.threshold == choose_threshold(y, oof).threshold
-    assert (point.n_positive, point.n_negative) == (20, 40)
+    assert point.repeats == REPEATS and point.to_json()["chosen_on"].endswith(f"pooled over {REPEATS} repeats "
+                                                                              "of 5-fold cross-fitting")
+    assert (point.n_positive, point.n_negative) == (20, 40)  # studies, not studies x repeats
     assert w[0] > 1.0 and abs(w[1]) < w[0] / 3  # the informative feature carries the fit
     again = cross_fitted(x, y, np.random.default_rng(0))  # seeded: the same folds, the same point
     assert again[2] == point
     tiny = cross_fitted(x[[0, 1]], np.array([1.0, 0.0]), np.random.default_rng(0))  # one study per class
-    assert tiny[2].n_positive == 1 and tiny[2].n_negative == 1 and 0 < tiny[2].threshold < 1
+    assert tiny[2].n_positive == 1 and 0 < tiny[2].threshold < 1
+
+
+def test_pooled_threshold_is_steadier_than_one_split() -> None:
+    """One 5-fold split's threshold moves with which studies share a fold; pooling the repeats does not."""
+    rng = np.random.default_rng(2)
+    n = 60
+    y = (rng.random(n) < 0.2).astype(float)
+    x = (y * 1.5 + rng.normal(0, 1, n))[:, None]  # overlapping classes: a plateau of near-best thresholds
+
+    def fit(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, float]:
+        lr = LogisticRegression().fit(xs, ys)
+        return lr.coef_[0], float(lr.intercept_[0])
+
+    def predict(m: tuple[np.ndarray, float], xs: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-(xs @ m[0] + m[1])))
+
+    def spread(repeats: int) -> float:
+        t = [pooled_threshold(y, out_of_fold(x, y, np.random.default_rng(s), fit, predict, fit(x, y), repeats))
+             .threshold for s in range(8)]
+        return max(t) - min(t)
+
+    assert spread(REPEATS) < spread(1) / 2
 
 
 def test_region_of_a_crescent_lies_inside_it() -> None:

@@ -11,20 +11,22 @@ Features of one study for one label (`study_features`), from the slices of the s
 The study probability is a logistic regression over these features, one per label, fitted on validation
 studies (`fit_study_model`): trained at study level, so the probability means "this study has it". The
 threshold of each label is chosen on out-of-fold probabilities of the same validation studies
-(5-fold cross-fitting, so the threshold is not chosen on probabilities the model was fitted on): the
-maximum of Youden's J (sensitivity + specificity - 1), taking the middle of the widest interval of
-thresholds that reaches it, in logit space. The manifest keeps the coefficients, the threshold and the
-operating point it was chosen at (sensitivity, specificity, counts). Models without a study model
-(older manifests) keep `max` / `topk_mean` of the slice probabilities.
+(5-fold cross-fitting, so the threshold is not chosen on probabilities the model was fitted on, repeated
+10 times with fresh folds and pooled, so it does not hang on which studies shared a fold): the maximum of
+Youden's J (sensitivity + specificity - 1), taking the middle of the widest interval of thresholds that
+reaches it, in logit space. The manifest keeps the coefficients, the threshold and the operating point it
+was chosen at (sensitivity, specificity, counts, repeats). Models without a study model (older manifests)
+keep `max` / `topk_mean` of the slice probabilities. The same cross-fitting chooses the SIH threshold
+(`train.train_sih`) and the ICH ensemble's (`train_ensemble`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,6 +35,8 @@ FEATURES_SEG: tuple[str, ...] = (*FEATURES_CLS, "log_extent", "max_mask")
 MASK_LEVEL = 0.5
 CLIP = 12.0  # logits are clipped to +-CLIP before they become features (saturated sigmoids)
 FOLDS = 5
+REPEATS = 10  # cross-fitting repeats pooled for a threshold
+M = TypeVar("M")
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -112,13 +116,16 @@ class OperatingPoint:
     n_positive: int
     n_negative: int
     rule: str = "youden-midpoint"
+    repeats: int = 1  # cross-fitting repeats whose out-of-fold probabilities were pooled
 
     def to_json(self) -> dict[str, Any]:
+        chosen_on = "fixed"
+        if self.rule == "youden-midpoint":
+            chosen_on = "validation studies, out-of-fold study probabilities" + (
+                f" pooled over {self.repeats} repeats of {FOLDS}-fold cross-fitting" if self.repeats > 1 else "")
         return {"threshold": round(self.threshold, 6), "rule": self.rule,
                 "sensitivity": round(self.sensitivity, 4), "specificity": round(self.specificity, 4),
-                "n_positive": self.n_positive, "n_negative": self.n_negative,
-                "chosen_on": "validation studies, out-of-fold study probabilities" if self.rule == "youden-midpoint"
-                else "fixed"}
+                "n_positive": self.n_positive, "n_negative": self.n_negative, "chosen_on": chosen_on}
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray) -> OperatingPoint:
@@ -156,21 +163,46 @@ def _fit_one(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]
     return lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
 
 
+def out_of_fold(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, fit: Callable[[np.ndarray, np.ndarray], M],
+                predict: Callable[[M, np.ndarray], np.ndarray], on_all: M, repeats: int = REPEATS) -> np.ndarray:
+    """(repeats, S) out-of-fold probabilities: for each repeat, a fresh stratified FOLDS-fold split of the
+    studies, each fold predicted by `fit` on the others. A fold holding every study (one study of each
+    class) leaves nothing to fit on: `on_all`, the model fitted on every study, predicts it (in-sample)."""
+    t = np.asarray(y)
+    out = np.zeros((repeats, len(t)))
+    for r in range(repeats):
+        folds = _stratified_folds(t.astype(int), min(FOLDS, max(2, len(t))), rng)
+        for k in range(folds.max() + 1):
+            test = folds == k
+            model = fit(x[~test], t[~test]) if (~test).any() else on_all
+            out[r, test] = predict(model, x[test])
+    return out
+
+
+def pooled_threshold(y: np.ndarray, oof: np.ndarray) -> OperatingPoint:
+    """The operating point on out-of-fold probabilities `oof` (repeats, S) pooled over the repeats: one
+    split's threshold moves with which studies share a fold (an 8-fold spread for subarachnoid between
+    fold seeds on the ICH calibration set); pooling 10 repeats steadies it."""
+    repeats = len(oof)
+    point = choose_threshold(np.tile(np.asarray(y), repeats), np.asarray(oof).reshape(-1))
+    return replace(point, repeats=repeats, n_positive=point.n_positive // repeats,
+                   n_negative=point.n_negative // repeats)  # counts of studies; the rates are over the pool
+
+
 def cross_fitted(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, c: float = 1.0
                  ) -> tuple[np.ndarray, float, OperatingPoint, np.ndarray]:
     """Logistic regression of `y` (S,) on `x` (S, F): coefficients and intercept fitted on every study, the
-    operating point chosen on out-of-fold probabilities (stratified FOLDS-fold cross-fitting, so the
-    threshold is not chosen on probabilities the model was fitted on), and those probabilities (S,)."""
+    operating point chosen on out-of-fold probabilities (`out_of_fold`, pooled: the threshold is not
+    chosen on probabilities the model was fitted on), and those probabilities averaged over the repeats (S,)."""
     t = np.asarray(y).astype(int)
-    folds = _stratified_folds(t, min(FOLDS, max(2, len(t))), rng)
     w, b = _fit_one(x, t, c)
-    oof = np.zeros(len(t))
-    for k in range(folds.max() + 1):
-        test = folds == k
-        # a fold holding every study (one study of each class) leaves nothing to fit on: in-sample there
-        wk, bk = _fit_one(x[~test], t[~test], c) if (~test).any() else (w, b)
-        oof[test] = 1 / (1 + np.exp(-np.clip(x[test] @ wk + bk, -60, 60)))
-    return w, b, choose_threshold(t, oof), oof
+    oof = out_of_fold(x, t, rng, lambda xs, ys: _fit_one(xs, ys, c), _predict_one, (w, b))
+    return w, b, pooled_threshold(t, oof), oof.mean(axis=0)
+
+
+def _predict_one(model: tuple[np.ndarray, float], x: np.ndarray) -> np.ndarray:
+    w, b = model
+    return np.asarray(1 / (1 + np.exp(-np.clip(x @ w + b, -60, 60))))
 
 
 def fit_study_model(features: np.ndarray, y: np.ndarray, labels: Sequence[str], names: Sequence[str],

@@ -5,7 +5,8 @@ probabilities; writes an ensemble model folder (manifest only: the members stay 
 The studies it is fitted on are ones no member was trained on: given the members' own training data
 (`--data` is the folder their manifests name), the validation studies they were validated on (each
 member's manifest lists them under training.validation_study_uids; every member must list the same ones);
-given any other folder (a separate, usually larger, calibration set), every labelled study in it.
+given any other folder (a separate, usually larger, calibration set), every labelled study in it. The
+thresholds are chosen on out-of-fold probabilities pooled over repeated cross-fitting (`study_model`).
 Thresholds chosen on a few hundred studies are steadier than on the members' validation split.
 """
 
@@ -26,7 +27,7 @@ from dicom_node.ml.ich import IchPipeline
 from dicom_node.ml.ich_ensemble import ensemble_manifest_entry, member_manifests, run_members
 from dicom_node.ml.manifest import ICH_LABELS, write_manifest
 from dicom_node.ml.metrics import auroc
-from dicom_node.ml.study_model import FOLDS, _stratified_folds, choose_threshold
+from dicom_node.ml.study_model import out_of_fold, pooled_threshold
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +110,11 @@ def train_ensemble(data_dir: Path, models_dir: Path, members_spec: list[str], ou
     points: dict[str, Any] = {}
     report: dict[str, Any] = {}
     for j, label in enumerate(ICH_LABELS):
-        folds = _stratified_folds(y[:, j].astype(int), FOLDS, rng)
-        for k in range(FOLDS):
-            test = folds == k
-            w, b = fit_weights(x[~test, :, j], y[~test, j])
-            oof[test, j] = _predict(x[test, :, j], w, b)
         weights[:, j], intercepts[j] = fit_weights(x[:, :, j], y[:, j])
-        point = choose_threshold(y[:, j], oof[:, j])
-        points[label] = point.to_json()
+        folds = out_of_fold(x[:, :, j], y[:, j], rng, fit_weights, lambda m, xs: _predict(xs, *m),
+                            (weights[:, j], intercepts[j]))
+        oof[:, j] = folds.mean(axis=0)
+        points[label] = pooled_threshold(y[:, j], folds).to_json()
         report[label] = {"ensemble_auroc_out_of_fold": _r(auroc(y[:, j], oof[:, j])),
                          **{f"{m.name}_auroc": _r(auroc(y[:, j], 1 / (1 + np.exp(-x[:, k, j]))))
                             for k, m in enumerate(manifests)}}
