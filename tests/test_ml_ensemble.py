@@ -19,7 +19,7 @@ from outputs_helpers import sr_texts
 from dicom_node.errors import ModelError
 from dicom_node.ml.analysis import AnalysisStatus, instance_ref_from_file
 from dicom_node.ml.device import choose_device
-from dicom_node.ml.ich_ensemble import IchEnsemblePipeline
+from dicom_node.ml.ich_ensemble import IchEnsemblePipeline, member_manifests
 from dicom_node.ml.ich_outputs import sigmoid
 from dicom_node.ml.manifest import ICH_LABELS
 from dicom_node.ml.registry import load_pipeline
@@ -115,6 +115,14 @@ def test_wrong_member_checksum_is_refused(models: tuple[Path, Path], tmp_path: P
     shutil.rmtree(copy / "ich-a")
     with pytest.raises(ModelError, match="member ich-a 0.0.1 is missing"):
         load_pipeline(copy, "ich-ens", V, CPU)
+    ens = copy / "ich-ens" / V / "manifest.json"
+    twice = json.loads(ens.read_text())
+    twice["ensemble"]["members"][1] = {**twice["ensemble"]["members"][0], "version": "0.0.2"}
+    ens.write_text(json.dumps(twice))  # two versions of one name would share one set of weights
+    with pytest.raises(ModelError, match="distinct names"):
+        load_pipeline(copy, "ich-ens", V, CPU)
+    with pytest.raises(ModelError, match="distinct names"):
+        member_manifests(root, ["ich-a/" + V, "ich-a/" + V])
 
 
 def test_sr_names_the_ensemble_and_its_members(models: tuple[Path, Path]) -> None:
