@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,26 @@ def test_demo_runs_the_whole_loop_and_gets_its_studies_right(tmp_path: Path, see
     assert (tmp_path / "var").is_dir(), "relative paths resolve against the config's folder"
     links = re.findall(r"(?m)^one-time login(?: \(24 h\))?: (http://127\.0\.0\.1:\d+/login/once/\S+)$", out)
     assert len(links) == 2 and links[0] == links[1], f"the demo prints the dashboard's one-time login link: {out}"
+
+
+def test_demo_again_with_the_same_seed_shows_the_earlier_results_without_waiting(tmp_path: Path) -> None:
+    """The node keeps a re-sent study as a duplicate and does not analyse it again, so no new SR comes: the
+    second run must show what the PACS got in the first run, not wait for its timeout and report failures."""
+    config = _demo_config(tmp_path)
+
+    def demo(timeout: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(DICOM_NODE), "--log-level", "WARNING", "demo", "--config", str(config), "--timeout", str(timeout),
+             "--seed", "77"], capture_output=True, text=True, check=False, timeout=230, cwd=tmp_path)
+
+    first = demo(180)
+    assert first.returncode == 0, first.stdout + first.stderr
+    started = time.monotonic()
+    again = demo(150)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert time.monotonic() - started < 120  # the timeout was not waited out
+    assert again.stdout.count("kept as a duplicate, not analysed again") == 4, again.stdout
+    assert again.stdout.count("SR delivered in the earlier run") == 4, again.stdout
+    findings = [re.findall(r"(?m)^\s+(?:Present|Absent)\s+.+$", run.stdout.split("what the PACS")[1])
+                for run in (first, again)]
+    assert findings[0] == findings[1] and findings[0]  # the same answers, read back from the PACS's folder

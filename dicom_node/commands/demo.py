@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=None,
         help="seed of the generated studies (default: new studies each run; the same seed re-sends the same "
-        "studies, which the node accepts as duplicates without re-analysing them)",
+        "studies, which the node accepts as duplicates without re-analysing them: the demo then shows the "
+        "results the node delivered in the earlier run)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all results")
 
@@ -117,13 +119,20 @@ def _demo(config: Config, node: Node, pacs: DemoPacs, work: Path, args: argparse
         cases.append(("brain MR, SWI microbleeds", write_mr_swi_study(studies_dir, args.seed, svd_class="caa",
                                                                        patient_index=3, distractors=False)))
     port = node.port or config.node.port
+    uids = [study.study_uid for _, study in cases]
+    # the same seed on the same node: the studies are duplicates, which the node stores but does not analyse
+    # again, so their results are the ones it delivered in the earlier run (still in the PACS's folder)
+    with node.db.read() as session:
+        seen_before = set(session.scalars(select(Study.study_uid).where(Study.study_uid.in_(uids))).all())
     sent_at: dict[str, float] = {}
     for title, study in cases:
         statuses = send_files(study.files, "127.0.0.1", port, calling_ae=config.destinations[0].ae_title,
                               called_ae=config.node.ae_title)
         ok = sum(1 for s in statuses if s == 0)
-        sent_at[study.study_uid] = time.monotonic()
-        print(f"sent {title}: {ok}/{len(statuses)} instances stored (association released)")
+        sent_at[study.study_uid] = -math.inf if study.study_uid in seen_before else time.monotonic()
+        again = " — already received in an earlier run of this seed: kept as a duplicate, not analysed again"
+        print(f"sent {title}: {ok}/{len(statuses)} instances stored (association released)"
+              f"{again if study.study_uid in seen_before else ''}")
 
     sr_class = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.88.34")
     seg_class = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.66.4")
@@ -136,11 +145,11 @@ def _demo(config: Config, node: Node, pacs: DemoPacs, work: Path, args: argparse
                 got[r.study_uid] = r.received_at
         return got
 
-    while len(srs_back()) < len(cases) and time.monotonic() < deadline:
+    new = [uid for uid in uids if uid not in seen_before]  # an earlier run's SRs are there or not: no wait
+    while not set(new) <= set(srs_back()) and time.monotonic() < deadline:
         time.sleep(0.2)
     # a study has one SR per enabled model that reads its modality (an answer, or "not analysed"), and
     # overlays and SEGs follow their SR: wait until the node has delivered everything for every study
-    uids = [study.study_uid for _, study in cases]
 
     def all_delivered() -> bool:
         with node.db.read() as session:
@@ -157,10 +166,12 @@ def _demo(config: Config, node: Node, pacs: DemoPacs, work: Path, args: argparse
     for title, study in cases:
         print(f"- {title} (study {study.study_uid})")
         if study.study_uid not in back:
-            print(f"    no SR within {args.timeout:.0f} s")
+            print(f"    no SR in {pacs.folder} from the earlier run" if study.study_uid in seen_before
+                  else f"    no SR within {args.timeout:.0f} s")
             failures += 1
             continue
-        print(f"    SR received {back[study.study_uid] - sent_at[study.study_uid]:.1f} s after association release")
+        print("    SR delivered in the earlier run" if study.study_uid in seen_before else
+              f"    SR received {back[study.study_uid] - sent_at[study.study_uid]:.1f} s after association release")
         mine = [r for r in pacs.received() if r.study_uid == study.study_uid and r.received_at >= sent_at[study.study_uid]]
         for r in mine:
             if r.sop_class_uid != sr_class:

@@ -1,17 +1,21 @@
 """A minimal receiving PACS for the demo: a pynetdicom Storage SCP that keeps what it is sent.
 
 It plays the part of the hospital PACS that gets our SR and overlays back. Files are written as received
-(`<folder>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`, UIDs sanitised) and listed by `received()`.
+(`<folder>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`, UIDs sanitised) and listed by `received()`, with the
+files an earlier run left in the folder (received before this one started), as a PACS keeps its archive.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
+from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -27,7 +31,7 @@ class Received:
     sop_class_uid: str
     sop_instance_uid: str
     path: Path
-    received_at: float  # time.monotonic()
+    received_at: float  # time.monotonic(); -inf for a file an earlier run left in the folder
 
 
 class DemoPacs:
@@ -42,6 +46,7 @@ class DemoPacs:
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._load_archive()
         ae = AE(ae_title=self.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
@@ -54,6 +59,17 @@ class DemoPacs:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    def _load_archive(self) -> None:
+        """List the files earlier runs stored in the folder (header only), received before this run."""
+        for path in sorted(self.folder.glob("*/*.dcm")):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True,
+                                     specific_tags=["StudyInstanceUID", "SOPClassUID", "SOPInstanceUID"])
+                item = Received(str(ds.StudyInstanceUID), str(ds.SOPClassUID), str(ds.SOPInstanceUID), path, -math.inf)
+            except (InvalidDicomError, OSError, AttributeError, ValueError):
+                continue  # not a file this PACS wrote: left alone
+            self._received[item.sop_instance_uid] = item
 
     def received(self) -> list[Received]:
         with self._lock:
