@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from outputs_helpers import (
 )
 
 from dicom_node.outputs import build_outputs
-from dicom_node.outputs.overlay import CIRCLE_COLOUR, blend, grey_image, jet, render
+from dicom_node.outputs.overlay import CIRCLE_COLOUR, blend, draw_annotations, grey_image, jet, render
 from dicom_node.outputs.validate import dciodvfy_errors
 from dicom_node.outputs.wording import caption
 
@@ -105,6 +106,30 @@ def test_caption_is_burned_in() -> None:
     assert white.sum() > 300 and yellow.sum() > 100
     _, text_cols = np.nonzero(white | yellow)
     assert text_cols.min() > 0.15 * 512 and text_cols.max() < 0.85 * 512
+
+
+def test_a_long_model_name_is_neither_cut_off_nor_crowding_the_caption() -> None:
+    # an ensemble's display name lists its members (180 characters for ich 0.4.0): burned in at the smallest
+    # font it ran past both edges of the image ("i) [ich-all 0.3.0-synthetic-demo, ... ich 0" in OHIF). The
+    # caption names the ensemble without the list (the SR states it), and a line still too wide wraps.
+    full = ("dicom-node ICH ensemble (synthetic demo) [ich-all 0.3.0-synthetic-demo, ich-subdural "
+            "0.2.0-synthetic-demo, ich-subarachnoid 0.2.0-synthetic-demo, ich-small 0.2.0-synthetic-demo, "
+            "ich 0.1.0-synthetic-demo]")
+    series = make_series("CT", n=3, size=128)
+    analysis = ich_analysis(series, positive=True, center=(100.0, 64.0))
+    analysis = replace(analysis, model=replace(analysis.model, display_name=full))
+    finding = next(f for f in analysis.findings if f.label == "subdural")
+    lines = caption(analysis, finding)
+    assert lines[1] == f"dicom-node ICH ensemble (synthetic demo) {analysis.model.version}"
+    rgb = np.zeros((256, 256, 3), np.uint8)
+    drawn = draw_annotations(rgb, None, None, [lines[0], full, lines[2]])
+    band = drawn[256:]
+    text = np.any(band > 100, axis=-1)
+    _, cols = np.nonzero(text)
+    assert cols.min() > 0.15 * 256 and cols.max() < 0.85 * 256  # inside the caption width, nothing clipped
+    two_lines = draw_annotations(rgb, None, None, [lines[0], lines[2]])
+    row_height = (two_lines.shape[0] - 256) / 3  # two lines and two half-line margins
+    assert drawn.shape[0] - two_lines.shape[0] >= 2 * row_height  # the long name took several rows
 
 
 def test_windowing_and_colour_scale() -> None:

@@ -124,6 +124,8 @@ def _demo(config: Config, node: Node, pacs: DemoPacs, work: Path, args: argparse
     # again, so their results are the ones it delivered in the earlier run (still in the PACS's folder)
     with node.db.read() as session:
         seen_before = set(session.scalars(select(Study.study_uid).where(Study.study_uid.in_(uids))).all())
+    for uid in seen_before:
+        pacs.load_archived(uid)
     sent_at: dict[str, float] = {}
     for title, study in cases:
         statuses = send_files(study.files, "127.0.0.1", port, calling_ae=config.destinations[0].ae_title,

@@ -2,7 +2,8 @@
 
 It plays the part of the hospital PACS that gets our SR and overlays back. Files are written as received
 (`<folder>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`, UIDs sanitised) and listed by `received()`, with the
-files an earlier run left in the folder (received before this one started), as a PACS keeps its archive.
+files an earlier run left in a study's folder once `load_archived` is asked for them, as a PACS keeps its
+archive.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ class DemoPacs:
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._load_archive()
         ae = AE(ae_title=self.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
@@ -60,16 +60,17 @@ class DemoPacs:
             self._server.shutdown()
             self._server = None
 
-    def _load_archive(self) -> None:
-        """List the files earlier runs stored in the folder (header only), received before this run."""
-        for path in sorted(self.folder.glob("*/*.dcm")):
+    def load_archived(self, study_uid: str) -> None:
+        """List the files an earlier run stored for `study_uid` (header only), received before this run."""
+        for path in sorted((self.folder / sanitise_uid(study_uid)).glob("*.dcm")):
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True,
                                      specific_tags=["StudyInstanceUID", "SOPClassUID", "SOPInstanceUID"])
                 item = Received(str(ds.StudyInstanceUID), str(ds.SOPClassUID), str(ds.SOPInstanceUID), path, -math.inf)
             except (InvalidDicomError, OSError, AttributeError, ValueError):
                 continue  # not a file this PACS wrote: left alone
-            self._received[item.sop_instance_uid] = item
+            with self._lock:
+                self._received.setdefault(item.sop_instance_uid, item)
 
     def received(self) -> list[Received]:
         with self._lock:

@@ -188,9 +188,7 @@ def load_ich_ensemble(models_dir: Path, folder: Path, device: Device, batch_size
     listed = validated(Members, {"members": e.get("members")}, found, "ensemble")
     if listed is None:
         raise ModelError(f"{where}: " + "; ".join(found))
-    names = [m.name for m in listed.members]
-    if len(set(names)) != len(names):  # the weights are keyed by member name
-        raise ModelError(f"{where}: ensemble members need distinct names, got {names}")
+    _distinct_names([m.name for m in listed.members], f"{where}: ")
     members: list[IchPipeline] = []
     for item in listed.members:
         name, version, sha = item.name, item.version, item.sha256
@@ -254,7 +252,11 @@ def member_manifests(models_dir: Path, specs: Sequence[str]) -> list[Manifest]:
     for spec in specs:
         name, _, version = spec.partition("/")
         out.append(load_manifest(model_folder(models_dir, name, version)))
-    names = [m.name for m in out]
-    if len(set(names)) != len(names):  # the manifest keys each member's weights by its name
-        raise ModelError(f"ensemble members need distinct names, got {names}")
+    _distinct_names([m.name for m in out], "")
     return out
+
+
+def _distinct_names(names: list[str], where: str) -> None:
+    """The manifest keys each member's weights by its name: two versions of one name cannot both be members."""
+    if len(set(names)) != len(names):
+        raise ModelError(f"{where}ensemble members need distinct names, got {names}")

@@ -196,11 +196,12 @@ def cross_fitted(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, c: floa
     chosen on probabilities the model was fitted on), and those probabilities averaged over the repeats (S,)."""
     t = np.asarray(y).astype(int)
     w, b = _fit_one(x, t, c)
-    oof = out_of_fold(x, t, rng, lambda xs, ys: _fit_one(xs, ys, c), _predict_one, (w, b))
+    oof = out_of_fold(x, t, rng, lambda xs, ys: _fit_one(xs, ys, c), logistic_probability, (w, b))
     return w, b, pooled_threshold(t, oof), oof.mean(axis=0)
 
 
-def _predict_one(model: tuple[np.ndarray, float], x: np.ndarray) -> np.ndarray:
+def logistic_probability(model: tuple[np.ndarray, float], x: np.ndarray) -> np.ndarray:
+    """sigmoid(x w + b) for a (coefficients, intercept) pair, x (S, F)."""
     w, b = model
     return np.asarray(1 / (1 + np.exp(-np.clip(x @ w + b, -60, 60))))
 

@@ -28,7 +28,7 @@ from dicom_node.ml.metrics import auroc
 from dicom_node.ml.nets import SEGMENTATION_ARCHITECTURES, build_model
 from dicom_node.ml.preprocess import ICH_WINDOW_NAMES, ICH_WINDOWS
 from dicom_node.ml.selection import default_selection
-from dicom_node.ml.study_model import OperatingPoint, cross_fitted
+from dicom_node.ml.study_model import OperatingPoint, cross_fitted, logistic_probability
 from dicom_node.ml.train_ich import optimizer_step
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def train_sih(opts: TrainOptions) -> Path:
     # validation studies (cross-fitted, as for ICH); without both classes there, 0.5 on the training studies
     coef, intercept, point, oof = cross_fitted(features, data.labels[idx], np.random.default_rng(opts.seed))
     if not use_val:
-        y, p = data.labels[idx].astype(bool), 1 / (1 + np.exp(-(features @ coef + intercept)))
+        y, p = data.labels[idx].astype(bool), logistic_probability((coef, intercept), features)
         point = OperatingPoint(0.5, float((p[y] >= 0.5).mean()) if y.any() else 0.0,
                                float((p[~y] < 0.5).mean()) if (~y).any() else 0.0, int(y.sum()), int((~y).sum()),
                                "validation lacks a class: 0.5 (sensitivity, specificity on the training studies)")

@@ -95,6 +95,20 @@ def _font(lines: list[str], width: int) -> ImageFont.FreeTypeFont | ImageFont.Im
         size -= 1
 
 
+def _wrap(line: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, limit: float) -> list[str]:
+    """`line` broken at spaces into pieces no wider than `limit` (a single word wider than it stays whole)."""
+    pieces: list[str] = []
+    current = ""
+    for word in line.split(" "):
+        trial = f"{current} {word}" if current else word
+        if current and font.getbbox(trial)[2] > limit:
+            pieces.append(current)
+            current = word
+        else:
+            current = trial
+    return [*pieces, current]
+
+
 def draw_annotations(rgb: np.ndarray, center: tuple[float, float] | None, radius: float | None,
                      lines: list[str], warning_lines: int = 1) -> np.ndarray:
     """Circle at `center` (row, col) and the caption, centred on a black band added below the image;
@@ -110,14 +124,16 @@ def draw_annotations(rgb: np.ndarray, center: tuple[float, float] | None, radius
     if not lines:
         return np.asarray(image, dtype=np.uint8)
     font = _font(lines, width)
+    # a line too wide even at the smallest font is wrapped, never cut off at the image's edges
+    rows = [(piece, WARNING_COLOUR if i >= len(lines) - warning_lines else TEXT_COLOUR)
+            for i, line in enumerate(lines) for piece in _wrap(line, font, width * CAPTION_WIDTH)]
     line_height = font.getbbox("Ag")[3] + 6
     margin = line_height // 2
-    band = line_height * len(lines) + 2 * margin
+    band = line_height * len(rows) + 2 * margin
     canvas = Image.new("RGB", (width, rgb.shape[0] + band), (0, 0, 0))
     canvas.paste(image, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines):
-        colour = WARNING_COLOUR if i >= len(lines) - warning_lines else TEXT_COLOUR
+    for i, (line, colour) in enumerate(rows):
         left = (width - font.getbbox(line)[2]) // 2
         draw.text((left, rgb.shape[0] + margin + i * line_height), line, fill=colour, font=font)
     return np.asarray(canvas, dtype=np.uint8)

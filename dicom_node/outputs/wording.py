@@ -154,6 +154,6 @@ def caption(analysis: StudyAnalysis, finding: Finding) -> list[str]:
     model = analysis.model
     return [
         f"{codes.finding_concept(finding.label).display}: {verdict(finding)} {percent(finding.probability):.0f}%",
-        f"{model.display_name} {model.version}",
+        f"{model_name_lo(model.display_name)} {model.version}",  # the SR names an ensemble's members
         f"AI RESULT - {NOT_FOR_CLINICAL_USE}" if model.synthetic_demo else "AI RESULT - UNVERIFIED, CONFIRM ON IMAGES",
     ]
