@@ -19,10 +19,20 @@ REPO = Path(__file__).resolve().parent.parent
 DCMTK = Path("/usr/bin")  # call DCMTK by absolute path: pynetdicom installs same-named tools in the venv
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on 127.0.0.1 that this test session has not handed out before: the socket is closed
+    before the caller's server binds, so the kernel may offer the same port to the next call, and two
+    servers of one test (Orthanc's DICOM and HTTP ports) then collide."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, msg: str = "") -> Any:
