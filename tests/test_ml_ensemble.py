@@ -139,26 +139,49 @@ def test_sr_names_the_ensemble_and_its_members(models: tuple[Path, Path]) -> Non
 
 def test_specialist_subsets_choose_their_studies_and_the_normal_ones() -> None:
     """Each specialist learns from the studies with its subtype plus the normal ones; the intraparenchymal
-    specialist also gets the intraventricular studies, the look-alike an all-ICH network confuses it with."""
+    specialist also gets the intraventricular studies, and the subarachnoid-vs-extra-axial one the subdural
+    and epidural ones: the look-alikes an all-ICH network confuses them with."""
     from dicom_node.ml.datasets import IchData
     from dicom_node.ml.train_ich import subset_studies
 
-    # one slice per study: normal, epidural, intraparenchymal, intraventricular, subdural
-    order = ["normal", "epidural", "intraparenchymal", "intraventricular", "subdural"]
-    labels = np.zeros((5, len(ICH_LABELS)), dtype=np.float32)
+    # one slice per study: normal, epidural, intraparenchymal, intraventricular, subarachnoid, subdural
+    order = ["normal", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural"]
+    labels = np.zeros((6, len(ICH_LABELS)), dtype=np.float32)
     for i, name in enumerate(order[1:], 1):
         labels[i, 0] = labels[i, ICH_LABELS.index(name)] = 1
-    data = IchData(np.zeros((5, 1, 4, 4), np.float16), labels, np.arange(5), order, order)
-    studies = np.arange(5)
+    data = IchData(np.zeros((6, 1, 4, 4), np.float16), labels, np.arange(6), order, order)
+    studies = np.arange(6)
 
     def chosen(subset: str) -> list[str]:
         return [order[s] for s in subset_studies(data, studies, subset)]
 
     assert chosen("all") == order
     assert chosen("subdural") == ["normal", "subdural"]
+    assert chosen("subarachnoid") == ["normal", "subarachnoid"]
+    assert chosen("subarachnoid-vs-extra-axial") == ["normal", "epidural", "subarachnoid", "subdural"]
     assert chosen("intraparenchymal") == ["normal", "intraparenchymal", "intraventricular"]
     with pytest.raises(ValueError, match="subset must be one of"):
         subset_studies(data, studies, "parenchyma")
+
+
+def test_each_specialist_subset_names_the_masks_an_ensemble_averages() -> None:
+    """A specialist's masks are averaged only for the subtypes its subset is built around: the
+    subarachnoid-vs-extra-axial member's parenchymal and ventricular outlines (learned from the few such
+    bleeds lying beside its subtypes) would otherwise draw part of every intraparenchymal outline."""
+    from types import SimpleNamespace
+
+    from dicom_node.ml.ich_ensemble import mask_labels_learned
+
+    def learned(subset: str) -> list[str]:
+        manifest = SimpleNamespace(raw={"training": {"subset": subset}})
+        flags = mask_labels_learned(manifest)  # type: ignore[arg-type]
+        return [label for label, f in zip(ICH_LABELS[1:], flags, strict=True) if f]
+
+    assert learned("all") == list(ICH_LABELS[1:])
+    assert learned("small-lesion") == list(ICH_LABELS[1:])
+    assert learned("subarachnoid") == ["subarachnoid"]
+    assert learned("subarachnoid-vs-extra-axial") == ["epidural", "subarachnoid", "subdural"]
+    assert learned("intraparenchymal") == ["intraparenchymal", "intraventricular"]
 
 
 def test_a_subtype_mask_comes_from_the_members_trained_on_it(models: tuple[Path, Path], tmp_path: Path) -> None:

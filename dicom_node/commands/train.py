@@ -28,8 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", default="auto", choices=["auto", "seg", "boxes", "none"],
                         help="ICH strong annotations: DICOM SEG files under --data, its boxes.csv, or none (weak: "
                         "slice labels only); auto takes SEG, then boxes, then none")
-    parser.add_argument("--subset", default="all", choices=["all", "subdural", "subarachnoid", "intraparenchymal", "small-lesion"],
-                        help="ICH: train a specialist on the matching training studies (plus the normal ones)")
+    parser.add_argument("--subset", default="all",
+                        choices=["all", "subdural", "subarachnoid", "subarachnoid-vs-extra-axial", "intraparenchymal",
+                                 "small-lesion"],
+                        help="ICH: train a specialist on the matching training studies (plus the normal ones; "
+                        "subarachnoid-vs-extra-axial also on the subdural and epidural ones, as hard negatives)")
     parser.add_argument("--neg-ratio", type=float, default=1.0,
                         help="ICH: negative slices per positive slice drawn for each epoch")
     parser.add_argument("--seg-weight", type=float, default=1.0,

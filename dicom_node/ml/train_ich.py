@@ -4,7 +4,9 @@ the study-level model and thresholds fitted on the validation studies. Writes a 
 - Data: `datasets.load_ich` (the node's own selection and preprocessing) with the masks of
   `--annotations` (SEG files, boxes.csv, or none = weak: slice labels only).
 - Subset (seed 002's specialists): `all`; `subdural` / `subarachnoid` (training studies with that subtype,
-  plus the normal ones); `intraparenchymal` (studies with parenchymal or ventricular blood, plus the normal
+  plus the normal ones); `subarachnoid-vs-extra-axial` (subarachnoid studies, the normal ones, and those
+  with subdural or epidural blood: convexity blood under the dura is what an all-ICH network mistakes for
+  subarachnoid, so this specialist sees it as the hard negative it is); `intraparenchymal` (studies with parenchymal or ventricular blood, plus the normal
   ones: ventricular blood is what an all-ICH network mistakes for parenchymal, so this specialist sees it as
   the hard negative it is); `small-lesion` (positive studies whose largest lesion cross-section is at or
   below the median of the positive training studies, plus the normal ones). Validation is always every
@@ -42,10 +44,12 @@ from dicom_node.ml.study_model import FEATURES_CLS, FEATURES_SEG, fit_study_mode
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("all", "subdural", "subarachnoid", "intraparenchymal", "small-lesion")
-# the subtypes whose masks a specialist learns: it sees positives of these only (its other mask outputs are
-# trained on nothing but zeros); "all" and "small-lesion" see every subtype
+SUBSETS = ("all", "subdural", "subarachnoid", "subarachnoid-vs-extra-axial", "intraparenchymal", "small-lesion")
+# the subtypes whose masks a specialist learns, and an ensemble averages: the subtypes its subset is built
+# around (its other mask outputs see positives only where such blood lies beside them, if ever); "all" and
+# "small-lesion" see every subtype
 SUBSET_MASK_LABELS = {"subdural": ("subdural",), "subarachnoid": ("subarachnoid",),
+                      "subarachnoid-vs-extra-axial": ("epidural", "subarachnoid", "subdural"),
                       "intraparenchymal": ("intraparenchymal", "intraventricular")}
 ANNOTATIONS = ("auto", "seg", "boxes", "none")
 
@@ -68,6 +72,9 @@ def subset_studies(data: IchData, studies: np.ndarray, subset: str) -> np.ndarra
     normal = y[:, 0] == 0
     if subset in ("subdural", "subarachnoid"):
         return studies[normal | (y[:, ICH_LABELS.index(subset)] > 0)]
+    if subset == "subarachnoid-vs-extra-axial":
+        extra_axial = (y[:, ICH_LABELS.index("subdural")] > 0) | (y[:, ICH_LABELS.index("epidural")] > 0)
+        return studies[normal | (y[:, ICH_LABELS.index("subarachnoid")] > 0) | extra_axial]
     if subset == "intraparenchymal":
         look_alike = (y[:, ICH_LABELS.index("intraparenchymal")] > 0) | (y[:, ICH_LABELS.index("intraventricular")] > 0)
         return studies[normal | look_alike]
