@@ -6,11 +6,12 @@ the study-level model and thresholds fitted on the validation studies. Writes a 
 - Subset (seed 002's specialists): `all`; `subdural` / `subarachnoid` (training studies with that subtype,
   plus the normal ones); `subarachnoid-vs-extra-axial` (subarachnoid studies, the normal ones, and those
   with subdural or epidural blood: convexity blood under the dura is what an all-ICH network mistakes for
-  subarachnoid, so this specialist sees it as the hard negative it is); `intraparenchymal` (studies with parenchymal or ventricular blood, plus the normal
-  ones: ventricular blood is what an all-ICH network mistakes for parenchymal, so this specialist sees it as
-  the hard negative it is); `small-lesion` (positive studies whose largest lesion cross-section is at or
-  below the median of the positive training studies, plus the normal ones). Validation is always every
-  validation study, so specialists and the all-ICH model are judged, and combined, on the same studies.
+  subarachnoid, so this specialist sees it as the hard negative it is); `intraparenchymal` (studies with
+  parenchymal or ventricular blood, plus the normal ones: ventricular blood is what an all-ICH network
+  mistakes for parenchymal, so this specialist sees it as the hard negative it is); `small-lesion`
+  (positive studies whose largest lesion cross-section is at or below the median of the positive training
+  studies, plus the normal ones). Validation is always every validation study, so specialists and the
+  all-ICH model are judged, and combined, on the same studies.
 - Each epoch sees every positive slice of the subset and `neg_ratio` times as many negative slices drawn
   afresh (normal slices are plentiful and alike).
 - Loss: BCE on the six slice labels (positive weights sqrt(neg/pos), capped at 10) plus, with masks,
@@ -45,9 +46,9 @@ from dicom_node.ml.study_model import FEATURES_CLS, FEATURES_SEG, fit_study_mode
 log = logging.getLogger(__name__)
 
 SUBSETS = ("all", "subdural", "subarachnoid", "subarachnoid-vs-extra-axial", "intraparenchymal", "small-lesion")
-# the subtypes whose masks a specialist learns, and an ensemble averages: the subtypes its subset is built
-# around (its other mask outputs see positives only where such blood lies beside them, if ever); "all" and
-# "small-lesion" see every subtype
+# the subtypes a specialist is built around: its training studies are those with any of them (plus the
+# normal ones), and an ensemble averages its masks of these only (its other mask outputs see positives only
+# where such blood lies beside them, if ever); "all" and "small-lesion" see every subtype
 SUBSET_MASK_LABELS = {"subdural": ("subdural",), "subarachnoid": ("subarachnoid",),
                       "subarachnoid-vs-extra-axial": ("epidural", "subarachnoid", "subdural"),
                       "intraparenchymal": ("intraparenchymal", "intraventricular")}
@@ -70,14 +71,9 @@ def subset_studies(data: IchData, studies: np.ndarray, subset: str) -> np.ndarra
         return studies
     y = np.stack([data.labels[data.study == s].max(axis=0) for s in studies])
     normal = y[:, 0] == 0
-    if subset in ("subdural", "subarachnoid"):
-        return studies[normal | (y[:, ICH_LABELS.index(subset)] > 0)]
-    if subset == "subarachnoid-vs-extra-axial":
-        extra_axial = (y[:, ICH_LABELS.index("subdural")] > 0) | (y[:, ICH_LABELS.index("epidural")] > 0)
-        return studies[normal | (y[:, ICH_LABELS.index("subarachnoid")] > 0) | extra_axial]
-    if subset == "intraparenchymal":
-        look_alike = (y[:, ICH_LABELS.index("intraparenchymal")] > 0) | (y[:, ICH_LABELS.index("intraventricular")] > 0)
-        return studies[normal | look_alike]
+    if subset in SUBSET_MASK_LABELS:  # a specialist learns from the studies with the subtypes it is built around
+        columns = [ICH_LABELS.index(label) for label in SUBSET_MASK_LABELS[subset]]
+        return studies[normal | (y[:, columns] > 0).any(axis=1)]
     size = np.array([_largest_section(data, s) for s in studies], dtype=np.float64)
     cut = float(np.median(size[~normal])) if (~normal).any() else 0.0
     return studies[normal | (size <= cut)]
