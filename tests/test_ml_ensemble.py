@@ -37,10 +37,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ensemble")
     data = root / "data"
     generate("ct-head", 14, seed=3, out=data, size=64, n_slices=8, distractors=False)
-    for name, subset, size in (("ich-a", "all", 32), ("ich-b", "subdural", 48)):  # members of two input sizes
+    # members of two input sizes, the second trained on crops of its input (as a full-resolution member is)
+    for name, subset, size, crop in (("ich-a", "all", 32, 0), ("ich-b", "subdural", 48, 32)):
         train(TrainOptions(task="ich", data=data, out=root / "models" / name / V, epochs=1, size=size, name=name,
                            version=V, architecture="narrow_resnet_w8_seg", val_fraction=0.3, subset=subset,
-                           context_slices=1))
+                           context_slices=1, extra={"crop": crop}))
     exe = Path(sys.executable).parent / "dicom-node"
     proc = subprocess.run([str(exe), "train", "--model", "ich-ensemble", "--data", str(data), "--models-dir",
                            str(root / "models"), "--members", f"ich-a/{V},ich-b/{V}", "--out",
@@ -64,6 +65,7 @@ def test_members_record_strong_annotations_and_one_validation_set(models: tuple[
     b = json.loads((root / "ich-b" / V / "manifest.json").read_text())
     assert a["training"]["annotations"] == "seg" and a["components"][0]["architecture"] == "narrow_resnet_w8_seg"
     assert b["training"]["subset"] == "subdural" and b["training"]["train_studies"] < a["training"]["train_studies"]
+    assert b["training"]["crop"] == 32 and "crop" not in a["training"]
     assert a["training"]["validation_study_uids"] == b["training"]["validation_study_uids"]
     assert a["preprocessing"]["study_aggregation"] == "study_model"
     for label in ICH_LABELS:
@@ -160,6 +162,7 @@ def test_specialist_subsets_choose_their_studies_and_the_normal_ones() -> None:
     assert chosen("subarachnoid") == ["normal", "subarachnoid"]
     assert chosen("subarachnoid-vs-extra-axial") == ["normal", "epidural", "subarachnoid", "subdural"]
     assert chosen("intraparenchymal") == ["normal", "intraparenchymal", "intraventricular"]
+    assert chosen("intraparenchymal-only") == ["normal", "intraparenchymal"]
     with pytest.raises(ValueError, match="subset must be one of"):
         subset_studies(data, studies, "parenchyma")
 
@@ -182,6 +185,7 @@ def test_each_specialist_subset_names_the_masks_an_ensemble_averages() -> None:
     assert learned("subarachnoid") == ["subarachnoid"]
     assert learned("subarachnoid-vs-extra-axial") == ["epidural", "subarachnoid", "subdural"]
     assert learned("intraparenchymal") == ["intraparenchymal", "intraventricular"]
+    assert learned("intraparenchymal-only") == ["intraparenchymal"]
 
 
 def test_a_subtype_mask_comes_from_the_members_trained_on_it(models: tuple[Path, Path], tmp_path: Path) -> None:
@@ -207,3 +211,31 @@ def test_a_subtype_mask_comes_from_the_members_trained_on_it(models: tuple[Path,
     np.testing.assert_allclose(out[:, edh], a[:, edh], atol=1e-6)
     np.testing.assert_allclose(out[:, sdh], 0.25 * a[:, sdh] + 0.75 * b[:, sdh], atol=1e-6)
     assert not np.allclose(a[:, edh], b[:, edh])  # the rule changed something: b's epidural output differs
+
+
+def test_crop_training_centres_on_blood_and_labels_only_what_the_crop_holds() -> None:
+    """Full-resolution crop training (`train --crop`): a crop of a slice with blood holds that blood (it
+    is labelled positive), a crop elsewhere in the head is a negative, and crops are taken inside the head."""
+    from dicom_node.ml.datasets import IchData
+    from dicom_node.ml.train_ich import _crops
+
+    size, crop = 64, 16
+    x = np.zeros((2, 3, size, size), np.float16)
+    x[:, 2, 8:56, 8:56] = 0.5  # the head (soft-tissue window above zero)
+    masks = np.zeros((2, 5, size // 2, size // 2), np.uint8)
+    masks[0, 1, 20:24, 6:10] = 255  # slice 0: intraparenchymal blood at full-res rows 40-47, cols 12-19
+    labels = np.zeros((2, len(ICH_LABELS)), np.float32)
+    labels[0, 0] = labels[0, 2] = 1
+    data = IchData(x, labels, np.arange(2), ["a", "b"], ["a", "b"], masks, "seg")
+    rng = np.random.default_rng(0)
+    held = positives = 0
+    for _ in range(200):
+        xs, ms, ys = _crops(data, np.array([0, 1]), crop, rng)
+        assert xs.shape == (2, 3, crop, crop) and ms.shape == (2, 5, crop // 2, crop // 2)
+        for k in range(2):
+            assert bool(ys[k, 2]) == (ms[k, 1].sum() >= 3) and ys[k, 0] == ys[k, 1:].max()
+            assert xs[k, 2].max() > 0  # inside the head, never a crop of air alone
+        held += ms[0, 1].sum() > 0
+        positives += ys[0, 2]
+        assert ys[1].sum() == 0
+    assert 0.6 < positives / 200 <= held / 200 <= 1.0  # four in five crops of a bleeding slice hold its blood

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "slice labels only); auto takes SEG, then boxes, then none")
     parser.add_argument("--subset", default="all",
                         choices=["all", "subdural", "subarachnoid", "subarachnoid-vs-extra-axial", "intraparenchymal",
-                                 "small-lesion"],
+                                 "intraparenchymal-only", "small-lesion"],
                         help="ICH: train a specialist on the matching training studies (plus the normal ones; "
                         "subarachnoid-vs-extra-axial also on the subdural and epidural ones, as hard negatives)")
     parser.add_argument("--neg-ratio", type=float, default=1.0,
@@ -44,9 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", default="",
                         help="ich-ensemble: comma-separated member models NAME/VERSION under --models-dir")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="ich-ensemble: where the members are")
-    parser.add_argument("--crop", type=int, default=128,
-                        help="cmb: detector training crop in pixels (--arch maskrcnn_tiny_fpn, the default for cmb, "
-                        "or maskrcnn_resnet50_fpn)")
+    parser.add_argument("--crop", type=int, default=None,
+                        help="cmb: detector training crop in pixels (default 128; --arch maskrcnn_tiny_fpn, the "
+                        "default for cmb, or maskrcnn_resnet50_fpn); ich: train a *_seg network on crops of this "
+                        "many pixels of its --size input, centred on the blood of slices that have it (default: "
+                        "whole slices), e.g. --size 512 --crop 128 for full resolution at a 128 px cost")
     parser.add_argument("--mil-epochs", type=int, default=150, help="cmb: epochs of the MIL classifier")
     parser.add_argument("--detector-from", type=Path, default=None, metavar="MODEL_DIR",
                         help="cmb: reuse the detector of this cmb model folder and train only the location, bleed "

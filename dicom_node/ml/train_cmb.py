@@ -374,7 +374,7 @@ def _detector_options(opts: TrainOptions, arch: str, source: dict[str, Any] | No
 
 def train_cmb(opts: TrainOptions) -> Path:
     seed_everything(opts.seed)
-    crop = min(int(opts.extra.get("crop", 128)), opts.size)
+    crop = min(int(opts.extra.get("crop") or 128), opts.size)
     mil_epochs = int(opts.extra.get("mil_epochs", 150))
     detector_from = opts.extra.get("detector_from")
     reused: dict[str, Any] = {}

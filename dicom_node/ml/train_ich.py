@@ -8,12 +8,17 @@ the study-level model and thresholds fitted on the validation studies. Writes a 
   with subdural or epidural blood: convexity blood under the dura is what an all-ICH network mistakes for
   subarachnoid, so this specialist sees it as the hard negative it is); `intraparenchymal` (studies with
   parenchymal or ventricular blood, plus the normal ones: ventricular blood is what an all-ICH network
-  mistakes for parenchymal, so this specialist sees it as the hard negative it is); `small-lesion`
+  mistakes for parenchymal, so this specialist sees it as the hard negative it is); `intraparenchymal-only`
+  (studies with parenchymal blood, plus the normal ones: for a full-resolution member); `small-lesion`
   (positive studies whose largest lesion cross-section is at or below the median of the positive training
   studies, plus the normal ones). Validation is always every validation study, so specialists and the
   all-ICH model are judged, and combined, on the same studies.
 - Each epoch sees every positive slice of the subset and `neg_ratio` times as many negative slices drawn
   afresh (normal slices are plentiful and alike).
+- Crops (`crop` below the input size; `_crops`): each slice is seen as a crop of its input, around its blood
+  or anywhere in the head, so a network can learn at full resolution (512 px: a 4 mm clot is 18 px across,
+  not 4 as at 128 px) for the cost of training at the crop size. The network is fully convolutional; it
+  runs on whole slices in `evaluate` and the worker, and its study model is fitted on whole slices.
 - Loss: BCE on the six slice labels (positive weights sqrt(neg/pos), capped at 10) plus, with masks,
   `seg_weight` x (BCE + soft Dice) on the five subtype masks at half the input resolution. Flips and
   shifts move image and mask together.
@@ -45,13 +50,15 @@ from dicom_node.ml.study_model import FEATURES_CLS, FEATURES_SEG, fit_study_mode
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("all", "subdural", "subarachnoid", "subarachnoid-vs-extra-axial", "intraparenchymal", "small-lesion")
+SUBSETS = ("all", "subdural", "subarachnoid", "subarachnoid-vs-extra-axial", "intraparenchymal",
+           "intraparenchymal-only", "small-lesion")
 # the subtypes a specialist is built around: its training studies are those with any of them (plus the
 # normal ones), and an ensemble averages its masks of these only (its other mask outputs see positives only
 # where such blood lies beside them, if ever); "all" and "small-lesion" see every subtype
 SUBSET_MASK_LABELS = {"subdural": ("subdural",), "subarachnoid": ("subarachnoid",),
                       "subarachnoid-vs-extra-axial": ("epidural", "subarachnoid", "subdural"),
-                      "intraparenchymal": ("intraparenchymal", "intraventricular")}
+                      "intraparenchymal": ("intraparenchymal", "intraventricular"),
+                      "intraparenchymal-only": ("intraparenchymal",)}
 ANNOTATIONS = ("auto", "seg", "boxes", "none")
 
 
@@ -61,6 +68,7 @@ class IchOptions:
     subset: str = "all"
     neg_ratio: float = 1.0
     seg_weight: float = 1.0
+    crop: int = 0  # > 0 and below the input size: train on crops of this many pixels (see `_crops`)
 
 
 def subset_studies(data: IchData, studies: np.ndarray, subset: str) -> np.ndarray:
@@ -101,6 +109,51 @@ def _augment(x: torch.Tensor, m: torch.Tensor | None, gen: torch.Generator
     return x, m
 
 
+CROP_MIN_MASK_PIXELS = 3  # a crop is positive for a subtype when the slice is and the crop holds this much of its mask
+
+
+def _crops(data: IchData, idx: np.ndarray, crop: int, rng: np.random.Generator
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full-resolution training crops (B, C, crop, crop), their masks (B, M, crop/2, crop/2) and labels (B, L).
+
+    A slice with blood is cropped around one of its mask pixels (drawn at random, the crop shifted by up to a
+    quarter of its size) four times in five, elsewhere in the head otherwise; a slice without blood anywhere in
+    the head (where the soft-tissue window is above zero). A crop keeps a subtype's slice label only when it
+    holds at least CROP_MIN_MASK_PIXELS of that subtype's mask, so a crop beside the lesion is a negative."""
+    assert data.masks is not None
+    size, half = data.inputs.shape[-1], crop // 2
+    xs, ms, ys = [], [], []
+    for i in idx:
+        mask = data.masks[i]
+        blood = np.argwhere(mask.max(axis=0) > 127)
+        if len(blood) and rng.random() < 0.8:
+            r, c = 2 * blood[rng.integers(len(blood))]
+            r, c = (int(v + rng.integers(-crop // 4, crop // 4 + 1)) for v in (r, c))
+        else:
+            head = np.argwhere(data.inputs[i, -1, ::4, ::4] > 0)
+            r, c = (4 * head[rng.integers(len(head))]) if len(head) else (size // 2, size // 2)
+        top = int(np.clip(r - half, 0, size - crop)) // 2 * 2
+        left = int(np.clip(c - half, 0, size - crop)) // 2 * 2
+        xs.append(data.inputs[i, :, top : top + crop, left : left + crop])
+        m = mask[:, top // 2 : (top + crop) // 2, left // 2 : (left + crop) // 2]
+        y = data.labels[i].copy()
+        y[1:] *= (m > 127).sum(axis=(1, 2)) >= CROP_MIN_MASK_PIXELS
+        y[0] = y[1:].max()
+        ms.append(m)
+        ys.append(y)
+    return np.stack(xs).astype(np.float32), np.stack(ms).astype(np.float32) / 255.0, np.stack(ys)
+
+
+def _batch(data: IchData, idx: np.ndarray, crop: int, use_masks: bool, rng: np.random.Generator
+           ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Inputs, masks (None without them) and labels of the slices `idx`: whole, or cropped (`crop` > 0)."""
+    if crop:
+        x, m, y = _crops(data, idx, crop, rng)
+        return torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(y)
+    masks = torch.from_numpy(data.masks[idx].astype(np.float32) / 255.0) if use_masks and data.masks is not None else None
+    return torch.from_numpy(data.inputs[idx].astype(np.float32)), masks, torch.from_numpy(data.labels[idx])
+
+
 def optimizer_step(loss: torch.Tensor, optim: torch.optim.Optimizer, sched: Any, bar: Any, epoch: int) -> float:
     """Backward, step the optimiser and the schedule, show progress; the batch loss."""
     optim.zero_grad(set_to_none=True)
@@ -125,6 +178,9 @@ def fit_ich(net: nn.Module, data: IchData, rows: np.ndarray, epochs: int, batch_
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     use_masks = has_masks(net) and data.masks is not None and opts.seg_weight > 0
+    cropping = 0 < opts.crop < data.inputs.shape[-1]
+    if cropping and not use_masks:
+        raise ValueError("crop training needs strong annotations (masks) and a *_seg architecture")
     y_all = data.labels[rows]
     pos_rows, neg_rows = rows[y_all[:, 0] > 0], rows[y_all[:, 0] == 0]
     n_neg = min(len(neg_rows), max(1, round(len(pos_rows) * opts.neg_ratio))) if len(pos_rows) else len(neg_rows)
@@ -144,10 +200,8 @@ def fit_ich(net: nn.Module, data: IchData, rows: np.ndarray, epochs: int, batch_
             total = 0.0
             for start in range(0, len(order), batch_size):
                 idx = np.sort(order[start : start + batch_size])
-                xb = torch.from_numpy(data.inputs[idx].astype(np.float32))
-                mb = torch.from_numpy(data.masks[idx].astype(np.float32) / 255.0) if use_masks else None  # type: ignore[index]
+                xb, mb, yb = _batch(data, idx, opts.crop if cropping else 0, use_masks, rng)
                 xb, mb = _augment(xb, mb, gen)
-                yb = torch.from_numpy(data.labels[idx])
                 if mb is not None:
                     logits, mask_logits = net.forward_with_masks(xb)  # type: ignore[operator]
                     loss = bce(logits, yb) + opts.seg_weight * (mask_bce(mask_logits, mb) + _dice_loss(mask_logits, mb))
@@ -189,6 +243,7 @@ def train_ich_model(data: IchData, spec: InputSpec, train_s: np.ndarray, val_s: 
     model, points, oof = fit_study_model(x, y, ICH_LABELS, features, seed)
     report: dict[str, Any] = {
         "subset": opts.subset, "annotations": data.annotation if opts.seg_weight > 0 else "none",
+        **({"crop": opts.crop} if opts.crop else {}),
         "train_studies": len(chosen), "train_slices": len(rows), "validation_studies": len(val_s),
         "validation_study_uids": [data.study_uids[s] for s in val_s],
         "study_model_fitted_on": "validation studies" if len(val_s) >= 2 else "training studies (too few validation)",
