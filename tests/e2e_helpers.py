@@ -23,7 +23,7 @@ STORESCU = "/usr/bin/storescu"
 # The shipped demo models; DICOM_NODE_E2E_MODELS points the end-to-end tests at another models folder.
 MODELS = Path(os.environ.get("DICOM_NODE_E2E_MODELS", REPO / "models"))
 DEMO_VERSION = "0.1.0-synthetic-demo"  # the first SIH and ICH demos' version
-ICH_DEMO_VERSION = "0.5.0-synthetic-demo"  # the weighted ensemble with masks (models/ich/..., ich-* members)
+ICH_DEMO_VERSION = "0.6.0-synthetic-demo"  # the weighted ensemble with masks (models/ich/..., ich-* members)
 SIH_DEMO_VERSION = "0.2.0-synthetic-demo"  # trained at the demo's 256 px, threshold chosen at study level
 CMB_DEMO_VERSION = "0.4.0-synthetic-demo"  # microbleeds: Mask R-CNN at 256 px, candidate rescorer, MIL with FLAIR
 DEMO_MODELS = [{"name": "ich", "version": ICH_DEMO_VERSION}, {"name": "sih", "version": SIH_DEMO_VERSION}]

@@ -74,6 +74,8 @@ def test_members_record_strong_annotations_and_one_validation_set(models: tuple[
     ens = json.loads((root / "ich-ens" / V / "manifest.json").read_text())
     assert [m["name"] for m in ens["ensemble"]["members"]] == ["ich-a", "ich-b"]
     assert all(w >= 0 for label in ICH_LABELS for w in ens["ensemble"]["weights"][label].values())
+    # the subdural specialist's logit enters the subdural probability only
+    assert all(ens["ensemble"]["weights"][label]["ich-b"] == 0 for label in ICH_LABELS if label != "subdural")
 
 
 def test_ensemble_loads_by_name_and_combines_its_members(models: tuple[Path, Path]) -> None:
@@ -189,8 +191,9 @@ def test_each_specialist_subset_names_the_masks_an_ensemble_averages() -> None:
 
 
 def test_a_subtype_mask_comes_from_the_members_trained_on_it(models: tuple[Path, Path], tmp_path: Path) -> None:
-    """ich-b (subdural specialist) learned only the subdural mask: its epidural output is not averaged in,
-    while both members' subdural masks are, with the label's weights; masks resampled to the finer grid."""
+    """ich-b (subdural specialist) learned only the subdural mask: its epidural output is not averaged in;
+    both members learned the subdural mask, and ich-b's, on the finer grid (48 px input, 24 px masks against
+    ich-a's 16), draws it; ich-a's epidural mask is resampled to that grid."""
     from dicom_node.ml.ich_ensemble import on_grid
 
     root, data = models
@@ -209,7 +212,8 @@ def test_a_subtype_mask_comes_from_the_members_trained_on_it(models: tuple[Path,
     assert out is not None
     sdh, edh = ICH_LABELS.index("subdural") - 1, ICH_LABELS.index("epidural") - 1
     np.testing.assert_allclose(out[:, edh], a[:, edh], atol=1e-6)
-    np.testing.assert_allclose(out[:, sdh], 0.25 * a[:, sdh] + 0.75 * b[:, sdh], atol=1e-6)
+    np.testing.assert_allclose(out[:, sdh], b[:, sdh], atol=1e-6)
+    assert not np.allclose(a[:, sdh], b[:, sdh])  # ich-a's coarser subdural mask would have changed it
     assert not np.allclose(a[:, edh], b[:, edh])  # the rule changed something: b's epidural output differs
 
 
@@ -239,3 +243,19 @@ def test_crop_training_centres_on_blood_and_labels_only_what_the_crop_holds() ->
         positives += ys[0, 2]
         assert ys[1].sum() == 0
     assert 0.6 < positives / 200 <= held / 200 <= 1.0  # four in five crops of a bleeding slice hold its blood
+
+
+def test_the_finest_members_trained_on_a_subtype_draw_its_mask() -> None:
+    """Members on one grid share a subtype's mask by their weights; a member on a finer grid (the
+    full-resolution parenchymal specialist) draws alone the subtypes it learned, since a coarse mask averaged
+    in blurs a small clot under the 0.5 level; a subtype it did not learn keeps the coarse members' mean."""
+    from dicom_node.ml.ich_ensemble import mask_shares
+
+    weights = np.array([[0.25, 0.5, 0.3], [0.75, 0.5, 0.0]])  # 2 members x 3 subtypes
+    learned = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    same = mask_shares(weights, learned, np.array([64, 64]))
+    np.testing.assert_allclose(same, [[1.0, 0.5, 1.0], [0.0, 0.5, 0.0]])  # member 1 did not learn subtype 0
+    finer = mask_shares(weights, learned, np.array([64, 256]))
+    np.testing.assert_allclose(finer, [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # subtype 2: member 1 has no weight
+    none = mask_shares(np.zeros((2, 3)), learned, np.array([64, 256]))
+    assert not none.any()

@@ -8,11 +8,12 @@ An ensemble is a model folder whose manifest names its members instead of weight
 
 Each member is an ordinary ICH model folder (its own network, input size, study model and thresholds) under
 the same models directory. The study probability of a label is sigmoid(b + sum_m w_m * logit(p_m)), p_m
-being member m's study probability; mask and slice probabilities are the members' means weighted by the
-same (positive) weights. A subtype's mask comes only from the members trained on it (a subdural specialist's
-epidural mask output learned nothing but zeros), and masks of members with different input sizes are first
-resampled to the finest grid (every grid covers the same square, which the first member's placement maps back
-to the source). Loading checks every member's manifest sha256 against the ensemble's (a member's manifest in turn
+being member m's study probability; a specialist's weights are fitted (and non-zero) only for its subset's
+subtypes. Mask and slice probabilities are the members' means weighted by the same (positive) weights. A
+subtype's mask comes only from the members trained on it (a subdural specialist's epidural mask output
+learned nothing but zeros), and among those from the ones on the finest grid (`mask_shares`); masks of
+members with different input sizes are first resampled to the finest grid (every grid covers the same
+square, which the first member's placement maps back to the source). Loading checks every member's manifest sha256 against the ensemble's (a member's manifest in turn
 carries its weights' sha256), so the ensemble runs exactly the members it was fitted with, or refuses.
 The SR's algorithm identification names the ensemble with its members and their versions.
 """
@@ -81,14 +82,42 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.asarray(np.log(p / (1 - p)))
 
 
+def specialist_labels(manifest: Manifest) -> tuple[str, ...] | None:
+    """The subtypes a specialist member is built around (its subset's), or None for a member that learned
+    every label (all-ICH, small-lesion)."""
+    from dicom_node.ml.train_ich import SUBSET_MASK_LABELS
+
+    return SUBSET_MASK_LABELS.get(str(manifest.raw.get("training", {}).get("subset", "all")))
+
+
 def mask_labels_learned(manifest: Manifest) -> np.ndarray:
     """(L-1,) 1.0 for each subtype whose mask the member was trained on (a specialist's subset names them;
     its other mask outputs learned only zeros), else 0.0."""
-    from dicom_node.ml.train_ich import SUBSET_MASK_LABELS
-
-    subset = str(manifest.raw.get("training", {}).get("subset", "all"))
-    learned = SUBSET_MASK_LABELS.get(subset, ICH_LABELS[1:])
+    learned = specialist_labels(manifest) or ICH_LABELS[1:]
     return np.array([1.0 if label in learned else 0.0 for label in ICH_LABELS[1:]])
+
+
+def study_labels_entered(manifest: Manifest) -> np.ndarray:
+    """(L,) 1.0 for each label whose study probability the member's logit may enter when the weights are
+    fitted: a specialist's subtypes only (a full-resolution parenchymal member has no say on "any" or on
+    subdural blood, which it saw only beside parenchymal blood), every label for the other members."""
+    entered = specialist_labels(manifest) or ICH_LABELS
+    return np.array([1.0 if label in entered else 0.0 for label in ICH_LABELS])
+
+
+def mask_shares(weights: np.ndarray, learned: np.ndarray, grids: np.ndarray) -> np.ndarray:
+    """(M, L-1) share of each member's mask in each subtype's ensemble mask, from the members' subtype weights
+    (M, L-1), which masks they learned (M, L-1) and their mask grids (M,): among the members trained on a
+    subtype, those on the finest grid draw it, in proportion to their weights (a coarse mask resampled to a
+    finer grid blurs a small clot the fine one outlines, and averaged with it pulls it under the 0.5 level).
+    A subtype no member learned, or none weighs, is drawn by every member with its weight."""
+    w = np.maximum(np.asarray(weights, dtype=np.float64), 0.0)
+    take = (w * learned) > 0
+    finest = np.where(take, grids[:, None], 0).max(axis=0)  # (L-1,) the finest grid among the members taken
+    take &= grids[:, None] == finest[None, :]
+    share = np.where(take, w, 0.0)
+    share = np.where(share.sum(axis=0, keepdims=True) > 0, share, w)
+    return np.asarray(share / np.maximum(share.sum(axis=0, keepdims=True), 1e-9))
 
 
 def on_grid(masks: np.ndarray, size: int) -> np.ndarray:
@@ -149,11 +178,9 @@ class IchEnsemblePipeline(Pipeline):
         with_masks = [k for k, o in enumerate(outs) if o.masks is not None]
         masks = None
         if with_masks:
-            wm = w[with_masks, 1:] * self.learned[with_masks]  # (M', L-1): only masks a member was trained on
-            wm = np.where(wm.sum(axis=0, keepdims=True) > 0, wm, w[with_masks, 1:])
-            sub = wm / np.maximum(wm.sum(axis=0, keepdims=True), 1e-9)
-            grid = max(outs[k].masks.shape[-1] for k in with_masks)  # type: ignore[union-attr]
-            masks = sum(sub[n][None, :, None, None] * on_grid(outs[k].masks, grid)  # type: ignore[arg-type]
+            sizes = np.array([outs[k].masks.shape[-1] for k in with_masks])  # type: ignore[union-attr]
+            sub = mask_shares(w[with_masks, 1:], self.learned[with_masks], sizes)
+            masks = sum(sub[n][None, :, None, None] * on_grid(outs[k].masks, int(sizes.max()))  # type: ignore[arg-type]
                         for n, k in enumerate(with_masks))
         first = outs[0]
         return SeriesOutputs(first.slices, first.hu, first.inputs, first.places, np.asarray(slice_probs),

@@ -24,8 +24,13 @@ from dicom_node.errors import ModelError, PixelDataError, SelectionError
 from dicom_node.ml.datasets import by_study, read_rsna_labels, scan_dicom
 from dicom_node.ml.device import choose_device
 from dicom_node.ml.ich import IchPipeline
-from dicom_node.ml.ich_ensemble import ensemble_manifest_entry, member_manifests, run_members
-from dicom_node.ml.manifest import ICH_LABELS, write_manifest
+from dicom_node.ml.ich_ensemble import (
+    ensemble_manifest_entry,
+    member_manifests,
+    run_members,
+    study_labels_entered,
+)
+from dicom_node.ml.manifest import ICH_LABELS, Manifest, write_manifest
 from dicom_node.ml.metrics import auroc
 from dicom_node.ml.study_model import out_of_fold, pooled_threshold
 
@@ -103,19 +108,28 @@ def train_ensemble(data_dir: Path, models_dir: Path, members_spec: list[str], ou
     if not all(isinstance(m, IchPipeline) for m in members):
         raise ModelError("ensemble members must be ICH models")
     x, y = validation_logits(members, data_dir, uids)  # type: ignore[arg-type]
+    return write_ensemble(out, manifests, x, y, fitted_on, name, version, synthetic_demo, data_dir, seed)
+
+
+def write_ensemble(out: Path, manifests: list[Manifest], x: np.ndarray, y: np.ndarray, fitted_on: str, name: str,
+                   version: str, synthetic_demo: bool, data_dir: Path, seed: int = 0) -> Path:
+    """Fit the weights, intercepts and thresholds on members' study logits `x` (S, M, L) and labels `y` (S, L),
+    and write the ensemble folder. A member's logit enters only the labels `study_labels_entered` gives it."""
     n_members, n_labels = x.shape[1], x.shape[2]
+    entered = np.stack([study_labels_entered(m) for m in manifests])  # (M, L)
     weights, intercepts = np.zeros((n_members, n_labels)), np.zeros(n_labels)
-    oof = np.zeros_like(y)
     rng = np.random.default_rng(seed)
     points: dict[str, Any] = {}
     report: dict[str, Any] = {}
     for j, label in enumerate(ICH_LABELS):
-        weights[:, j], intercepts[j] = fit_weights(x[:, :, j], y[:, j])
-        folds = out_of_fold(x[:, :, j], y[:, j], rng, fit_weights, lambda m, xs: _predict(xs, *m),
-                            (weights[:, j], intercepts[j]))
-        oof[:, j] = folds.mean(axis=0)
+        cols = np.flatnonzero(entered[:, j])
+        if not len(cols):
+            raise ModelError(f"no ensemble member is trained on {label!r}: add an all-ICH member")
+        weights[cols, j], intercepts[j] = fit_weights(x[:, cols, j], y[:, j])
+        folds = out_of_fold(x[:, cols, j], y[:, j], rng, fit_weights, lambda m, xs: _predict(xs, *m),
+                            (weights[cols, j], intercepts[j]))
         points[label] = pooled_threshold(y[:, j], folds).to_json()
-        report[label] = {"ensemble_auroc_out_of_fold": _r(auroc(y[:, j], oof[:, j])),
+        report[label] = {"ensemble_auroc_out_of_fold": _r(auroc(y[:, j], folds.mean(axis=0))),
                          **{f"{m.name}_auroc": _r(auroc(y[:, j], 1 / (1 + np.exp(-x[:, k, j]))))
                             for k, m in enumerate(manifests)}}
     manifest = {
