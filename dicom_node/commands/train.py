@@ -32,7 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["all", "subdural", "subarachnoid", "subarachnoid-vs-extra-axial", "intraparenchymal",
                                  "intraparenchymal-only", "small-lesion"],
                         help="ICH: train a specialist on the matching training studies (plus the normal ones; "
-                        "subarachnoid-vs-extra-axial also on the subdural and epidural ones, as hard negatives)")
+                        "subarachnoid-vs-extra-axial also on the subdural and epidural ones, intraparenchymal on "
+                        "the intraventricular ones, as hard negatives; intraparenchymal-only on the parenchymal "
+                        "ones alone); an ensemble fits a specialist's weights and draws its masks for its "
+                        "subtypes only")
     parser.add_argument("--neg-ratio", type=float, default=1.0,
                         help="ICH: negative slices per positive slice drawn for each epoch")
     parser.add_argument("--seg-weight", type=float, default=1.0,

@@ -13,8 +13,9 @@ subtypes. Mask and slice probabilities are the members' means weighted by the sa
 subtype's mask comes only from the members trained on it (a subdural specialist's epidural mask output
 learned nothing but zeros), and among those from the ones on the finest grid (`mask_shares`); masks of
 members with different input sizes are first resampled to the finest grid (every grid covers the same
-square, which the first member's placement maps back to the source). Loading checks every member's manifest sha256 against the ensemble's (a member's manifest in turn
-carries its weights' sha256), so the ensemble runs exactly the members it was fitted with, or refuses.
+square, which the first member's placement maps back to the source). Loading checks every member's
+manifest sha256 against the ensemble's (a member's manifest in turn carries its weights' sha256), so the
+ensemble runs exactly the members it was fitted with, or refuses.
 The SR's algorithm identification names the ensemble with its members and their versions.
 """
 
