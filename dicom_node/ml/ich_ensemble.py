@@ -181,8 +181,11 @@ class IchEnsemblePipeline(Pipeline):
         if with_masks:
             sizes = np.array([outs[k].masks.shape[-1] for k in with_masks])  # type: ignore[union-attr]
             sub = mask_shares(w[with_masks, 1:], self.learned[with_masks], sizes)
-            masks = sum(sub[n][None, :, None, None] * on_grid(outs[k].masks, int(sizes.max()))  # type: ignore[arg-type]
-                        for n, k in enumerate(with_masks))
+            # a member that draws no subtype's mask is not resampled (its grid may be 16 times smaller)
+            drawn = [(n, k) for n, k in enumerate(with_masks) if sub[n].any()]
+            if drawn:
+                masks = sum(sub[n][None, :, None, None] * on_grid(outs[k].masks, int(sizes.max()))  # type: ignore[arg-type]
+                            for n, k in drawn)
         first = outs[0]
         return SeriesOutputs(first.slices, first.hu, first.inputs, first.places, np.asarray(slice_probs),
                              self.combine(study_logits), None if masks is None else np.asarray(masks))

@@ -126,8 +126,7 @@ def train_ich(opts: TrainOptions) -> Path:
     spec = ich_spec(opts.size, opts.context_slices)
     data = load_training_data(opts.data, spec, opts.annotations)
     train_s, val_s = split_studies(len(data.study_uids), opts.val_fraction, opts.seed)
-    crop = int(opts.extra.get("crop") or 0)
-    ich_opts = IchOptions(opts.annotations, opts.subset, opts.neg_ratio, opts.seg_weight, crop if crop < opts.size else 0)
+    ich_opts = IchOptions(opts.annotations, opts.subset, opts.neg_ratio, opts.seg_weight, int(opts.extra.get("crop") or 0))
     net, study_model, thresholds, report = train_ich_model(
         data, spec, train_s, val_s, opts.architecture, opts.epochs, opts.batch_size, opts.learning_rate, opts.seed,
         ich_opts)

@@ -70,6 +70,10 @@ class IchOptions:
     seg_weight: float = 1.0
     crop: int = 0  # > 0 and below the input size: train on crops of this many pixels (see `_crops`)
 
+    def crop_at(self, size: int) -> int:
+        """The crop used for inputs of `size` px: 0 (whole slices) unless the crop is smaller."""
+        return self.crop if 0 < self.crop < size else 0
+
 
 def subset_studies(data: IchData, studies: np.ndarray, subset: str) -> np.ndarray:
     """The training studies a specialist learns from (see the module docstring)."""
@@ -178,8 +182,8 @@ def fit_ich(net: nn.Module, data: IchData, rows: np.ndarray, epochs: int, batch_
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     use_masks = has_masks(net) and data.masks is not None and opts.seg_weight > 0
-    cropping = 0 < opts.crop < data.inputs.shape[-1]
-    if cropping and not use_masks:
+    crop = opts.crop_at(data.inputs.shape[-1])
+    if crop and not use_masks:
         raise ValueError("crop training needs strong annotations (masks) and a *_seg architecture")
     y_all = data.labels[rows]
     pos_rows, neg_rows = rows[y_all[:, 0] > 0], rows[y_all[:, 0] == 0]
@@ -200,7 +204,7 @@ def fit_ich(net: nn.Module, data: IchData, rows: np.ndarray, epochs: int, batch_
             total = 0.0
             for start in range(0, len(order), batch_size):
                 idx = np.sort(order[start : start + batch_size])
-                xb, mb, yb = _batch(data, idx, opts.crop if cropping else 0, use_masks, rng)
+                xb, mb, yb = _batch(data, idx, crop, use_masks, rng)
                 xb, mb = _augment(xb, mb, gen)
                 if mb is not None:
                     logits, mask_logits = net.forward_with_masks(xb)  # type: ignore[operator]
@@ -243,7 +247,7 @@ def train_ich_model(data: IchData, spec: InputSpec, train_s: np.ndarray, val_s: 
     model, points, oof = fit_study_model(x, y, ICH_LABELS, features, seed)
     report: dict[str, Any] = {
         "subset": opts.subset, "annotations": data.annotation if opts.seg_weight > 0 else "none",
-        **({"crop": opts.crop} if opts.crop else {}),
+        **({"crop": opts.crop} if opts.crop_at(spec.size) else {}),
         "train_studies": len(chosen), "train_slices": len(rows), "validation_studies": len(val_s),
         "validation_study_uids": [data.study_uids[s] for s in val_s],
         "study_model_fitted_on": "validation studies" if len(val_s) >= 2 else "training studies (too few validation)",
