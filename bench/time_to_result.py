@@ -77,8 +77,9 @@ def echo_ok(port: int, called: str) -> bool:
 
 
 def node_config(work: Path, node_port: int, pacs_port: int, fast_poll: bool, models: Path,
-                torch_threads: int = 0) -> Path:
-    """The shipped config.toml with our ports, the repository's models, and (optionally) fast polling."""
+                torch_threads: int = 0, ich_version: str = "") -> Path:
+    """The shipped config.toml with our ports, the repository's models, and (optionally) fast polling or
+    another ICH version."""
     text = (REPO / "config.toml").read_text()
     edits = [
         (r"(?m)^port = 11112\b", f"port = {node_port}"),
@@ -88,6 +89,8 @@ def node_config(work: Path, node_port: int, pacs_port: int, fast_poll: bool, mod
     ]
     if torch_threads:
         edits.append((r"(?m)^torch_threads = \d+", f"torch_threads = {torch_threads}"))
+    if ich_version:
+        edits.append((r'(?m)^(name = "ich".*\n)version = "[^"]+"', f'\\g<1>version = "{ich_version}"'))
     if fast_poll:
         edits += [
             (r"(?m)^poll_seconds = 0\.5\b", "poll_seconds = 0.05"),
@@ -186,14 +189,16 @@ def _db_stamps(db: Database, study_uid: str) -> dict[str, float]:
                 "sr_sent": _epoch(delivery.sent_at)}
 
 
-def profile(work: Path, files: list[Path], models: Path, torch_threads: int) -> dict[str, float]:
-    """The ICH analysis and output build in-process, split into stages by wrapping the pipeline's steps."""
-    from dicom_node.ml import ich
+def profile(work: Path, files: list[Path], models: Path, torch_threads: int, ich_version: str = "") -> dict[str, float]:
+    """The ICH analysis and output build in-process, split into stages by wrapping the pipeline's steps (a
+    single network or an ensemble: decoding, each input's preprocessing, each network, study aggregation,
+    mask combination, findings with Grad-CAM)."""
+    from dicom_node.ml import ich, ich_ensemble, ich_findings
     from dicom_node.ml.analysis import instance_ref_from_file
     from dicom_node.ml.registry import load_pipelines
     from dicom_node.outputs import build_outputs
 
-    config = load_config(node_config(work, free_port(), free_port(), False, models, torch_threads))
+    config = load_config(node_config(work, free_port(), free_port(), False, models, torch_threads, ich_version))
     pipeline = next(p for p in load_pipelines(config) if p.info.name == "ich")
     spent: dict[str, float] = {}
 
@@ -206,13 +211,17 @@ def profile(work: Path, files: list[Path], models: Path, torch_threads: int) -> 
                 spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - t
         return wrapper
 
-    originals = {name: getattr(ich, name) for name in ("read_image", "ct_input", "grad_cam", "to_source")}
-    ich.read_image = timed("decode (pydicom pixel data → HU)", originals["read_image"])
-    ich.ct_input = timed("preprocessing (windows, resize)", originals["ct_input"])
-    ich.grad_cam = timed("Grad-CAM", originals["grad_cam"])
-    ich.to_source = timed("Grad-CAM", originals["to_source"])
-    predict = pipeline.predict
-    pipeline.predict = timed("inference (forward pass)", predict)  # type: ignore[method-assign]
+    stages = {"read_image": "decode (pydicom pixel data → HU)", "run_network": "inference (forward passes)",
+              "study_probabilities": "study aggregation", "on_grid": "ensemble masks onto one grid",
+              "build_analysis": "findings, regions, Grad-CAM"}
+    patched = [(module, name) for module in (ich, ich_ensemble) for name in stages if hasattr(module, name)]
+    originals = {(module, name): getattr(module, name) for module, name in patched}
+    for (module, name), fn in originals.items():
+        setattr(module, name, timed(stages[name], fn))
+    grad_cam = ich_findings.grad_cam
+    ich_findings.grad_cam = timed("  of which Grad-CAM", grad_cam)
+    model_inputs = ich.IchPipeline.model_inputs
+    ich.IchPipeline.model_inputs = timed("preprocessing (windows, resize)", model_inputs)  # type: ignore[method-assign]
     try:
         refs = [instance_ref_from_file(str(f)) for f in files]
         pipeline.analyse(refs)  # warm-up (first-call allocations)
@@ -222,16 +231,23 @@ def profile(work: Path, files: list[Path], models: Path, torch_threads: int) -> 
         spent["analysis total (selection .. Grad-CAM)"] = time.perf_counter() - t
         t = time.perf_counter()
         by_uid = {r.sop_instance_uid: r for r in refs}
-        wanted = analysis.evaluated_sop_instance_uids[:1] + [k.sop_instance_uid for k in analysis.key_images]
-        sources = {uid: pydicom.dcmread(by_uid[uid].path) for uid in dict.fromkeys(wanted)}
+        # as the worker reads them (jobs/results.py): key images with pixels, the other evaluated headers only
+        keys = {k.sop_instance_uid for k in analysis.key_images} | {
+            f.key_sop_instance_uid for f in analysis.findings if f.key_sop_instance_uid}
+        wanted = [*keys, *analysis.evaluated_sop_instance_uids]
+        sources = {uid: pydicom.dcmread(by_uid[uid].path, stop_before_pixels=uid not in keys)
+                   for uid in dict.fromkeys(wanted)}
         spent["source reads for outputs"] = time.perf_counter() - t
         build_outputs(analysis, sources, 1)  # warm-up: highdicom's first SR costs ~0.5 s more
         t = time.perf_counter()
         objects = build_outputs(analysis, sources, 1)
-        spent[f"SR + {len(objects) - 1} overlay(s) build"] = time.perf_counter() - t
+        kinds = sorted({str(o.dataset.Modality) for o in objects})
+        spent[f"outputs build ({len(objects)} objects: {', '.join(kinds)})"] = time.perf_counter() - t
     finally:
-        for name, fn in originals.items():
-            setattr(ich, name, fn)
+        for (module, name), fn in originals.items():
+            setattr(module, name, fn)
+        ich_findings.grad_cam = grad_cam
+        ich.IchPipeline.model_inputs = model_inputs  # type: ignore[method-assign]
     return spent
 
 
@@ -257,13 +273,15 @@ def main() -> int:
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="set [worker] torch_threads (default: the shipped config's 0 = every core but one)")
     parser.add_argument("--models", type=Path, default=REPO / "models", help="models folder (default: the shipped demos)")
+    parser.add_argument("--ich-version", default="", help="run this ICH model version (default: the shipped config's)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-ttr-"))
     studies = work / "studies"
     node_port, pacs_port = free_port(), free_port()
-    config_path = node_config(work, node_port, pacs_port, args.fast_poll, args.models.resolve(), args.torch_threads)
+    config_path = node_config(work, node_port, pacs_port, args.fast_poll, args.models.resolve(), args.torch_threads,
+                              args.ich_version)
     config = load_config(config_path)
     print(f"generating {args.n + 1} studies ({args.slices} slices, {args.size} px) ...", flush=True)
     cases = [write_ct_head_study(studies, seed, findings=("subdural",), n_slices=args.slices, size=args.size,
@@ -297,7 +315,7 @@ def main() -> int:
           f"→ SR sent {medians['sent_s']:.2f}, → seen {medians['seen_s']:.2f}); target < 5 s")
     stages: dict[str, float] = {}
     if args.profile:
-        stages = profile(work, cases[1].files, args.models.resolve(), args.torch_threads)
+        stages = profile(work, cases[1].files, args.models.resolve(), args.torch_threads, args.ich_version)
         print("in-process stages of one analysis (s):")
         for stage, seconds in stages.items():
             print(f"  {stage:<40} {seconds:6.3f}")

@@ -259,3 +259,44 @@ def test_the_finest_members_trained_on_a_subtype_draw_its_mask() -> None:
     np.testing.assert_allclose(finer, [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # subtype 2: member 1 has no weight
     none = mask_shares(np.zeros((2, 3)), learned, np.array([64, 256]))
     assert not none.any()
+
+
+def test_a_member_without_weight_is_not_run_and_changes_nothing(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """A member whose fitted weights are all 0 (ICH 0.6.0's subdural specialist) moves neither a probability
+    nor a mask: the ensemble names it but does not run it, and gives what running it would."""
+    root, data = models
+    copy = tmp_path / "models"
+    shutil.copytree(root, copy)
+    path = copy / "ich-ens" / V / "manifest.json"
+    ens = json.loads(path.read_text())
+    for label in ICH_LABELS:
+        ens["ensemble"]["weights"][label]["ich-b"] = 0.0
+    path.write_text(json.dumps(ens))
+    p = load_pipeline(copy, "ich-ens", V, CPU)
+    assert isinstance(p, IchEnsemblePipeline)
+    assert [m.info.name for m in p.members] == ["ich-a", "ich-b"] and [m.info.name for m in p.running] == ["ich-a"]
+    assert f"ich-b {V}" in p.info.display_name
+    slices = p.select(_study(data, positive=True))
+    out = p.series_outputs(slices)
+    member = load_pipeline(copy, "ich-a", V, CPU).series_outputs(slices)
+    w = np.array([ens["ensemble"]["weights"][label]["ich-a"] for label in ICH_LABELS])
+    b = np.array([ens["ensemble"]["intercepts"][label] for label in ICH_LABELS])
+    study = np.clip(member.study, 1e-6, 1 - 1e-6)
+    np.testing.assert_allclose(out.study, sigmoid(b + w * np.log(study / (1 - study))), rtol=1e-5, atol=1e-6)
+    assert out.masks is not None and member.masks is not None
+    assert out.masks.shape == member.masks.shape  # ich-a's grid: the unrun member's finer one is not used
+    drawn = (w[1:] > 0)[None, :, None, None]  # a subtype no running member weighs has no mask
+    assert drawn.any()
+    np.testing.assert_allclose(out.masks, np.where(drawn, member.masks.astype(np.float32), 0.0), atol=1e-3)
+
+
+def test_members_with_one_input_share_its_preprocessing(models: tuple[Path, Path]) -> None:
+    from dicom_node.ml.ich_ensemble import run_members
+
+    root, data = models
+    a1, a2, b = (load_pipeline(root, name, V, CPU) for name in ("ich-a", "ich-a", "ich-b"))
+    slices = a1.select(_study(data, positive=True))
+    logits, outs = run_members([a1, a2, b], slices, 4, CPU)  # type: ignore[list-item]
+    assert outs[0].inputs is outs[1].inputs and outs[2].inputs is not outs[0].inputs
+    np.testing.assert_array_equal(logits[0], logits[1])
+    assert outs[2].inputs.shape[-1] == 48 and outs[0].inputs.shape[-1] == 32

@@ -13,6 +13,7 @@ from dicom_node.ml.preprocess import (
     ICH_WINDOWS,
     apply_window,
     ct_input,
+    ct_inputs,
     ct_windows,
     mr_normalise,
     read_image,
@@ -61,6 +62,18 @@ def test_context_slices_add_channels_and_clamp_at_ends() -> None:
     np.testing.assert_allclose(x[0], x[3])  # slice -1 clamps to slice 0
     # channels 6-8 are slice 1 (40 HU): brain window value 0.5
     assert x[6, 4, 4] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("context", [0, 1, 2])
+def test_series_inputs_equal_each_slice_s_input(context: int) -> None:
+    rng = np.random.default_rng(context)
+    hu = [rng.uniform(-1000, 1500, (96, 80)).astype(np.float32) for _ in range(5)]
+    x, places = ct_inputs(hu, 32, context=context)
+    assert x.shape == (5, 3 * (2 * context + 1), 32, 32) and len(places) == 5
+    for i in range(5):
+        one, p = ct_input(hu, i, 32, context=context)
+        np.testing.assert_array_equal(x[i], one)
+        assert places[i] == p
 
 
 def test_mr_percentile_normalisation() -> None:

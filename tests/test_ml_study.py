@@ -61,6 +61,21 @@ def test_study_features_from_slice_logits_and_masks() -> None:
         study_features(logits, None, FEATURES_SEG)
 
 
+def test_mask_features_of_float16_network_masks_overlap_and_ties() -> None:
+    """The masks come from the network as float16: a pixel at exactly the mask level counts, overlapping
+    subtypes count once for "any", and the features equal those of the same masks in float32."""
+    logits = np.zeros((2, 3))
+    masks = np.zeros((2, 2, 4, 4), np.float16)
+    masks[0, 0, 0, :2] = 0.5  # two pixels at the level
+    masks[0, 1, 0, 1:3] = 0.75  # overlaps subtype 1 on one pixel
+    masks[1, 1, 3, 3] = np.float16(0.4995)  # just under
+    f16 = study_features(logits, masks, FEATURES_SEG)
+    f32 = study_features(logits, masks.astype(np.float32), FEATURES_SEG)
+    np.testing.assert_array_equal(f16, f32)
+    assert np.expm1(f16[:, 2]).round().tolist() == [3, 2, 2]  # any = union: 3 pixels
+    assert f16[0, 3] == pytest.approx(np.log(0.75 / 0.25))
+
+
 def test_study_model_fits_predicts_and_round_trips() -> None:
     rng = np.random.default_rng(0)
     n = 80

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from dicom_node.errors import PixelDataError, SelectionError
 from dicom_node.ml.analysis import InstanceRef, instance_ref_from_file
 from dicom_node.ml.manifest import ICH_LABELS, SIH_ROLES, InputSpec
-from dicom_node.ml.preprocess import ct_input, mr_input, read_image, resize_pad
+from dicom_node.ml.preprocess import ct_inputs, mr_input, read_image, resize_pad
 from dicom_node.ml.selection import ICH_CT_RULE, select_series, select_sih_images
 
 log = logging.getLogger(__name__)
@@ -176,11 +176,11 @@ def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, an
             skipped += 1
             log.warning("study skipped", extra={"study_uid": study_uid, "reason": str(exc)})
             continue
+        series_inputs, _ = ct_inputs(hu, spec.size, spec.windows, spec.context_slices)
         for i, ref in enumerate(slices):
             if ref.sop_instance_uid not in labels:
                 continue
-            x, _ = ct_input(hu, i, spec.size, spec.windows, spec.context_slices)
-            inputs[n] = x
+            inputs[n] = series_inputs[i]
             if kind != "none":
                 masks[n] = _slice_masks(hu[i].shape, spec.size, seg_by_sop.get(ref.sop_instance_uid),
                                         boxes_by_sop.get(ref.sop_instance_uid))

@@ -17,9 +17,10 @@ import torch
 from dicom_node.ml.analysis import InstanceRef, StudyAnalysis
 from dicom_node.ml.device import inference_mode
 from dicom_node.ml.ich_findings import SeriesOutputs, build_analysis
-from dicom_node.ml.ich_outputs import run_network, sigmoid, study_probabilities
+from dicom_node.ml.ich_outputs import channels_last, run_network, sigmoid, study_probabilities
+from dicom_node.ml.nets import fuse_batchnorm
 from dicom_node.ml.pipeline import Pipeline, load_network
-from dicom_node.ml.preprocess import Placement, ct_input, read_image
+from dicom_node.ml.preprocess import Placement, ct_inputs, read_image
 from dicom_node.ml.selection import select_series
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ class IchPipeline(Pipeline):
     net: torch.nn.Module
 
     def load_networks(self) -> None:
-        self.net = load_network(self.manifest, self.manifest.component("slice"), len(self.manifest.labels), self.device)
+        net = load_network(self.manifest, self.manifest.component("slice"), len(self.manifest.labels), self.device)
+        self.net = channels_last(fuse_batchnorm(net), self.device)
 
     def select(self, instances: Sequence[InstanceRef]) -> list[InstanceRef]:
         return select_series(instances, self.rules["series"])
@@ -41,12 +43,7 @@ class IchPipeline(Pipeline):
     def model_inputs(self, hu: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Placement]]:
         """A decoded series (HU) -> (N, C, size, size) float32 model inputs and each slice's placement."""
         spec = self.manifest.input
-        arrays, places = [], []
-        for i in range(len(hu)):
-            x, p = ct_input(hu, i, spec.size, spec.windows, spec.context_slices)
-            arrays.append(x)
-            places.append(p)
-        return np.stack(arrays), places
+        return ct_inputs(hu, spec.size, spec.windows, spec.context_slices)
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """Per-slice probabilities (N, labels) in manifest label order, batched."""

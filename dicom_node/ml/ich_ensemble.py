@@ -50,7 +50,7 @@ from dicom_node.ml.manifest import (
     validated,
 )
 from dicom_node.ml.pipeline import Pipeline
-from dicom_node.ml.preprocess import read_image
+from dicom_node.ml.preprocess import Placement, read_image
 from dicom_node.validation import Frozen, Str
 
 log = logging.getLogger(__name__)
@@ -135,11 +135,17 @@ def on_grid(masks: np.ndarray, size: int) -> np.ndarray:
 
 def run_members(members: Sequence[IchPipeline], slices: Sequence[InstanceRef], batch_size: int, device: Device
                 ) -> tuple[list[np.ndarray], list[SeriesOutputs]]:
-    """Each member's study logits (L,) and series outputs, from one decoding of the series."""
+    """Each member's study logits (L,) and series outputs, from one decoding of the series; members with the
+    same input (size, windows, context slices) share one preprocessing of it."""
     hu = [read_image(ref.path) for ref in slices]
+    prepared: dict[tuple[Any, ...], tuple[np.ndarray, list[Placement]]] = {}
     outs, study_logits = [], []
     for m in members:
-        inputs, places = m.model_inputs(hu)
+        spec = m.manifest.input
+        key = (spec.size, tuple(map(tuple, spec.windows)), spec.context_slices)
+        if key not in prepared:
+            prepared[key] = m.model_inputs(hu)
+        inputs, places = prepared[key]
         logits, masks = run_network(m.net, inputs, batch_size, device)
         study = study_probabilities(m.manifest, logits, masks)
         outs.append(SeriesOutputs(list(slices), hu, inputs, places, sigmoid(logits), study, masks))
@@ -152,10 +158,13 @@ class IchEnsemblePipeline(Pipeline):
 
     def __init__(self, manifest: Manifest, members: Sequence[IchPipeline], weights: dict[str, np.ndarray],
                  intercepts: np.ndarray, device: Device, batch_size: int, thresholds: dict[str, float]) -> None:
-        self.members = list(members)
+        self.members = list(members)  # all of them, as the SR names them
+        # the members that are run: one with no weight on any label changes neither a probability nor a mask
+        # (ICH 0.6.0's ich-subdural 0.2.0: its fitted weights are all 0)
+        self.running = [m for m in self.members if weights[m.info.name].any()] or self.members
         self.weights = weights  # member name -> (L,) weight per label
         self.intercepts = intercepts  # (L,)
-        self.learned = np.stack([mask_labels_learned(m.manifest) for m in members])  # (M, L-1)
+        self.learned = np.stack([mask_labels_learned(m.manifest) for m in self.running])  # (M, L-1)
         super().__init__(manifest, device, batch_size, thresholds)
 
     def load_networks(self) -> None:
@@ -165,15 +174,17 @@ class IchEnsemblePipeline(Pipeline):
         return self.members[0].select(instances)
 
     def member_outputs(self, slices: Sequence[InstanceRef]) -> tuple[list[np.ndarray], list[SeriesOutputs]]:
-        return run_members(self.members, slices, self.batch_size, self.device)
+        """The running members' study logits and series outputs (`run_members`), in `self.running`'s order."""
+        return run_members(self.running, slices, self.batch_size, self.device)
 
     def combine(self, study_logits: Sequence[np.ndarray]) -> np.ndarray:
-        z = self.intercepts + sum(self.weights[m.info.name] * study_logits[k] for k, m in enumerate(self.members))
+        """Study probabilities from the running members' study logits."""
+        z = self.intercepts + sum(self.weights[m.info.name] * study_logits[k] for k, m in enumerate(self.running))
         return sigmoid(np.asarray(z))
 
     def series_outputs(self, slices: Sequence[InstanceRef]) -> SeriesOutputs:
         study_logits, outs = self.member_outputs(slices)
-        w = np.stack([np.maximum(self.weights[m.info.name], 0.0) for m in self.members])  # (M, L)
+        w = np.stack([np.maximum(self.weights[m.info.name], 0.0) for m in self.running])  # (M, L)
         share = w / np.maximum(w.sum(axis=0, keepdims=True), 1e-9)
         slice_probs = sum(share[k] * o.slice_probs for k, o in enumerate(outs))
         with_masks = [k for k, o in enumerate(outs) if o.masks is not None]
@@ -184,8 +195,12 @@ class IchEnsemblePipeline(Pipeline):
             # a member that draws no subtype's mask is not resampled (its grid may be 16 times smaller)
             drawn = [(n, k) for n, k in enumerate(with_masks) if sub[n].any()]
             if drawn:
-                masks = sum(sub[n][None, :, None, None] * on_grid(outs[k].masks, int(sizes.max()))  # type: ignore[arg-type]
-                            for n, k in drawn)
+                size = int(sizes.max())
+                masks = np.zeros((len(slices), sub.shape[1], size, size), np.float32)
+                for n, k in drawn:  # only the subtypes a member draws are resampled and added
+                    c = np.flatnonzero(sub[n])
+                    masks[:, c] += sub[n][c].astype(np.float32)[None, :, None, None] * on_grid(
+                        outs[k].masks[:, c], size)  # type: ignore[index]
         first = outs[0]
         return SeriesOutputs(first.slices, first.hu, first.inputs, first.places, np.asarray(slice_probs),
                              self.combine(study_logits), None if masks is None else np.asarray(masks))
@@ -193,7 +208,7 @@ class IchEnsemblePipeline(Pipeline):
     def _analyse(self, instances: Sequence[InstanceRef]) -> StudyAnalysis:
         out = self.series_outputs(self.select(instances))
         return build_analysis(self.info, self.manifest.labels, self.thresholds, self.manifest.critical_labels, out,
-                              self.members[0].net, self.device.torch_device)
+                              self.running[0].net, self.device.torch_device)
 
 
 def display_name(base: str, members: Sequence[Manifest]) -> str:

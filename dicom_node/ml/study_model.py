@@ -52,11 +52,13 @@ def study_features(slice_logits: np.ndarray, mask_probs: np.ndarray | None, name
     top = np.sort(z, axis=0)[::-1]
     feats: dict[str, np.ndarray] = {"max_logit": top[0], "top3_logit": top[: min(3, n)].mean(axis=0)}
     if mask_probs is not None:
-        m = np.asarray(mask_probs, dtype=np.float32)
-        per_label = np.concatenate([m.max(axis=1, keepdims=True), m], axis=1)  # "any" = union of subtypes
-        extent = (per_label >= MASK_LEVEL).sum(axis=(0, 2, 3)).astype(np.float64)
+        m = np.asarray(mask_probs)  # float16 from the network: compared and maximised as it is, not copied
+        over = m >= np.float32(MASK_LEVEL)
+        # "any" is the union of the subtypes' masks
+        extent = np.concatenate([[over.any(axis=1).sum()], over.sum(axis=(0, 2, 3))]).astype(np.float64)
+        peak = m.max(axis=(0, 2, 3)).astype(np.float64)
         feats["log_extent"] = np.log1p(extent)
-        feats["max_mask"] = np.clip(_logit(per_label.max(axis=(0, 2, 3))), -CLIP, CLIP)
+        feats["max_mask"] = np.clip(_logit(np.concatenate([[peak.max()], peak])), -CLIP, CLIP)
     missing = [f for f in names if f not in feats]
     if missing:
         raise ValueError(f"study features {missing} need mask outputs, which this model does not have")
