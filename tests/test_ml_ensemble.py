@@ -59,6 +59,18 @@ def _study(data: Path, positive: bool) -> list:
     return [instance_ref_from_file(str(p)) for p in sorted((data / row["folder"]).rglob("*.dcm"))]
 
 
+def _reweighted(root: Path, tmp_path: Path, weights: dict[str, float]) -> tuple[Path, dict]:
+    """A copy of the models whose ensemble manifest gives every label these member weights (others kept)."""
+    copy = tmp_path / "models"
+    shutil.copytree(root, copy)
+    path = copy / "ich-ens" / V / "manifest.json"
+    ens = json.loads(path.read_text())
+    for label in ICH_LABELS:
+        ens["ensemble"]["weights"][label].update(weights)
+    path.write_text(json.dumps(ens))
+    return copy, ens
+
+
 def test_members_record_strong_annotations_and_one_validation_set(models: tuple[Path, Path]) -> None:
     root, _ = models
     a = json.loads((root / "ich-a" / V / "manifest.json").read_text())
@@ -197,13 +209,7 @@ def test_a_subtype_mask_comes_from_the_members_trained_on_it(models: tuple[Path,
     from dicom_node.ml.ich_ensemble import on_grid
 
     root, data = models
-    copy = tmp_path / "models"
-    shutil.copytree(root, copy)
-    path = copy / "ich-ens" / V / "manifest.json"
-    ens = json.loads(path.read_text())
-    for label in ICH_LABELS:
-        ens["ensemble"]["weights"][label] = {"ich-a": 0.25, "ich-b": 0.75}
-    path.write_text(json.dumps(ens))
+    copy, _ = _reweighted(root, tmp_path, {"ich-a": 0.25, "ich-b": 0.75})
     p = load_pipeline(copy, "ich-ens", V, CPU)
     slices = p.select(_study(data, positive=True))
     a = on_grid(load_pipeline(copy, "ich-a", V, CPU).series_outputs(slices).masks, 24)
@@ -265,13 +271,7 @@ def test_a_member_without_weight_is_not_run_and_changes_nothing(models: tuple[Pa
     """A member whose fitted weights are all 0 (ICH 0.6.0's subdural specialist) moves neither a probability
     nor a mask: the ensemble names it but does not run it, and gives what running it would."""
     root, data = models
-    copy = tmp_path / "models"
-    shutil.copytree(root, copy)
-    path = copy / "ich-ens" / V / "manifest.json"
-    ens = json.loads(path.read_text())
-    for label in ICH_LABELS:
-        ens["ensemble"]["weights"][label]["ich-b"] = 0.0
-    path.write_text(json.dumps(ens))
+    copy, ens = _reweighted(root, tmp_path, {"ich-b": 0.0})
     p = load_pipeline(copy, "ich-ens", V, CPU)
     assert isinstance(p, IchEnsemblePipeline)
     assert [m.info.name for m in p.members] == ["ich-a", "ich-b"] and [m.info.name for m in p.running] == ["ich-a"]
