@@ -5,14 +5,16 @@ output folder). Each run sends a new study (seeds 1..N); one warm-up study goes 
 service has its worker and models loaded.
 
     .venv/bin/python bench/time_to_result.py [--n 5] [--slices 40] [--size 512] [--fast-poll] [--torch-threads T]
-                                             [--profile] [--models DIR] [--json results.json]
+                                             [--profile] [--models DIR] [--ich-version V] [--json results.json]
 
 Per run it prints the total and where it went, from the node's database timestamps: release → study
 complete (assembler), → result stored (worker poll + analysis + SR/overlay build + outbox write, one
 transaction), → SR delivery marked sent (sender poll + C-STORE), → SR seen in the PACS folder.
 `--fast-poll` lowers the worker/sender/assembler poll intervals from the shipped 0.5/0.5/1 s to 0.05 s.
-`--profile` also runs the ICH pipeline and the output builders in-process on one study and splits the
-analysis into decode, preprocessing, inference, Grad-CAM, source reads and SR/overlay build.
+`--profile` also runs the ICH pipeline (one network or an ensemble) and the output builders in-process on
+one study and splits the analysis into decode, preprocessing, inference, study aggregation, ensemble masks,
+findings with Grad-CAM, source reads and the outputs' build (SR, SEG, overlays). `--ich-version` runs
+another ICH version than the shipped config's (e.g. 0.5.0-synthetic-demo), to compare in one session.
 """
 
 from __future__ import annotations
