@@ -60,3 +60,25 @@ def test_a_loaded_ich_pipeline_runs_the_prepared_network() -> None:
     p = load_pipeline(models, "ich", "0.1.0-synthetic-demo", CPU)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in p.net.modules())  # type: ignore[attr-defined]
     assert p.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)  # type: ignore[attr-defined]
+
+
+def test_large_slices_go_one_by_one_on_a_cpu_with_the_same_outputs() -> None:
+    from dicom_node.ml.ich_outputs import CPU_BATCH_PIXELS
+
+    torch.manual_seed(0)
+    net = _with_running_statistics(build_model("narrow_resnet_w8_seg", 3, 6))
+    side = 576  # above the budget: one slice per batch
+    assert side * side > CPU_BATCH_PIXELS
+    x = np.random.default_rng(1).random((3, 3, side, side), dtype=np.float32)
+    calls: list[int] = []
+    hook = net.conv1.register_forward_hook(lambda _m, inp, _o: calls.append(int(inp[0].shape[0])))
+    try:
+        logits, masks = run_network(net, x, 16, CPU)
+    finally:
+        hook.remove()
+    assert calls == [1, 1, 1]
+    with torch.inference_mode():
+        want_logits, want_masks = net.forward_with_masks(torch.from_numpy(x))  # type: ignore[operator]
+    np.testing.assert_allclose(logits, want_logits.numpy(), rtol=1e-4, atol=1e-4)
+    assert masks is not None
+    np.testing.assert_allclose(masks.astype(np.float32), torch.sigmoid(want_masks).numpy(), atol=2e-3)

@@ -21,19 +21,27 @@ if TYPE_CHECKING:
     from dicom_node.ml.manifest import Manifest
 
 
+CPU_BATCH_PIXELS = 512 * 512
+
+
 def run_network(net: nn.Module, inputs: np.ndarray, batch_size: int, device: Device | None = None
                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Slice logits (N, L) float32 and, for a segmentation network, mask probabilities (N, M, h, w) float16.
 
-    On a CPU the batch goes in channels-last (`channels_last`), and the masks are made float16 by torch, not
-    numpy: for ICH 0.6.0's 512 px member that is 3.6 s -> 2.0 s a 40-slice study, outputs equal to 1e-5."""
+    On a CPU the batch goes in channels-last (`channels_last`) and holds at most CPU_BATCH_PIXELS input
+    pixels (16 slices at 128 px, one at 512 px: larger batches of large slices leave the caches), and the
+    masks are made float16 by torch, not numpy: for ICH 0.6.0's 512 px member that is 3.6 s -> 1.3 s a
+    40-slice study with folded BatchNorm (`nets.fuse_batchnorm`), outputs equal to 1e-5."""
     logits, masks = [], []
     seg = has_masks(net)
     dev = device.torch_device if device is not None else torch.device("cpu")
     ctx = inference_mode(device) if device is not None else torch.inference_mode()
+    step = batch_size
+    if dev.type == "cpu" and inputs.ndim == 4:
+        step = max(1, min(batch_size, CPU_BATCH_PIXELS // (inputs.shape[-2] * inputs.shape[-1])))
     with ctx:
-        for start in range(0, len(inputs), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32)).to(dev)
+        for start in range(0, len(inputs), step):
+            batch = torch.from_numpy(np.ascontiguousarray(inputs[start : start + step], dtype=np.float32)).to(dev)
             if dev.type == "cpu":
                 batch = batch.contiguous(memory_format=torch.channels_last)
             if seg:
