@@ -12,7 +12,6 @@ from dicom_node.errors import PixelDataError
 from dicom_node.ml.preprocess import (
     ICH_WINDOWS,
     apply_window,
-    ct_input,
     ct_inputs,
     ct_windows,
     mr_normalise,
@@ -57,7 +56,7 @@ def test_unplace_maps_back_to_source_geometry() -> None:
 
 def test_context_slices_add_channels_and_clamp_at_ends() -> None:
     slices = [np.full((8, 8), float(v)) for v in (0, 40, 80)]
-    x, _ = ct_input(slices, 0, 8, context=1)
+    x = ct_inputs(slices, 8, context=1)[0][0]
     assert x.shape == (9, 8, 8)
     np.testing.assert_allclose(x[0], x[3])  # slice -1 clamps to slice 0
     # channels 6-8 are slice 1 (40 HU): brain window value 0.5
@@ -71,7 +70,9 @@ def test_series_inputs_equal_each_slice_s_input(context: int) -> None:
     x, places = ct_inputs(hu, 32, context=context)
     assert x.shape == (5, 3 * (2 * context + 1), 32, 32) and len(places) == 5
     for i in range(5):
-        one, p = ct_input(hu, i, 32, context=context)
+        # reference: slice i's own stack of neighbours' windows, resized on its own
+        stack = [ct_windows(hu[min(max(j, 0), 4)]) for j in range(i - context, i + context + 1)]
+        one, p = resize_pad(np.concatenate(stack), 32)
         np.testing.assert_array_equal(x[i], one)
         assert places[i] == p
 

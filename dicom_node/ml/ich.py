@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from dicom_node.ml.analysis import InstanceRef, StudyAnalysis
-from dicom_node.ml.device import inference_mode
 from dicom_node.ml.ich_findings import SeriesOutputs, build_analysis
 from dicom_node.ml.ich_outputs import channels_last, run_network, sigmoid, study_probabilities
 from dicom_node.ml.nets import fuse_batchnorm
@@ -46,13 +45,8 @@ class IchPipeline(Pipeline):
         return ct_inputs(hu, spec.size, spec.windows, spec.context_slices)
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
-        """Per-slice probabilities (N, labels) in manifest label order, batched."""
-        out = []
-        with inference_mode(self.device):
-            for start in range(0, len(inputs), self.batch_size):
-                batch = torch.from_numpy(inputs[start : start + self.batch_size]).to(self.device.torch_device)
-                out.append(torch.sigmoid(self.net(batch).float()).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.manifest.labels)), dtype=np.float32)
+        """Per-slice probabilities (N, labels) in manifest label order, batched as the worker's `run_network`."""
+        return sigmoid(run_network(self.net, inputs, self.batch_size, self.device)[0])
 
     def aggregate(self, probs: np.ndarray) -> np.ndarray:
         """Study probability per label from slice probabilities (N, L) -> (L,), for manifests without a study

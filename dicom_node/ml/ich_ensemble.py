@@ -43,6 +43,7 @@ from dicom_node.ml.manifest import (
     ICH_LABELS,
     MANIFEST_NAME,
     Aggregation,
+    InputSpec,
     Manifest,
     Sha256,
     load_manifest,
@@ -138,14 +139,12 @@ def run_members(members: Sequence[IchPipeline], slices: Sequence[InstanceRef], b
     """Each member's study logits (L,) and series outputs, from one decoding of the series; members with the
     same input (size, windows, context slices) share one preprocessing of it."""
     hu = [read_image(ref.path) for ref in slices]
-    prepared: dict[tuple[Any, ...], tuple[np.ndarray, list[Placement]]] = {}
+    prepared: dict[InputSpec, tuple[np.ndarray, list[Placement]]] = {}
     outs, study_logits = [], []
     for m in members:
-        spec = m.manifest.input
-        key = (spec.size, tuple(map(tuple, spec.windows)), spec.context_slices)
-        if key not in prepared:
-            prepared[key] = m.model_inputs(hu)
-        inputs, places = prepared[key]
+        if m.manifest.input not in prepared:
+            prepared[m.manifest.input] = m.model_inputs(hu)
+        inputs, places = prepared[m.manifest.input]
         logits, masks = run_network(m.net, inputs, batch_size, device)
         study = study_probabilities(m.manifest, logits, masks)
         outs.append(SeriesOutputs(list(slices), hu, inputs, places, sigmoid(logits), study, masks))

@@ -104,31 +104,17 @@ def unplace(square: np.ndarray, p: Placement) -> np.ndarray:
     return F.interpolate(t, size=(p.rows, p.cols), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def ct_input(
-    hu_slices: Sequence[np.ndarray],
-    index: int,
-    size: int,
-    windows: Sequence[tuple[float, float]] = ICH_WINDOWS,
-    context: int = 0,
-) -> tuple[np.ndarray, Placement]:
-    """Model input for slice `index` of a sorted series: windows of slices index-context..index+context
-    (clamped at the ends), concatenated as channels: (len(windows) * (2*context+1), size, size)."""
-    parts = []
-    for j in range(index - context, index + context + 1):
-        k = min(max(j, 0), len(hu_slices) - 1)
-        parts.append(ct_windows(hu_slices[k], windows))
-    return resize_pad(np.concatenate(parts), size)
-
-
 def ct_inputs(
     hu_slices: Sequence[np.ndarray],
     size: int,
     windows: Sequence[tuple[float, float]] = ICH_WINDOWS,
     context: int = 0,
 ) -> tuple[np.ndarray, list[Placement]]:
-    """`ct_input` for every slice of a sorted series, (N, C, size, size), and each slice's placement: each
+    """Model inputs of a sorted series, (N, len(windows) * (2*context+1), size, size), and each slice's
+    placement: slice i's channels are the windows of slices i-context..i+context (clamped at the ends). Each
     slice is windowed and resized once and lent to its neighbours' context (windows and the resize act per
-    channel, so this equals `ct_input` slice by slice at a third of the cost with one context slice)."""
+    channel, so this equals windowing and resizing each slice's stack on its own, at a third of the cost
+    with one context slice)."""
     done = [resize_pad(ct_windows(hu, windows), size) for hu in hu_slices]
     n = len(done)
     out = np.empty((n, len(windows) * (2 * context + 1), size, size), dtype=np.float32)
