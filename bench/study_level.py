@@ -7,7 +7,10 @@ receive what comes back, and reads the SRs and SEGs as a viewer would. Prints, p
 sensitivity and specificity at the shipped thresholds; the normal CTs with any finding Present; for
 every Present finding that is true, whether its SR region centre lies inside the head and inside the
 true lesion mask (or, for a thin crescent, within the lesion's box on that slice); and the Dice of the
-returned SEG against the generator's masks, per subtype.
+returned SEG against the generator's masks, per subtype. For SIH the lesion is where the study's signs are
+(the generator's SEG of the post-contrast series): the centre counts when it is on a sign or within one
+pixel of it (the enhancing dura is 1.5-3 px wide at 256 px), and the SEG's Dice is taken over the images it
+covers (the analysed images of the key image's series).
 
     .venv/bin/python bench/study_level.py [--ct 130] [--mr 30] [--seed 7001] [--demo-seeds 20] [--models models]
         [--ich ich/VERSION] [--sih sih/VERSION] [--work DIR] [--json results.json]
@@ -39,7 +42,7 @@ from dicom_node.config import load_config
 from dicom_node.delivery.demo_pacs import DemoPacs
 from dicom_node.delivery.scu import send_files
 from dicom_node.ml.annotations import seg_masks
-from dicom_node.ml.localise import head_mask
+from dicom_node.ml.localise import head_mask, signal_head_mask
 from dicom_node.outputs.codes import FINDINGS
 from dicom_node.outputs.readback import sr_findings
 from dicom_node.runtime.services import build_node
@@ -157,7 +160,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7001, help="generator seed (training and calibration used 9031, 9133, 9301, 9401, 9501, 9241)")
     ap.add_argument("--models", type=Path, default=REPO / "models")
     ap.add_argument("--ich", default="ich/0.6.0-synthetic-demo")
-    ap.add_argument("--sih", default="sih/0.2.0-synthetic-demo")
+    ap.add_argument("--sih", default="sih/0.3.0-synthetic-demo")
     ap.add_argument("--demo-seeds", type=int, default=20,
                     help="also send `dicom-node demo`'s three studies for seeds 1..N and check each answer")
     ap.add_argument("--work", type=Path, default=None)
@@ -213,7 +216,7 @@ def main() -> int:
 
 def _score(cts: list[Any], mrs: list[Any], by_study: dict[str, list[Any]], gen: Path) -> dict[str, Any]:
     counts = {label: {"tp": 0, "fn": 0, "tn": 0, "fp": 0} for label in (*CT_LABELS, "sih")}
-    loc: dict[str, dict[str, int]] = {label: {"n": 0, "in_head": 0, "in_lesion": 0} for label in CT_LABELS}
+    loc: dict[str, dict[str, int]] = {label: {"n": 0, "in_head": 0, "in_lesion": 0} for label in (*CT_LABELS, "sih")}
     dice: dict[str, list[float]] = defaultdict(list)
     normal_flagged, missing = [], []
     studies: list[dict[str, Any]] = []  # each study's truth, verdicts and stated probabilities (for re-analysis)
@@ -234,7 +237,9 @@ def _score(cts: list[Any], mrs: list[Any], by_study: dict[str, list[Any]], gen: 
         for label in labels:
             truth, call = bool(st.study_labels[label]), label in present
             counts[label]["tp" if truth and call else "fn" if truth else "fp" if call else "tn"] += 1
-        if st.kind != "ct-head":
+        if st.kind == "mr-sih":
+            if st.study_labels["sih"] and "sih" in present:
+                _score_sih(st, sr, received, loc["sih"], dice)
             continue
         if not st.study_labels["any"] and present & set(CT_LABELS):
             normal_flagged.append(st.study_uid)
@@ -279,6 +284,30 @@ def _score(cts: list[Any], mrs: list[Any], by_study: dict[str, list[Any]], gen: 
     return {"labels": table, "localisation": loc, "normal_ct": n_normal, "normal_ct_flagged": len(normal_flagged),
             "dice": {k: {"mean": float(np.nanmean(v)), "n": len(v)} for k, v in dice.items() if v},
             "studies_without_sr": missing, "n_ct": len(cts), "n_mr": len(mrs), "studies": studies}
+
+
+def _score_sih(st: Any, sr: Any, received: list[Any], loc: dict[str, int], dice: dict[str, list[float]]) -> None:
+    """A true SIH call: is its mark inside the head and on a sign, and how well does the SEG overlap them?"""
+    truth: dict[str, np.ndarray] = {}
+    for f in st.seg_files:
+        truth.update(seg_masks(f)[1].get("sih", {}))
+    loc["n"] += 1
+    regions = _regions(sr)
+    if "sih" in regions:
+        sop, row, col = regions["sih"]
+        path = next(f for f in st.files if pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID == sop)
+        image = pydicom.dcmread(path).pixel_array
+        r, c = round(row), round(col)
+        loc["in_head"] += int(bool(signal_head_mask(image)[r, c]))
+        mask = truth.get(sop)
+        loc["in_lesion"] += int(mask is not None and bool(mask[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2].any()))
+    segs = [x for x in received if x.sop_class_uid == SEG_CLASS]
+    if segs:
+        ds = pydicom.dcmread(segs[-1].path, stop_before_pixels=True)
+        covered = {str(i.ReferencedSOPInstanceUID) for s in ds.ReferencedSeriesSequence
+                   for i in s.ReferencedInstanceSequence}
+        returned = seg_masks(segs[-1].path)[1].get("sih", {})
+        dice["sih"].append(_dice(returned, {k: v for k, v in truth.items() if k in covered}))
 
 
 def _present(received: list[Any]) -> set[str] | None:

@@ -22,9 +22,9 @@ DICOM_NODE = REPO / ".venv" / "bin" / "dicom-node"
 STORESCU = "/usr/bin/storescu"
 # The shipped demo models; DICOM_NODE_E2E_MODELS points the end-to-end tests at another models folder.
 MODELS = Path(os.environ.get("DICOM_NODE_E2E_MODELS", REPO / "models"))
-DEMO_VERSION = "0.1.0-synthetic-demo"  # the first SIH and ICH demos' version
+DEMO_VERSION = "0.1.0-synthetic-demo"  # the first ICH demo's version
 ICH_DEMO_VERSION = "0.6.0-synthetic-demo"  # the weighted ensemble with masks (models/ich/..., ich-* members)
-SIH_DEMO_VERSION = "0.2.0-synthetic-demo"  # trained at the demo's 256 px, threshold chosen at study level
+SIH_DEMO_VERSION = "0.3.0-synthetic-demo"  # 0.2.0's classifiers (256 px data, study-level threshold) + sign localiser
 CMB_DEMO_VERSION = "0.4.0-synthetic-demo"  # microbleeds: Mask R-CNN at 256 px, candidate rescorer, MIL with FLAIR
 DEMO_MODELS = [{"name": "ich", "version": ICH_DEMO_VERSION}, {"name": "sih", "version": SIH_DEMO_VERSION}]
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from dicom_node.ml.analysis import AnalysisStatus, Finding, KeyImage, ModelInfo, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, ModelInfo, StudyAnalysis
+
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 ICH_MODEL = ModelInfo(
     name="ich", version="0.1.0-synthetic-demo", task="ich-ct", display_name="dicom-node ICH classifier",
@@ -163,3 +168,17 @@ def sr_texts(sr: Dataset) -> list[str]:
 
     walk(list(sr.ContentSequence))
     return texts
+
+
+def written_seg(result: StudyAnalysis, refs: Sequence[InstanceRef], path: Path, series_uid: str) -> Path:
+    """The SEG `build_outputs` makes of a real analysis, saved at `path`: valid per dciodvfy and
+    referencing the series `series_uid`."""
+    from dicom_node.outputs import build_outputs
+    from dicom_node.outputs.validate import dciodvfy_errors
+
+    sources = {r.sop_instance_uid: pydicom.dcmread(r.path) for r in refs}
+    seg = next(o for o in build_outputs(result, sources, 1) if str(o.dataset.SOPClassUID) == SEG_CLASS)
+    seg.dataset.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    assert pydicom.dcmread(path).ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+    return path

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dicom_node.ml.gradcam import grad_cam, peak_region, to_source
+from dicom_node.ml.gradcam import grad_cam, to_source
+from dicom_node.ml.localise import peak_inside
 from dicom_node.ml.preprocess import resize_pad
 
 
@@ -33,7 +34,7 @@ def test_heat_map_peak_lands_on_the_source_spot() -> None:
     heat = to_source(cam, placement)
     assert heat.shape == (rows, cols) and heat.dtype == np.float32
     assert 0.0 <= heat.min() and heat.max() == 1.0
-    (r, c), radius = peak_region(heat)
+    (r, c), radius = peak_inside(heat, np.ones(heat.shape, bool))
     assert 135 <= r <= 155 and 25 <= c <= 45
     assert 3 <= radius <= 15
 

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from e2e_helpers import ICH_DEMO_VERSION, MODELS
+from outputs_helpers import written_seg
 from scipy import ndimage
 
 from dicom_node.ml.analysis import AnalysisStatus, instance_ref_from_file
@@ -19,13 +20,10 @@ from dicom_node.ml.device import choose_device
 from dicom_node.ml.localise import head_mask
 from dicom_node.ml.preprocess import read_image
 from dicom_node.ml.registry import Pipeline, load_pipeline
-from dicom_node.outputs import build_outputs
-from dicom_node.outputs.validate import dciodvfy_errors
 from dicom_node.synth import SUBTYPES, write_ct_head_study
 
 SEED = 8801  # not a training seed (9031, 9133)
 THIN_MM = 6.0
-SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +71,7 @@ def test_each_subtype_is_found_and_marked_on_the_lesion(ich: Pipeline, subtype: 
     print(f"{subtype}: Dice {dice:.2f}")
     assert dice > 0.3, f"{subtype}: Dice {dice:.2f}"
 
-    sources = {r.sop_instance_uid: pydicom.dcmread(r.path) for r in refs}
-    seg = next(o for o in build_outputs(result, sources, 1) if str(o.dataset.SOPClassUID) == SEG_CLASS)
-    path = tmp_path / "seg.dcm"
-    seg.dataset.save_as(path, enforce_file_format=True)
-    assert dciodvfy_errors(path) == []
-    assert pydicom.dcmread(path).ReferencedSeriesSequence[0].SeriesInstanceUID == st.primary_series_uid
+    path = written_seg(result, refs, tmp_path / "seg.dcm", st.primary_series_uid)
     back = seg_masks(path)[1]
     assert set(back) == present - {"any"}  # one segment per subtype the analysis found
     assert _dice(back[subtype], result.masks[subtype]) == pytest.approx(1.0)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from e2e_helpers import SIH_DEMO_VERSION
 
 from dicom_node.ml.analysis import AnalysisStatus, InstanceRef, instance_ref_from_file
 from dicom_node.ml.device import choose_device
@@ -25,7 +26,7 @@ def ich() -> Pipeline:
 
 @pytest.fixture(scope="module")
 def sih() -> Pipeline:
-    return load_pipeline(MODELS, "sih", "0.1.0-synthetic-demo", CPU)
+    return load_pipeline(MODELS, "sih", SIH_DEMO_VERSION, CPU)
 
 
 def _refs(files: list[Path]) -> list[InstanceRef]:

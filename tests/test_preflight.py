@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, free_port, write_config
+from e2e_helpers import SIH_DEMO_VERSION
 
 DICOM_NODE = REPO / ".venv" / "bin" / "dicom-node"
 DEMO = "0.1.0-synthetic-demo"
@@ -51,12 +52,12 @@ def test_config_check_refuses_models_serve_could_not_load(tmp_path: Path, enable
 
 def test_config_check_refuses_a_weight_file_with_the_wrong_checksum(tmp_path: Path) -> None:
     models = _models(tmp_path)
-    weights = sorted((models / "sih" / DEMO).glob("*.pt"))
+    weights = sorted((models / "sih" / SIH_DEMO_VERSION).glob("*.pt"))
     assert weights
     data = bytearray(weights[0].read_bytes())
     data[-1] ^= 0xFF
     weights[0].write_bytes(bytes(data))
-    result = _cli("config", "check", str(_config(tmp_path, models, [{"name": "sih", "version": DEMO}])))
+    result = _cli("config", "check", str(_config(tmp_path, models, [{"name": "sih", "version": SIH_DEMO_VERSION}])))
     _one_line_naming(result, "models.enabled[0]", "sha256")
 
 

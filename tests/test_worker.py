@@ -15,6 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import wait_for, write_config
+from e2e_helpers import SIH_DEMO_VERSION
 from notify_helpers import Webhook
 from outputs_helpers import ICH_MODEL, ich_analysis, make_series
 from sqlalchemy import func, select
@@ -518,7 +519,7 @@ def test_a_local_worker_that_cannot_load_its_models_is_not_restarted(tmp_path: P
     from dicom_node.runtime.worker_process import EXIT_CANNOT_LOAD_MODELS
 
     cfg_path = write_config(tmp_path, models={"path": str(REPO / "models"), "enabled": [
-        {"name": "sih", "version": "0.1.0-synthetic-demo", "thresholds": {"tumour": 0.5}}]})
+        {"name": "sih", "version": SIH_DEMO_VERSION, "thresholds": {"tumour": 0.5}}]})
     service = WorkerProcess(cfg_path, restart_delay=0.2, grace_seconds=5)
     service.start()
     try:

@@ -1,5 +1,6 @@
 """`dicom-node synth --kind {ct-head,mr-sih,mr-swi,reports} --n N --seed S --out DIR`: generated studies plus
-labels.csv (ct-head: also ground-truth lesion masks as DICOM SEG and boxes.csv); for reports, report texts
+labels.csv (ct-head: also ground-truth lesion masks as DICOM SEG and boxes.csv; mr-sih: where the SIH signs
+are, as DICOM SEG; mr-swi: the bleeds as DICOM SEG); for reports, report texts
 (reports.csv) and their 16 labels (labels.csv)."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-distractors", action="store_true",
                         help="only the primary series (no scout/bone/dose report, no pre-contrast T1/T2)")
     parser.add_argument("--no-seg", action="store_true",
-                        help="ct-head: skip the ground-truth DICOM SEG per study (boxes.csv is still written)")
+                        help="skip the ground-truth DICOM SEG per study (ct-head: boxes.csv is still written)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -43,9 +44,6 @@ def run(args: argparse.Namespace) -> int:
             return 2
         kw["n_slices"] = args.slices
     if args.no_seg:
-        if args.kind not in ("ct-head", "mr-swi"):
-            print("synth: --no-seg applies to --kind ct-head and mr-swi only", file=sys.stderr)
-            return 2
         kw["ground_truth"] = False
     progress = None
     if not args.no_progress:
@@ -60,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"synth: {exc}", file=sys.stderr)
         return 2
     files = sum(len(s.files) for s in studies)
-    segs = sum(1 for s in studies if s.seg_file is not None)
-    extra = f", {segs} ground-truth SEG(s) in {args.out / 'ground-truth'}, boxes in {args.out / 'boxes.csv'}" \
-        if args.kind == "ct-head" else ""
+    segs = sum((s.seg_file is not None) + len(s.seg_files) for s in studies)
+    extra = f", {segs} ground-truth SEG(s) in {args.out / 'ground-truth'}" if args.kind == "mr-sih" else ""
+    if args.kind == "ct-head":
+        extra = f", {segs} ground-truth SEG(s) in {args.out / 'ground-truth'}, boxes in {args.out / 'boxes.csv'}"
     print(f"{len(studies)} {args.kind} studies, {files} files, labels in {args.out / 'labels.csv'}{extra}")
     return 0
 

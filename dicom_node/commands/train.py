@@ -10,8 +10,10 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, choices=["ich", "sih", "ich-ensemble", "cmb"],
-                        help="which task to train; ich-ensemble fits the weights of trained ICH members (--members)")
+    parser.add_argument("--model", required=True, choices=["ich", "sih", "sih-localiser", "ich-ensemble", "cmb"],
+                        help="which task to train; ich-ensemble fits the weights of trained ICH members (--members); "
+                        "sih-localiser adds a sign localiser to the SIH model --base (its classifiers kept) as a "
+                        "new version, trained on the SEG annotations under --data")
     parser.add_argument("--data", required=True, type=Path, help="folder of DICOM files with labels.csv")
     parser.add_argument("--out", required=True, type=Path,
                         help="model folder to write (weights + manifest.json), e.g. models/ich/1.0.0")
@@ -60,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cmb: the classifier also reads each bleed's 128 detector box-head features")
     parser.add_argument("--no-rescorer", action="store_true",
                         help="cmb: report bleeds on the detector score alone (no candidate rescorer)")
+    parser.add_argument("--base", type=Path, default=None, metavar="MODEL_DIR",
+                        help="sih-localiser: the SIH model folder whose classifiers, ensemble and threshold the new "
+                        "version keeps (e.g. models/sih/1.0.0-site); --size is the localiser's input size")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
 
 
@@ -93,6 +98,13 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             folder = train_ensemble(args.data, args.models_dir, members, out, opts.name, opts.version,
                                     args.synthetic_demo, args.seed)
+        elif args.model == "sih-localiser":
+            from dicom_node.ml.train_sih_signs import add_sih_localiser
+
+            if args.base is None:
+                log.error("sih-localiser needs --base MODEL_DIR (the SIH model to add the localiser to)")
+                return 2
+            folder = add_sih_localiser(opts, args.base.resolve())
         else:
             folder = train(opts)
     except DicomNodeError as exc:

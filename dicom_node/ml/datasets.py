@@ -151,6 +151,10 @@ class SihData:
     inputs: dict[str, np.ndarray]  # role -> (N, 1, S, S) float16
     labels: np.ndarray  # (N,) float32
     study_uids: list[str]
+    # with `signs_size`: the same images at the localiser's size, role -> (N, 1, S2, S2) float16, and where
+    # the SIH signs are on them (SEG annotations), role -> (N, 1, S2/2, S2/2) uint8 (255 = sign)
+    sign_inputs: dict[str, np.ndarray] | None = None
+    sign_masks: dict[str, np.ndarray] | None = None
 
 
 def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, annotations: str = "none") -> IchData:
@@ -197,10 +201,19 @@ def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, an
                    masks[:n] if kind != "none" else None, kind)
 
 
-def load_sih(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None) -> SihData:
+def load_sih(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, signs_size: int = 0) -> SihData:
+    """The three selected post-contrast T1 images of each labelled study, preprocessed; with `signs_size`,
+    also at that size with the SIH signs' masks from the DICOM SEG files under `data_dir` (a positive
+    study without one is skipped: it would teach that its signs are nowhere)."""
     labels = read_study_labels(labels_csv or Path(data_dir) / "labels.csv")
-    studies = by_study(scan_dicom(data_dir))
+    refs_all = scan_dicom(data_dir)
+    segs: dict[str, dict[str, np.ndarray]] = {}
+    if signs_size:
+        _, segs, _ = find_annotations(data_dir, refs_all, "seg")
+    studies = by_study(refs_all)
     inputs: dict[str, list[np.ndarray]] = {r: [] for r in SIH_ROLES}
+    sign_inputs: dict[str, list[np.ndarray]] = {r: [] for r in SIH_ROLES}
+    sign_masks: dict[str, list[np.ndarray]] = {r: [] for r in SIH_ROLES}
     ys, uids = [], []
     low, high = spec.percentiles
     for study_uid, refs in tqdm(sorted(studies.items()), desc="preprocessing MR studies", unit="study"):
@@ -208,14 +221,36 @@ def load_sih(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None) ->
             continue
         try:
             images = select_sih_images(refs).by_role()
-            arrays = {role: mr_input(read_image(ref.path), spec.size, low, high)[0] for role, ref in images.items()}
+            pixels = {role: read_image(ref.path) for role, ref in images.items()}
         except (SelectionError, PixelDataError) as exc:
             log.warning("study skipped", extra={"study_uid": study_uid, "reason": str(exc)})
             continue
+        if signs_size:
+            found = {role: segs.get(ref.sop_instance_uid, {}).get("sih") for role, ref in images.items()}
+            if labels[study_uid] and all(m is None for m in found.values()):
+                log.warning("study skipped", extra={"study_uid": study_uid, "reason": "SIH without sign masks"})
+                continue
+            for role, image in pixels.items():
+                sign_inputs[role].append(mr_input(image, signs_size, low, high)[0].astype(np.float16))
+                mask = found[role]
+                sign_masks[role].append(half_mask(mask if mask is not None else np.zeros(image.shape, bool),
+                                                  signs_size))
         for role in SIH_ROLES:
-            inputs[role].append(arrays[role].astype(np.float16))
+            inputs[role].append(mr_input(pixels[role], spec.size, low, high)[0].astype(np.float16))
         ys.append(labels[study_uid])
         uids.append(study_uid)
     if not uids:
         raise SelectionError(f"no labelled study with usable post-contrast T1 images under {data_dir}")
-    return SihData({r: np.stack(v) for r, v in inputs.items()}, np.asarray(ys, dtype=np.float32), uids)
+    data = SihData({r: np.stack(v) for r, v in inputs.items()}, np.asarray(ys, dtype=np.float32), uids)
+    if signs_size:
+        data.sign_inputs = {r: np.stack(v) for r, v in sign_inputs.items()}
+        data.sign_masks = {r: np.stack(v) for r, v in sign_masks.items()}
+    return data
+
+
+def half_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A source-image mask in model space at half the model's resolution: (1, size/2, size/2) uint8, the
+    fraction of each cell that is mask x 255 (as the ICH slices' masks)."""
+    square, _ = resize_pad(mask[None].astype(np.float32), size)
+    half = size // 2
+    return np.round(square.reshape(1, half, 2, half, 2).mean(axis=(2, 4)) * 255).astype(np.uint8)

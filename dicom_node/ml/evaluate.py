@@ -130,7 +130,7 @@ def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, se
         if study_uid not in labels:
             continue
         try:
-            logits = p.logits(p.inputs(p.select(refs)))
+            logits = p.logits(p.inputs(p.pixels(p.select(refs))))
         except (SelectionError, PixelDataError) as exc:
             skipped.append({"study_uid": study_uid, "reason": str(exc)})
             continue

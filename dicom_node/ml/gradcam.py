@@ -1,13 +1,12 @@
-"""Grad-CAM (Selvaraju et al. 2017) on a network's last convolutional block, and its peak as a region.
+"""Grad-CAM (Selvaraju et al. 2017) on a network's last convolutional block.
 
 The map is computed at model-input resolution, mapped back to the source image (rows x columns) with
 the `Placement` used in preprocessing, and scaled to [0, 1]. It is an explanation aid for the overlay,
-not a segmentation.
+not a segmentation; where a model without masks must still place a mark, `localise.peak_inside` takes
+its peak inside the head.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -56,10 +55,3 @@ def to_source(cam: np.ndarray, p: Placement) -> np.ndarray:
     heat = np.clip(unplace(cam, p), 0.0, None)
     peak = float(heat.max())
     return (heat / peak if peak > 0 else heat).astype(np.float32)
-
-
-def peak_region(heat: np.ndarray, level: float = 0.5) -> tuple[tuple[float, float], float]:
-    """(row, col) of the map's maximum and the radius of a disc with the area above `level` (pixels)."""
-    r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    area = float((heat >= level * float(heat.max())).sum()) if heat.max() > 0 else 1.0
-    return (float(r), float(c)), max(1.0, math.sqrt(area / math.pi))

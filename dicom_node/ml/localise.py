@@ -55,6 +55,16 @@ def head_mask(hu: np.ndarray) -> np.ndarray:
     return np.asarray(ndimage.binary_fill_holes(hu > HEAD_HU))
 
 
+def signal_head_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """The head on an MR image: its largest connected region brighter than `fraction` of the 99th
+    percentile, holes filled (the magnitude background is noise well below that)."""
+    img = np.asarray(image, dtype=np.float32)
+    top = float(np.percentile(img, 99)) if img.size else 0.0
+    if top <= 0:
+        return np.zeros(img.shape, bool)
+    return np.asarray(ndimage.binary_fill_holes(largest_component(img > fraction * top)))
+
+
 def peak_inside(heat: np.ndarray, allowed: np.ndarray) -> tuple[tuple[float, float], float]:
     """The heat map's peak among `allowed` pixels (all pixels when none is allowed) and the radius of a
     disc with the area where the map is >= half that peak."""

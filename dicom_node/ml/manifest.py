@@ -30,6 +30,7 @@ MANIFEST_NAME = "manifest.json"
 ICH_LABELS: tuple[str, ...] = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 SIH_LABELS: tuple[str, ...] = ("sih",)
 SIH_ROLES: tuple[str, ...] = ("axial", "coronal1", "coronal2")
+SIH_SIGNS_ROLE = "signs"  # optional SIH component: where the signs are, on each of the three images
 TASKS = {"ich-ct": "CT", "sih-mr": "MR"}
 
 
@@ -89,10 +90,11 @@ Sha256 = Annotated[Str, BeforeValidator(_lower), AfterValidator(_sha256)]
 
 
 class Component(Frozen):
-    role: Str  # "slice" for ICH; "axial" | "coronal1" | "coronal2" for SIH
+    role: Str  # "slice" for ICH; "axial" | "coronal1" | "coronal2" (+ optional "signs") for SIH
     architecture: Str
     weights: Annotated[Str, AfterValidator(_file_name)]  # file name inside the model folder
     sha256: Sha256
+    size: Int | None = None  # its own input size (px), when not the manifest's `input.size`
 
 
 class InputSpec(Frozen):
@@ -215,7 +217,12 @@ def _parse(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) ->
     study_model = None
     if aggregation == "study_model":
         study_model = StudyModel.from_json(pre.get("study_model"), labels, problems)
-    seg = [c.architecture for c in components if c.architecture in SEGMENTATION_ARCHITECTURES]
+    seg = [c.architecture for c in components if c.architecture in SEGMENTATION_ARCHITECTURES
+           and not (task == "sih-mr" and c.role == SIH_SIGNS_ROLE)]
+    signs = [c for c in components if task == "sih-mr" and c.role == SIH_SIGNS_ROLE]
+    if signs and signs[0].architecture not in SEGMENTATION_ARCHITECTURES:
+        problems.append(f"components: the SIH localiser ({SIH_SIGNS_ROLE!r}) needs a segmentation architecture "
+                        f"(*_seg), not {signs[0].architecture}")
     if seg and (task != "ich-ct" or labels[:1] != ("any",)):
         problems.append(f"components: {seg[0]} outputs one mask per label after 'any'; it needs task ich-ct with "
                         "'any' as the first label")
@@ -332,7 +339,7 @@ def _components(task: str, items: list[Any], problems: list[str]) -> tuple[Compo
         component = component_of(c, f"components[{n}]", problems)
         if component is not None:
             out.append(component)
-    roles = tuple(c.role for c in out)
+    roles = tuple(c.role for c in out if not (task == "sih-mr" and c.role == SIH_SIGNS_ROLE))
     expected = ("slice",) if task == "ich-ct" else SIH_ROLES
     if sorted(roles) != sorted(expected):
         problems.append(f"components: roles {list(roles)} do not match {task}'s {list(expected)}")
@@ -342,7 +349,7 @@ def _components(task: str, items: list[Any], problems: list[str]) -> tuple[Compo
 def component_of(c: Mapping[str, Any], prefix: str, found: list[str]) -> Component | None:
     """A manifest's component entry (its other keys are the task's to read), or None with its problems."""
     values = {"role": str(c.get("role", "")), "architecture": str(c.get("architecture")),
-              "weights": c.get("weights"), "sha256": c.get("sha256")}
+              "weights": c.get("weights"), "sha256": c.get("sha256"), "size": c.get("size")}
     out: Component | None = validated(Component, values, found, prefix)
     return out
 

@@ -2,8 +2,14 @@
 
 select_sih_images picks the axial (pons level), coronal 1 (pituitary/midbrain) and coronal 2 (posterior
 fossa) images; each goes through its own network (one logit each); the ensemble's probability is
-sigmoid(intercept + sum(coefficient[role] * logit[role])), coefficients from the manifest. The key image
-is the one whose weighted logit contributes most; Grad-CAM explains that image's network.
+sigmoid(intercept + sum(coefficient[role] * logit[role])), coefficients from the manifest.
+
+Where (only for a present finding): a model with a sign localiser (component "signs", `sih_signs`) maps
+where the signs are on each of the three images; the key image is the one with the most sign, the region
+the largest sign component on it (`localise.region_from_mask`), and the masks go to the SEG. Without a
+localiser, or when it finds no sign, the key image is the one whose weighted logit contributes most and
+the region the Grad-CAM peak inside the head. Grad-CAM of the key image's network is the overlay's
+explanation either way.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import torch
 
 from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, KeyImage, StudyAnalysis
 from dicom_node.ml.device import inference_mode
-from dicom_node.ml.gradcam import grad_cam, peak_region, to_source
-from dicom_node.ml.manifest import SIH_ROLES
+from dicom_node.ml.gradcam import grad_cam, to_source
+from dicom_node.ml.localise import peak_inside, region_from_mask, signal_head_mask
+from dicom_node.ml.manifest import SIH_ROLES, SIH_SIGNS_ROLE
 from dicom_node.ml.pipeline import Pipeline, load_network
 from dicom_node.ml.preprocess import Placement, mr_input, read_image
 from dicom_node.ml.selection import SihImages, select_sih_images
+from dicom_node.ml.sih_signs import sign_masks
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +41,24 @@ def ensemble_probability(logits: dict[str, float], coefficients: Mapping[str, fl
 
 class SihPipeline(Pipeline):
     nets: dict[str, torch.nn.Module]
+    localiser: torch.nn.Module | None = None
 
     def load_networks(self) -> None:
         self.nets = {role: load_network(self.manifest, self.manifest.component(role), 1, self.device) for role in SIH_ROLES}
+        if any(c.role == SIH_SIGNS_ROLE for c in self.manifest.components):
+            self.localiser = load_network(self.manifest, self.manifest.component(SIH_SIGNS_ROLE), 2, self.device)
 
     def select(self, instances: Sequence[InstanceRef]) -> SihImages:
         return select_sih_images(instances, self.rules["axial"], self.rules["coronal"])
 
-    def inputs(self, images: SihImages) -> dict[str, tuple[np.ndarray, Placement]]:
+    @staticmethod
+    def pixels(images: SihImages) -> dict[str, np.ndarray]:
+        return {role: read_image(ref.path) for role, ref in images.by_role().items()}
+
+    def inputs(self, pixels: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, Placement]]:
         spec = self.manifest.input
         low, high = spec.percentiles
-        return {role: mr_input(read_image(ref.path), spec.size, low, high) for role, ref in images.by_role().items()}
+        return {role: mr_input(image, spec.size, low, high) for role, image in pixels.items()}
 
     def logits(self, inputs: dict[str, tuple[np.ndarray, Placement]]) -> dict[str, float]:
         out = {}
@@ -55,7 +70,9 @@ class SihPipeline(Pipeline):
 
     def _analyse(self, instances: Sequence[InstanceRef]) -> StudyAnalysis:
         images = self.select(instances)
-        inputs = self.inputs(images)
+        refs = images.by_role()
+        pixels = self.pixels(images)
+        inputs = self.inputs(pixels)
         logits = self.logits(inputs)
         ens = self.manifest.ensemble
         assert ens is not None  # validated by load_manifest for sih-mr
@@ -63,16 +80,25 @@ class SihPipeline(Pipeline):
         label = self.manifest.labels[0]
         threshold = self.thresholds[label]
         present = prob >= threshold
-        refs = images.by_role()
         finding = Finding(label=label, probability=prob, threshold=threshold, present=present,
                           critical=label in self.manifest.critical_labels)
         key_images = []
+        masks: dict[str, dict[str, np.ndarray]] = {}
         if present:
-            role = max(SIH_ROLES, key=lambda r: ens.coefficients[r] * logits[r])
+            heads = {role: signal_head_mask(image) for role, image in pixels.items()}
+            signs = self.locate(pixels, heads)
+            if any(m.any() for m in signs.values()):
+                role = max(SIH_ROLES, key=lambda r: int(signs[r].sum()))
+                # the key image's series first: the SEG covers the images of its first mask's series
+                order = sorted(SIH_ROLES, key=lambda r: refs[r].series_uid != refs[role].series_uid)
+                masks[label] = {refs[r].sop_instance_uid: signs[r] for r in order if signs[r].any()}
+            else:
+                role = max(SIH_ROLES, key=lambda r: ens.coefficients[r] * logits[r])
             ref = refs[role]
             x, p = inputs[role]
             heat = to_source(grad_cam(self.nets[role], torch.from_numpy(x[None]).to(self.device.torch_device), 0), p)
-            center, radius = peak_region(heat)
+            region = region_from_mask(signs[role]) if signs[role].any() else None
+            center, radius = region if region is not None else peak_inside(heat, heads[role])
             finding = Finding(label=label, probability=prob, threshold=threshold, present=True, critical=finding.critical,
                               key_sop_instance_uid=ref.sop_instance_uid, key_series_uid=ref.series_uid,
                               region_center=center, region_radius=radius)
@@ -85,5 +111,14 @@ class SihPipeline(Pipeline):
         return StudyAnalysis(
             model=self.info, status=AnalysisStatus.ANALYSED, reason=reason, study_uid=images.axial.study_uid,
             evaluated_series_uids=series, evaluated_sop_instance_uids=[r.sop_instance_uid for r in refs.values()],
-            findings=[finding], key_images=key_images,
+            findings=[finding], key_images=key_images, masks=masks,
         )
+
+    def locate(self, pixels: Mapping[str, np.ndarray], heads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Where the localiser sees the signs on each image, inside the head (all empty without one)."""
+        if self.localiser is None:
+            return {role: np.zeros(image.shape, bool) for role, image in pixels.items()}
+        component = self.manifest.component(SIH_SIGNS_ROLE)
+        low, high = self.manifest.input.percentiles
+        found = sign_masks(self.localiser, pixels, component.size or self.manifest.input.size, low, high, self.device)
+        return {role: found[role] & heads[role] for role in pixels}

@@ -1,12 +1,15 @@
-"""Strong annotations of generated head CTs: each study's lesion masks as a DICOM SEG, plus per-slice boxes.
+"""Strong annotations of generated studies: lesion masks as DICOM SEG, plus per-slice boxes for CT.
 
-    write_ground_truth(out_dir, study, axial_datasets, masks)   # -> (SEG path or None, boxes)
+    write_ground_truth(out_dir, study, axial_datasets, masks)   # CT -> (SEG path or None, boxes)
+    write_mask_seg(path, kind, seed, index, sources, masks)     # any series' masks -> SEG path
     read_ground_truth(seg_path)                                  # -> {label: {SOPInstanceUID: mask}}
     write_boxes_csv(path, studies) / read_boxes_csv(path)
 
 The SEG (one segment per hemorrhage subtype present, frames only on the slices that show it, referencing
 the primary axial series) is built by `outputs.seg.build_seg`, the same validated builder as the node's
-own SEG output, with the generator as its algorithm. It lives in `<out>/ground-truth/`, outside the
+own SEG output, with the generator as its algorithm. A brain MR with SIH gets one SEG per post-contrast
+series (`<folder>-t1_ax_post-seg.dcm`, `<folder>-t1_cor_post-seg.dcm`), one segment "sih": where its
+signs are (`phantom_mr.SIGN_TISSUES`). They live in `<out>/ground-truth/`, outside the
 study's folder, so sending a study's files never sends its answer. A box is the bounding rectangle of one
 subtype's mask on one slice, in source pixels (inclusive): `boxes.csv` has
 `StudyInstanceUID,SOPInstanceUID,label,row_min,col_min,row_max,col_max,pixels`.
@@ -70,28 +73,35 @@ def boxes_of(study_uid: str, by_label: dict[str, dict[str, np.ndarray]]) -> list
     return boxes
 
 
-def seg_path(out_dir: Path, folder_name: str) -> Path:
-    return Path(out_dir) / GROUND_TRUTH_DIR / f"{folder_name}-seg.dcm"
+def seg_path(out_dir: Path, folder_name: str, role: str = "") -> Path:
+    return Path(out_dir) / GROUND_TRUTH_DIR / (f"{folder_name}-{role}-seg.dcm" if role else f"{folder_name}-seg.dcm")
 
 
 def write_ground_truth(out_dir: Path, folder_name: str, kind: str, seed: int, patient_index: int,
                        axial: Sequence[Dataset], masks: np.ndarray) -> tuple[Path | None, list[Box]]:
     """Write the study's SEG (None for a study without lesions) and return its boxes."""
-    from dicom_node.outputs.seg import SegAlgorithm, SegmentMask, build_seg
-
     sops = [str(ds.SOPInstanceUID) for ds in axial]
     by_label = label_masks(masks, sops)
-    study_uid = str(axial[0].StudyInstanceUID)
     if not by_label:
         return None, []
+    path = write_mask_seg(seg_path(out_dir, folder_name), kind, seed, patient_index, axial, by_label)
+    return path, boxes_of(str(axial[0].StudyInstanceUID), by_label)
+
+
+def write_mask_seg(path: Path, kind: str, seed: int, patient_index: int, sources: Sequence[Dataset],
+                   by_label: dict[str, dict[str, np.ndarray]], role: str = "") -> Path:
+    """The generator's masks over `sources` (one series) as a SEG at `path`; `role` tells apart the
+    SEGs of one study's series (MR: one per post-contrast series)."""
+    from dicom_node.outputs.seg import SegAlgorithm, SegmentMask, build_seg
+
+    tag = f"ground-truth-seg-{role}" if role else "ground-truth-seg"
     seg = build_seg(
-        axial, [SegmentMask(label, m) for label, m in by_label.items()],
-        series_uid=synth_uid(kind, seed, patient_index, "series", "ground-truth-seg"),
-        sop_uid=synth_uid(kind, seed, patient_index, "ground-truth-seg", 0),
+        sources, [SegmentMask(label, m) for label, m in by_label.items()],
+        series_uid=synth_uid(kind, seed, patient_index, "series", tag),
+        sop_uid=synth_uid(kind, seed, patient_index, tag, 0),
         series_number=SEG_SERIES_NUMBER, instance_number=1,
         algorithm=SegAlgorithm(GENERATOR, __version__, None), series_description=SEG_DESCRIPTION)
-    path = write(seg.dataset, seg_path(out_dir, folder_name))
-    return path, boxes_of(study_uid, by_label)
+    return write(seg.dataset, path)
 
 
 def read_ground_truth(path: Path) -> dict[str, dict[str, np.ndarray]]:

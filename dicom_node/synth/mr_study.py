@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from dicom_node.synth.dicom_writer import mr_image, synth_uid, write
-from dicom_node.synth.phantom_mr import GAP_MM, SLICE_MM, render_mr_sih
+from dicom_node.synth.ground_truth import seg_path, write_mask_seg
+from dicom_node.synth.phantom_mr import GAP_MM, POST_CONTRAST_ROLES, SLICE_MM, render_mr_sih
 from dicom_node.synth.study import SynthStudy, series_info, study_folder, study_info
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,19 @@ _SERIES = (
 
 
 def write_mr_sih_study(out_dir: Path, seed: int, sih: bool, size: int = 256, distractors: bool = True,
-                       patient_index: int = 0, n_axial: int = 20, n_coronal: int = 20) -> SynthStudy:
-    """Generate and write one brain MR study; `distractors` adds the pre-contrast T1 and T2 series."""
+                       patient_index: int = 0, n_axial: int = 20, n_coronal: int = 20,
+                       ground_truth: bool = True) -> SynthStudy:
+    """Generate and write one brain MR study; `distractors` adds the pre-contrast T1 and T2 series.
+
+    With `ground_truth`, a study with SIH also gets where its signs are, one DICOM SEG per post-contrast
+    series under `out_dir/ground-truth/` (see `ground_truth`), listed in `SynthStudy.seg_files`."""
     rng = np.random.default_rng([seed, patient_index, 2])
     vols = render_mr_sih(rng, sih, size=size, n_axial=n_axial, n_coronal=n_coronal)
     info = study_info(KIND, seed, patient_index, "MR BRAIN W WO CONTRAST")
     folder = study_folder(out_dir, KIND, seed, patient_index)
     files: list[Path] = []
     series_uids: dict[str, str] = {}
+    written: dict[str, list] = {}
     for role, number, description, sequence, contrast, minutes in _SERIES:
         if not distractors and not contrast:
             continue
@@ -50,7 +56,15 @@ def write_mr_sih_study(out_dir: Path, seed: int, sih: bool, size: int = 256, dis
                           sequence, CONTRAST_AGENT if contrast else None)
             slug = description.lower().replace(" ", "-")
             files.append(write(ds, folder / f"{number:03d}-{slug}" / f"{i + 1:04d}.dcm"))
+            written.setdefault(role, []).append(ds)
+    segs = []
+    for role in POST_CONTRAST_ROLES if ground_truth and vols.signs else ():
+        sops = [str(ds.SOPInstanceUID) for ds in written[role]]
+        masks = {sop: m for sop, m in zip(sops, vols.sign_masks[role], strict=True) if m.any()}
+        if masks:
+            segs.append(write_mask_seg(seg_path(out_dir, folder.name, role), KIND, seed, patient_index,
+                                       written[role], {"sih": masks}, role))
     log.debug("wrote MR study", extra={"study_uid": info.study_uid, "files": len(files), "sih": int(sih),
                                        "signs": ",".join(vols.signs)})
     return SynthStudy(info.study_uid, folder, files, series_uids["t1_ax_post"], {}, {"sih": int(sih)}, KIND,
-                      series_uids, seed, patient_index, vols.signs)
+                      series_uids, seed, patient_index, vols.signs, seg_files=tuple(segs))

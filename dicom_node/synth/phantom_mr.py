@@ -8,6 +8,10 @@ The SIH signs are those the Bern score counts, drawn as anatomy parameters (`ana
   bodies closer to the pons, suprasellar cistern effaced;
 - subdural fluid collections: thin bilateral crescents over the convexity.
 A positive study shows two to four of these at varying strength; negatives vary in normal anatomy.
+
+Where each sign is (`SIGN_TISSUES`, the strong annotation of a positive study): the enhancing dura and falx,
+the engorged sinuses, the sagging brainstem, the subdural collections. `MRVolumes.sign_masks` holds, for
+each post-contrast series, the pixels of the signs the study shows (empty for a negative study).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ FOV_MM = 230.0
 SLICE_MM = 5.0
 GAP_MM = 1.0
 SIH_SIGNS = ("pachymeningeal", "sinus", "sag", "subdural")
+# the tissue labels where each sign is seen
+SIGN_TISSUES = {"pachymeningeal": (Tissue.DURA, Tissue.FALX), "sinus": (Tissue.SINUS,),
+                "sag": (Tissue.BRAINSTEM,), "subdural": (Tissue.SUBDURAL_FLUID,)}
+POST_CONTRAST_ROLES = ("t1_ax_post", "t1_cor_post")
 
 _T1 = {Tissue.AIR: 0.0, Tissue.SKIN: 0.55, Tissue.FAT: 0.95, Tissue.MUSCLE: 0.35, Tissue.BONE: 0.03,
        Tissue.DIPLOE: 0.7, Tissue.CSF: 0.12, Tissue.GM: 0.42, Tissue.WM: 0.58, Tissue.DEEP_GM: 0.46,
@@ -52,6 +60,8 @@ class MRVolumes:
     series: dict[str, MRSeriesPixels]
     params: HeadParams
     signs: tuple[str, ...]
+    # post-contrast role -> (slices, rows, cols) bool: where the signs shown are (all False without SIH)
+    sign_masks: dict[str, np.ndarray]
 
 
 def sih_params(anat_rng: np.random.Generator, rng: np.random.Generator, sih: bool
@@ -134,7 +144,15 @@ def render_mr_sih(rng: np.random.Generator, sih: bool, size: int = 256, n_axial:
         "t1_cor_post": MRSeriesPixels("t1_cor_post", series("t1_cor_post", luts["t1_post"], cor_labels, bias_cor),
                                       cor_pos, coronal_o, spacing),
     }
-    return MRVolumes(result, params, signs)
+    masks = {"t1_ax_post": sign_mask(ax_labels, signs), "t1_cor_post": sign_mask(cor_labels, signs)}
+    return MRVolumes(result, params, signs, masks)
+
+
+def sign_mask(labels: list[np.ndarray], signs: tuple[str, ...]) -> np.ndarray:
+    """(slices, rows, cols) bool: the pixels of the tissues where the `signs` are seen."""
+    tissues = [int(t) for s in signs for t in SIGN_TISSUES[s]]
+    stack = np.stack(labels)
+    return np.isin(stack, tissues) if tissues else np.zeros(stack.shape, bool)
 
 
 def _bias(rng: np.random.Generator, size: int) -> np.ndarray:

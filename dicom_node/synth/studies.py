@@ -4,7 +4,8 @@
 `ID_<SOPInstanceUID>_<label>` per label and slice of the primary axial series); for mr-sih one row per
 study (`StudyInstanceUID,sih`). `out/studies.csv`: `StudyInstanceUID,kind,folder,<labels...>` with the
 folder relative to `out`. ct-head also writes the strong annotations: `out/ground-truth/<folder>-seg.dcm`
-(a DICOM SEG per study with lesions) and `out/boxes.csv` (per-slice boxes; see `ground_truth`). mr-swi
+(a DICOM SEG per study with lesions) and `out/boxes.csv` (per-slice boxes; see `ground_truth`); mr-sih
+writes where a positive study's signs are (`out/ground-truth/<folder>-<series role>-seg.dcm`). mr-swi
 writes its own label files (`swi_study.write_swi_labels`: labels.csv, studies.csv with `microbleeds` and
 `svd_class`, bleeds.csv) and a SEG of every study with bleeds.
 

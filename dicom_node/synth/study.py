@@ -35,6 +35,7 @@ class SynthStudy:
     findings: tuple[str, ...] = ()  # CT: hemorrhage subtypes rendered; MR: the SIH signs shown
     seg_file: Path | None = None  # CT with lesions: ground-truth masks as a DICOM SEG (not among `files`)
     boxes: tuple[Box, ...] = ()  # CT: per-slice, per-subtype bounding boxes of the masks
+    seg_files: tuple[Path, ...] = ()  # MR with SIH: where its signs are, one SEG per post-contrast series
 
 
 def study_folder(out_dir: Path, kind: str, seed: int, patient_index: int) -> Path:

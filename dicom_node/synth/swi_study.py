@@ -144,7 +144,7 @@ def write_mr_swi_study(out_dir: Path, seed: int, svd_class: str | None = None, s
     log.debug("wrote SWI study", extra={"study_uid": info.study_uid, "files": len(files), "class": svd_class,
                                         "microbleeds": len(vols.bleeds), "vendor": vendor})
     return SwiStudy(info.study_uid, folder, files, series_uids["swi"], {}, counts, KIND, series_uids, seed,
-                    patient_index, (svd_class,), seg_file, (), svd_class, bleeds, vendor)
+                    patient_index, (svd_class,), seg_file, (), svd_class=svd_class, bleeds=bleeds, vendor=vendor)
 
 
 def _write_series(folder: Path, info: Any, seed: int, index: int, role: str, number: int, description: str,

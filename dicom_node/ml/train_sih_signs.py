@@ -1,0 +1,156 @@
+"""Training the SIH sign localiser: where, on the three post-contrast T1 images, the signs of SIH are.
+
+One `narrow_resnet_seg` (one input channel; as ICH's, two image logits, "any" and "sih", here both "this
+image shows a sign", and one mask, where the signs are, at half its input resolution) reads each of the three selected images at its own size (`--size`, 256 px for the
+demo: the enhancing dura is 1.4-3 mm thick). It is trained on the studies' strong annotations, one DICOM
+SEG per series with a segment "sih" (`synth --kind mr-sih` writes them; a site exports its own from a
+viewer), with BCE on the image label plus BCE and soft Dice on the mask, random flips and shifts.
+
+It decides nothing: the study's verdict stays the classifiers' ensemble. It says where, for the SR
+region, the overlay mark and the SEG (`ml.sih_signs`).
+
+    add_sih_localiser(opts, base)   # a new model folder: `base`'s classifiers, ensemble and threshold
+                                    # (same weights, same verdicts) plus the localiser as component "signs"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dicom_node.errors import ModelError
+from dicom_node.ml.datasets import SihData, load_sih
+from dicom_node.ml.localise import MASK_LEVEL, largest_component
+from dicom_node.ml.manifest import SIH_ROLES, SIH_SIGNS_ROLE, load_manifest, write_manifest
+from dicom_node.ml.nets import build_model
+from dicom_node.ml.train import TrainOptions, _save_weights, seed_everything, split_studies
+from dicom_node.ml.train_ich import _augment, _dice_loss, optimizer_step
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURE = "narrow_resnet_seg"
+SIGN_PIXEL = 128  # a half-resolution mask cell at least half covered by a sign counts as sign
+
+
+def stacked(data: SihData, studies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The studies' three images each, (3n, 1, S, S) float16, and their masks, (3n, 1, S/2, S/2) uint8."""
+    assert data.sign_inputs is not None and data.sign_masks is not None
+    x = np.concatenate([data.sign_inputs[r][studies] for r in SIH_ROLES])
+    m = np.concatenate([data.sign_masks[r][studies] for r in SIH_ROLES])
+    return x, m
+
+
+def fit_localiser(net: nn.Module, x: np.ndarray, m: np.ndarray, opts: TrainOptions) -> nn.Module:
+    gen = torch.Generator().manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    y = np.repeat((m.reshape(len(m), -1).max(axis=1) >= SIGN_PIXEL).astype(np.float32)[:, None], 2, axis=1)
+    pos = float(y[:, 0].sum())
+    pw = float(np.clip(np.sqrt((len(y) - pos) / max(pos, 1.0)), 1.0, 10.0))
+    bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pw, pw]))
+    mask_bce = nn.BCEWithLogitsLoss()
+    optim = torch.optim.AdamW(net.parameters(), lr=opts.learning_rate, weight_decay=1e-4)
+    steps = opts.epochs * max(1, -(-len(x) // opts.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=opts.learning_rate, total_steps=steps, pct_start=0.15)
+    net.train()
+    with tqdm(total=steps, desc=f"train sih localiser {ARCHITECTURE}", unit="batch") as bar:
+        for epoch in range(opts.epochs):
+            order = rng.permutation(len(x))
+            total = 0.0
+            for start in range(0, len(x), opts.batch_size):
+                idx = np.sort(order[start : start + opts.batch_size])
+                xb = torch.from_numpy(x[idx].astype(np.float32))
+                mb = torch.from_numpy(m[idx].astype(np.float32) / 255.0)
+                xb, mb_aug = _augment(xb, mb, gen)
+                assert mb_aug is not None
+                logits, mask_logits = net.forward_with_masks(xb)  # type: ignore[operator]
+                loss = bce(logits, torch.from_numpy(y[idx])) + mask_bce(mask_logits, mb_aug) + _dice_loss(mask_logits, mb_aug)
+                total += optimizer_step(loss, optim, sched, bar, epoch) * len(idx)
+            log.info("epoch done", extra={"model": "sih localiser", "epoch": epoch + 1, "loss": round(total / len(x), 5)})
+    return net.eval()
+
+
+@torch.inference_mode()
+def localiser_masks(net: nn.Module, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Mask probabilities (N, h, w) float32 of images (N, 1, S, S)."""
+    out = []
+    for s in range(0, len(x), batch_size):
+        _, masks = net.forward_with_masks(torch.from_numpy(x[s : s + batch_size].astype(np.float32)))  # type: ignore[operator]
+        out.append(torch.sigmoid(masks.float())[:, 0].numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0, 0), np.float32)
+
+
+def localisation_scores(probs: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
+    """Dice over the images with a sign, the share of them whose predicted largest component's innermost
+    cell lies on a sign, and the share of the images without a sign that get a mask at all."""
+    from scipy import ndimage
+
+    truth = masks[:, 0] >= SIGN_PIXEL
+    pred = probs >= MASK_LEVEL
+    has = truth.reshape(len(truth), -1).any(axis=1)
+    dice, inside = [], 0
+    for p, t in zip(pred[has], truth[has], strict=True):
+        dice.append(2 * float((p & t).sum()) / max(1, int(p.sum()) + int(t.sum())))
+        if p.any():
+            comp = largest_component(p)
+            depth = ndimage.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1]
+            r, c = np.unravel_index(int(np.argmax(depth)), depth.shape)
+            near = t[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2]  # one cell: the mask is at half resolution
+            inside += int(near.any())
+    empty = ~has
+    return {"images_with_signs": int(has.sum()), "dice": round(float(np.mean(dice)), 4) if dice else None,
+            "centre_on_sign": round(inside / int(has.sum()), 4) if has.any() else None,
+            "images_without_signs": int(empty.sum()),
+            "masked_without_signs": round(float(pred[empty].reshape(int(empty.sum()), -1).any(axis=1).mean()), 4)
+            if empty.any() else None}
+
+
+def train_sih_localiser(opts: TrainOptions, data: SihData, train_s: np.ndarray, val_s: np.ndarray
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the localiser on the training studies; its component entry and validation scores."""
+    seed_everything(opts.seed)
+    net = build_model(ARCHITECTURE, 1, 2)
+    fit_localiser(net, *stacked(data, train_s), opts)
+    scores = localisation_scores(localiser_masks(net, stacked(data, val_s)[0]), stacked(data, val_s)[1]) \
+        if len(val_s) else {}
+    size = int(next(iter(data.sign_inputs.values())).shape[-1]) if data.sign_inputs else opts.size
+    entry = {"role": SIH_SIGNS_ROLE, "architecture": ARCHITECTURE, "size": size,
+             **_save_weights(net, opts.out, f"{SIH_SIGNS_ROLE}.pt")}
+    return entry, scores
+
+
+def add_sih_localiser(opts: TrainOptions, base: Path) -> Path:
+    """`base`'s SIH model (classifier weights copied, same checksums) with a localiser trained on
+    `opts.data`, written as a new model folder `opts.out` with `opts.version`."""
+    manifest = load_manifest(base)
+    if manifest.task != "sih-mr":
+        raise ModelError(f"--base {base}: a sih-mr model is needed, it is {manifest.task}")
+    data = load_sih(opts.data, manifest.input, signs_size=opts.size)
+    train_s, val_s = split_studies(len(data.study_uids), opts.val_fraction, opts.seed)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    raw = json.loads((base / "manifest.json").read_text())
+    components = [c for c in raw["components"] if c["role"] in SIH_ROLES]
+    for c in components:
+        shutil.copyfile(base / c["weights"], opts.out / c["weights"])
+    entry, scores = train_sih_localiser(opts, data, train_s, val_s)
+    log.info("sih localiser validated", extra={"model": opts.version, **{k: v for k, v in scores.items() if v is not None}})
+    demo = opts.synthetic_demo or bool(raw.get("synthetic_demo"))
+    raw.update({
+        "name": opts.name or raw["name"], "version": opts.version, "components": [*components, entry],
+        "localiser": {"from": f"{raw['name']} {raw['version']}", "data": opts.training_data or str(opts.data),
+                      "architecture": ARCHITECTURE, "size": entry["size"], "epochs": opts.epochs,
+                      "seed": opts.seed, "batch_size": opts.batch_size, "learning_rate": opts.learning_rate,
+                      "train_studies": len(train_s), "validation_studies": len(val_s),
+                      "validation": scores},
+        "synthetic_demo": demo,
+    })
+    raw.pop("sha256", None)
+    write_manifest(opts.out, raw)
+    return opts.out

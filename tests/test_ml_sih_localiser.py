@@ -1,0 +1,205 @@
+"""Where the SIH signs are: the generator's strong annotation of them, the shipped SIH model's localiser on
+studies it never saw (the mark on a sign, inside the head; masks that overlap the generator's; a valid SEG
+that references its images and reads back as the masks), the manifest's rules for the localiser, and
+`train --model sih-localiser`, which adds one to an SIH model without touching its verdicts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from e2e_helpers import MODELS, SIH_DEMO_VERSION
+from outputs_helpers import written_seg
+
+from dicom_node.errors import ModelError
+from dicom_node.ml.analysis import AnalysisStatus, instance_ref_from_file
+from dicom_node.ml.annotations import seg_masks
+from dicom_node.ml.device import choose_device
+from dicom_node.ml.localise import signal_head_mask
+from dicom_node.ml.manifest import load_manifest
+from dicom_node.ml.preprocess import read_image
+from dicom_node.ml.registry import Pipeline, load_pipeline
+from dicom_node.outputs.validate import dciodvfy_errors
+from dicom_node.synth.anatomy import Tissue
+from dicom_node.synth.mr_study import write_mr_sih_study
+from dicom_node.synth.phantom_mr import POST_CONTRAST_ROLES, SIGN_TISSUES, render_mr_sih
+
+SEED = 8811  # not a training seed (9241)
+
+
+@pytest.fixture(scope="module")
+def sih() -> Pipeline:
+    return load_pipeline(MODELS, "sih", SIH_DEMO_VERSION, choose_device("cpu"))
+
+
+def _truth(files: tuple[Path, ...]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for f in files:
+        out.update(seg_masks(f)[1]["sih"])
+    return out
+
+
+def _dice(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    inter = sum(int((a[k] & b[k]).sum()) for k in set(a) & set(b))
+    total = sum(int(m.sum()) for m in a.values()) + sum(int(m.sum()) for m in b.values())
+    return 2 * inter / total if total else 0.0
+
+
+def test_sign_masks_are_the_tissues_of_the_signs_shown() -> None:
+    for seed in range(6):
+        vols = render_mr_sih(np.random.default_rng([seed, 0, 2]), True, size=96, n_axial=6, n_coronal=6)
+        assert len(vols.signs) >= 2 and set(vols.sign_masks) == set(POST_CONTRAST_ROLES)
+        for role in POST_CONTRAST_ROLES:
+            mask = vols.sign_masks[role]
+            assert mask.shape == vols.series[role].pixels.shape and mask.any()
+        shown = {int(t) for s in vols.signs for t in SIGN_TISSUES[s]}
+        if int(Tissue.DURA) in shown:  # the enhancing dura is brighter after contrast where the mask says so
+            post = vols.series["t1_ax_post"].pixels.astype(float)
+            pre = vols.series["t1_ax_pre"].pixels.astype(float)
+            m = vols.sign_masks["t1_ax_post"]
+            assert (post[m] - pre[m]).mean() > (post[~m] - pre[~m]).mean()
+    negative = render_mr_sih(np.random.default_rng([0, 0, 2]), False, size=96, n_axial=6, n_coronal=6)
+    assert negative.signs == () and not any(m.any() for m in negative.sign_masks.values())
+
+
+def test_a_positive_study_gets_a_valid_seg_per_post_contrast_series(tmp_path: Path) -> None:
+    st = write_mr_sih_study(tmp_path, 3, True, size=96, patient_index=1, n_axial=6, n_coronal=6)
+    assert len(st.seg_files) == 2 and all(f.parent.name == "ground-truth" for f in st.seg_files)
+    assert not set(st.seg_files) & set(st.files)  # sending the study never sends its answer
+    for f, role in zip(st.seg_files, POST_CONTRAST_ROLES, strict=True):
+        assert dciodvfy_errors(f) == []
+        ds = pydicom.dcmread(f)
+        assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == st.series_uids[role]
+        assert set(seg_masks(f)[1]) == {"sih"}
+    neg = write_mr_sih_study(tmp_path, 3, False, size=96, patient_index=2, n_axial=6, n_coronal=6)
+    assert neg.seg_files == ()
+    again = write_mr_sih_study(tmp_path / "b", 3, True, size=96, patient_index=1, n_axial=6, n_coronal=6,
+                               ground_truth=False)
+    assert again.seg_files == () and not (tmp_path / "b" / "ground-truth").exists()
+
+
+@pytest.mark.parametrize("index", [1, 2, 3])
+def test_the_mark_is_on_a_sign_and_the_seg_lines_up(sih: Pipeline, index: int, tmp_path: Path) -> None:
+    st = write_mr_sih_study(tmp_path, SEED, True, patient_index=index)
+    refs = [instance_ref_from_file(str(f)) for f in st.files]
+    result = sih.analyse(refs)
+    assert result.status is AnalysisStatus.ANALYSED
+    finding = result.findings[0]
+    assert finding.present and finding.region_center is not None and finding.region_radius
+    truth = _truth(st.seg_files)
+    key = next(r for r in refs if r.sop_instance_uid == finding.key_sop_instance_uid)
+    row, col = (round(v) for v in finding.region_center)
+    assert signal_head_mask(read_image(key.path))[row, col], "the mark is outside the head"
+    mask = truth.get(key.sop_instance_uid)
+    assert mask is not None and mask[max(0, row - 1) : row + 2, max(0, col - 1) : col + 2].any(), \
+        f"{st.findings}: the mark at ({row}, {col}) is not on a sign"
+    found = result.masks["sih"]
+    assert set(found) <= set(result.evaluated_sop_instance_uids)
+    dice = _dice(found, {k: v for k, v in truth.items() if k in found})
+    print(f"{st.findings}: Dice {dice:.2f} over {len(found)} image(s)")
+    assert dice > 0.4, f"{st.findings}: Dice {dice:.2f}"
+
+    path = written_seg(result, refs, tmp_path / "seg.dcm", key.series_uid)
+    back = seg_masks(path)[1]["sih"]
+    assert key.sop_instance_uid in back
+    assert np.array_equal(back[key.sop_instance_uid], found[key.sop_instance_uid])
+
+
+def test_a_negative_study_has_no_mark_and_no_mask(sih: Pipeline, tmp_path: Path) -> None:
+    st = write_mr_sih_study(tmp_path, SEED, False, patient_index=4)
+    result = sih.analyse([instance_ref_from_file(str(f)) for f in st.files])
+    assert result.findings[0].present is False and result.masks == {} and result.key_images == []
+
+
+def _manifest_with(tmp_path: Path, change: dict[str, object]) -> Path:
+    src = MODELS / "sih" / SIH_DEMO_VERSION
+    folder = tmp_path / "sih" / "x"
+    folder.mkdir(parents=True)
+    raw = json.loads((src / "manifest.json").read_text())
+    for c in raw["components"]:
+        (folder / c["weights"]).write_bytes((src / c["weights"]).read_bytes())
+        c.update(change.get(c["role"], {}))  # type: ignore[call-overload]
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    return folder
+
+
+def test_the_localiser_must_be_a_segmentation_network_and_the_classifiers_must_not(tmp_path: Path) -> None:
+    shipped = load_manifest(MODELS / "sih" / SIH_DEMO_VERSION)
+    signs = shipped.component("signs")
+    assert signs.architecture.endswith("_seg") and signs.size == 256
+    with pytest.raises(ModelError, match="localiser"):
+        load_manifest(_manifest_with(tmp_path / "a", {"signs": {"architecture": "narrow_resnet"}}))
+    with pytest.raises(ModelError, match="one mask per label"):
+        load_manifest(_manifest_with(tmp_path / "b", {"axial": {"architecture": "narrow_resnet_seg"}}))
+
+
+def test_without_a_localiser_the_mark_is_the_explanation_peak_inside_the_head(tmp_path: Path) -> None:
+    folder = _manifest_with(tmp_path, {})
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw["components"] = [c for c in raw["components"] if c["role"] != "signs"]
+    raw["version"] = "x"
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    plain = load_pipeline(tmp_path, "sih", "x", choose_device("cpu"))
+    assert plain.localiser is None  # type: ignore[attr-defined]
+    st = write_mr_sih_study(tmp_path / "s", SEED, True, patient_index=1)
+    refs = [instance_ref_from_file(str(f)) for f in st.files]
+    result = plain.analyse(refs)
+    finding = result.findings[0]
+    assert finding.present and result.masks == {}  # no localiser: no SEG
+    key = next(r for r in refs if r.sop_instance_uid == finding.key_sop_instance_uid)
+    assert finding.region_center is not None
+    row, col = (round(v) for v in finding.region_center)
+    assert signal_head_mask(read_image(key.path))[row, col], "the explanation peak is outside the head"
+
+
+def test_the_head_of_an_mr_image_is_its_bright_region_with_holes_filled() -> None:
+    image = np.full((64, 64), 3.0)
+    yy, xx = np.mgrid[:64, :64]
+    head = (yy - 32) ** 2 + (xx - 30) ** 2 < 20**2
+    image[head] = 400.0
+    image[(yy - 32) ** 2 + (xx - 30) ** 2 < 6**2] = 10.0  # dark CSF inside: still head
+    image[2:4, 60:62] = 500.0  # a bright speck in the background: not head
+    mask = signal_head_mask(image)
+    assert np.array_equal(mask, head)
+    assert not signal_head_mask(np.zeros((8, 8))).any()
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_train_adds_a_localiser_and_keeps_the_classifiers(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    cli = [shutil.which("dicom-node", path=str(Path(sys.executable).parent)) or "dicom-node"]
+    subprocess.run([*cli, "synth", "--kind", "mr-sih", "--n", "6", "--seed", "31", "--size", "96",
+                    "--no-distractors", "--no-progress", "--out", str(data)], check=True, capture_output=True)
+    base = MODELS / "sih" / SIH_DEMO_VERSION
+    out = tmp_path / "models" / "sih" / "9.9.9-test"
+    run = subprocess.run([*cli, "train", "--model", "sih-localiser", "--base", str(base), "--data", str(data),
+                          "--out", str(out), "--size", "64", "--epochs", "1", "--batch-size", "6"],
+                         check=False, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    new = load_manifest(out)
+    old = load_manifest(base)
+    for role in ("axial", "coronal1", "coronal2"):
+        assert new.component(role).sha256 == old.component(role).sha256 == _sha(out / f"{role}.pt")
+    assert new.thresholds == old.thresholds and new.ensemble == old.ensemble
+    assert new.component("signs").size == 64 and new.version == "9.9.9-test"
+    assert json.loads((out / "manifest.json").read_text())["localiser"]["from"] == f"sih {SIH_DEMO_VERSION}"
+    pipeline = load_pipeline(tmp_path / "models", "sih", "9.9.9-test", choose_device("cpu"))
+    assert pipeline.localiser is not None  # type: ignore[attr-defined]
+    no_seg = tmp_path / "no-seg"
+    subprocess.run([*cli, "synth", "--kind", "mr-sih", "--n", "2", "--seed", "31", "--size", "96",
+                    "--no-distractors", "--no-progress", "--no-seg", "--out", str(no_seg)], check=True,
+                   capture_output=True)
+    refused = subprocess.run([*cli, "train", "--model", "sih-localiser", "--base", str(base), "--data", str(no_seg),
+                              "--out", str(tmp_path / "m2"), "--size", "64", "--epochs", "1"],
+                             check=False, capture_output=True, text=True)
+    assert refused.returncode == 1 and "no DICOM SEG" in refused.stderr and "Traceback" not in refused.stderr
