@@ -42,7 +42,7 @@ from dicom_node.config import load_config
 from dicom_node.delivery.demo_pacs import DemoPacs
 from dicom_node.delivery.scu import send_files
 from dicom_node.ml.annotations import seg_masks
-from dicom_node.ml.localise import head_mask, signal_head_mask
+from dicom_node.ml.localise import head_mask, near, signal_head_mask
 from dicom_node.outputs.codes import FINDINGS
 from dicom_node.outputs.readback import sr_findings
 from dicom_node.runtime.services import build_node
@@ -300,7 +300,7 @@ def _score_sih(st: Any, sr: Any, received: list[Any], loc: dict[str, int], dice:
         r, c = round(row), round(col)
         loc["in_head"] += int(bool(signal_head_mask(image)[r, c]))
         mask = truth.get(sop)
-        loc["in_lesion"] += int(mask is not None and bool(mask[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2].any()))
+        loc["in_lesion"] += int(mask is not None and near(mask, row, col))
     segs = [x for x in received if x.sop_class_uid == SEG_CLASS]
     if segs:
         ds = pydicom.dcmread(segs[-1].path, stop_before_pixels=True)

@@ -5,7 +5,9 @@ with its weighted log loss; AUROC CIs resample studies, not slices), plus study-
 label: any labelled slice positive; study probability: the pipeline's own `series_outputs`, i.e. the
 worker's selection, preprocessing and study aggregation, then the worker's final verdicts
 (`verdicts.reconcile`), so a served SR states the same probabilities), and each study's probabilities and
-present findings under `studies`. SIH: per-study metrics of the ensemble probability.
+present findings under `studies`. SIH: per-study metrics of the probability `analyse` gives (the
+worker's call), and, when the folder holds the signs' SEG annotations, `localisation`: for each true
+present finding, whether its mark is inside the head and on a sign, and the Dice of its masks.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import numpy as np
 from tqdm import tqdm
 
 from dicom_node.errors import PixelDataError, SelectionError
-from dicom_node.ml.analysis import AnalysisStatus, Finding, StudyAnalysis
+from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, StudyAnalysis
+from dicom_node.ml.annotations import seg_masks
 from dicom_node.ml.datasets import by_study, read_rsna_labels, read_study_labels, scan_dicom
 from dicom_node.ml.ich import IchPipeline
 from dicom_node.ml.ich_ensemble import IchEnsemblePipeline
+from dicom_node.ml.localise import near, signal_head_mask
 from dicom_node.ml.metrics import label_metrics, plot_curves, rsna_weighted_log_loss
 from dicom_node.ml.pipeline import Pipeline
-from dicom_node.ml.sih import SihPipeline, ensemble_probability
+from dicom_node.ml.preprocess import read_image
+from dicom_node.ml.sih import SihPipeline
 from dicom_node.ml.verdicts import reconcile
 
 log = logging.getLogger(__name__)
@@ -122,20 +127,27 @@ def _final_verdicts(p: Pipeline, study: np.ndarray) -> list[Finding]:
 
 
 def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, seed: int) -> dict[str, Any]:
+    """Each labelled study through `analyse`, as the worker runs it; with the signs' SEG annotations in
+    `data_dir` (`synth --kind mr-sih` writes them), also where the true present findings are marked."""
     labels = read_study_labels(data_dir / "labels.csv")
-    ens = p.manifest.ensemble
-    assert ens is not None
-    ys, ps, skipped = [], [], []
-    for study_uid, refs in tqdm(sorted(by_study(scan_dicom(data_dir)).items()), desc="evaluating", unit="study"):
+    refs_all = scan_dicom(data_dir)
+    truth: dict[str, np.ndarray] = {}
+    for ref in refs_all:
+        if ref.modality == "SEG":
+            truth.update(seg_masks(ref.path)[1].get(p.manifest.labels[0], {}))
+    ys, ps, skipped, marks = [], [], [], []
+    for study_uid, refs in tqdm(sorted(by_study(refs_all).items()), desc="evaluating", unit="study"):
         if study_uid not in labels:
             continue
-        try:
-            logits = p.logits(p.inputs(p.pixels(p.select(refs))))
-        except (SelectionError, PixelDataError) as exc:
-            skipped.append({"study_uid": study_uid, "reason": str(exc)})
+        analysis = p.analyse([r for r in refs if r.modality != "SEG"])
+        if analysis.status is not AnalysisStatus.ANALYSED:
+            skipped.append({"study_uid": study_uid, "reason": analysis.reason})
             continue
+        finding = analysis.findings[0]
         ys.append(labels[study_uid])
-        ps.append(ensemble_probability(logits, ens.coefficients, ens.intercept))
+        ps.append(finding.probability)
+        if truth and labels[study_uid] and finding.present:
+            marks.append(_sih_mark(analysis, finding, refs, truth))
     if not ys:
         raise SelectionError(f"no labelled, analysable MR study under {data_dir}")
     y, prob = np.asarray(ys, dtype=np.float32), np.asarray(ps)
@@ -144,8 +156,33 @@ def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, se
     result.update({"level": "study", "n_studies": len(y),
                    "labels": {label: label_metrics(y, prob, p.thresholds[label], n_boot, seed)},
                    "skipped_studies": skipped})
+    if marks:
+        dice = [m["dice"] for m in marks if m["dice"] is not None]
+        result["localisation"] = {
+            label: {"n": len(marks), "in_head": sum(m["in_head"] for m in marks),
+                    "on_sign": sum(m["on_sign"] for m in marks),
+                    "rule": "the mark's centre on a sign of the SEG annotation, or within one pixel of one",
+                    "dice_mean": round(float(np.mean(dice)), 4) if dice else None, "dice_n": len(dice)}}
     plot_curves(y, prob, label, out_dir, f"{p.info.name} {p.info.version}")
     return result
+
+
+def _sih_mark(analysis: StudyAnalysis, finding: Finding, refs: list[InstanceRef], truth: dict[str, np.ndarray]
+              ) -> dict[str, Any]:
+    """Is a true SIH finding's mark inside the head and on a sign; the Dice of its masks over the images
+    they cover (None without masks: a model without a localiser)."""
+    key = next(r for r in refs if r.sop_instance_uid == finding.key_sop_instance_uid)
+    assert finding.region_center is not None
+    row, col = finding.region_center
+    found = analysis.masks.get(finding.label, {})
+    dice = None
+    if found:
+        inter = sum(int((m & truth[k]).sum()) for k, m in found.items() if k in truth)
+        total = sum(int(m.sum()) for m in found.values()) + sum(int(truth[k].sum()) for k in found if k in truth)
+        dice = 2 * inter / total if total else 0.0
+    sign = truth.get(key.sop_instance_uid)
+    return {"in_head": bool(signal_head_mask(read_image(key.path))[round(row), round(col)]),
+            "on_sign": sign is not None and near(sign, row, col), "dice": dice}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -176,6 +213,10 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(line)
     if "rsna_weighted_log_loss" in result:
         lines.append(f"RSNA weighted log loss: {result['rsna_weighted_log_loss']:.4f}")
+    for label, loc in result.get("localisation", {}).items():
+        dice = f", mean Dice of its masks {loc['dice_mean']:.3f} ({loc['dice_n']})" if loc["dice_mean"] is not None else ""
+        lines.append(f"{label}: {loc['n']} true present findings, mark inside the head {loc['in_head']}, on a sign "
+                     f"(or within one pixel) {loc['on_sign']}{dice}")
     if result.get("skipped_studies"):
         lines.append(f"{len(result['skipped_studies'])} studies skipped (see metrics.json for reasons)")
     if result["model"].get("synthetic_demo"):

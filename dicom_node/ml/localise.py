@@ -50,6 +50,12 @@ def region_from_mask(mask: np.ndarray) -> tuple[tuple[float, float], float] | No
     return (float(r), float(c)), max(1.0, math.sqrt(float(comp.sum()) / math.pi))
 
 
+def near(mask: np.ndarray, row: float, col: float, pixels: int = 1) -> bool:
+    """Is (row, col) on `mask` or within `pixels` of it (a square neighbourhood)?"""
+    r, c = round(row), round(col)
+    return bool(mask[max(0, r - pixels) : r + pixels + 1, max(0, c - pixels) : c + pixels + 1].any())
+
+
 def head_mask(hu: np.ndarray) -> np.ndarray:
     """The head on a CT slice: pixels denser than air, holes filled (the skull's contents included)."""
     return np.asarray(ndimage.binary_fill_holes(hu > HEAD_HU))

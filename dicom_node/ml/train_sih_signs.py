@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from dicom_node.errors import ModelError
 from dicom_node.ml.datasets import SihData, load_sih
-from dicom_node.ml.localise import MASK_LEVEL, largest_component
+from dicom_node.ml.localise import MASK_LEVEL, largest_component, near
 from dicom_node.ml.manifest import SIH_ROLES, SIH_SIGNS_ROLE, load_manifest, write_manifest
 from dicom_node.ml.nets import build_model
 from dicom_node.ml.train import TrainOptions, _save_weights, seed_everything, split_studies
@@ -102,8 +102,7 @@ def localisation_scores(probs: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
             comp = largest_component(p)
             depth = ndimage.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1]
             r, c = np.unravel_index(int(np.argmax(depth)), depth.shape)
-            near = t[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2]  # one cell: the mask is at half resolution
-            inside += int(near.any())
+            inside += int(near(t, float(r), float(c)))  # within one cell, as `evaluate` at source resolution
     empty = ~has
     return {"images_with_signs": int(has.sum()), "dice": round(float(np.mean(dice)), 4) if dice else None,
             "centre_on_sign": round(inside / int(has.sum()), 4) if has.any() else None,
