@@ -42,7 +42,7 @@ from dicom_node.config import load_config
 from dicom_node.delivery.demo_pacs import DemoPacs
 from dicom_node.delivery.scu import send_files
 from dicom_node.ml.annotations import seg_masks
-from dicom_node.ml.localise import head_mask, near, signal_head_mask
+from dicom_node.ml.localise import head_mask, mask_dice, near, signal_head_mask
 from dicom_node.outputs.codes import FINDINGS
 from dicom_node.outputs.readback import sr_findings
 from dicom_node.runtime.services import build_node
@@ -307,7 +307,7 @@ def _score_sih(st: Any, sr: Any, received: list[Any], loc: dict[str, int], dice:
         covered = {str(i.ReferencedSOPInstanceUID) for s in ds.ReferencedSeriesSequence
                    for i in s.ReferencedInstanceSequence}
         returned = seg_masks(segs[-1].path)[1].get("sih", {})
-        dice["sih"].append(_dice(returned, {k: v for k, v in truth.items() if k in covered}))
+        dice["sih"].append(mask_dice(returned, truth, covered) or 0.0)
 
 
 def _present(received: list[Any]) -> set[str] | None:

@@ -22,7 +22,7 @@ from dicom_node.errors import ModelError
 from dicom_node.ml.analysis import AnalysisStatus, instance_ref_from_file
 from dicom_node.ml.annotations import seg_masks
 from dicom_node.ml.device import choose_device
-from dicom_node.ml.localise import near, signal_head_mask
+from dicom_node.ml.localise import mask_dice, near, signal_head_mask
 from dicom_node.ml.manifest import load_manifest
 from dicom_node.ml.preprocess import read_image
 from dicom_node.ml.registry import Pipeline, load_pipeline
@@ -44,12 +44,6 @@ def _truth(files: tuple[Path, ...]) -> dict[str, np.ndarray]:
     for f in files:
         out.update(seg_masks(f)[1]["sih"])
     return out
-
-
-def _dice(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
-    inter = sum(int((a[k] & b[k]).sum()) for k in set(a) & set(b))
-    total = sum(int(m.sum()) for m in a.values()) + sum(int(m.sum()) for m in b.values())
-    return 2 * inter / total if total else 0.0
 
 
 def test_sign_masks_are_the_tissues_of_the_signs_shown() -> None:
@@ -102,8 +96,8 @@ def test_the_mark_is_on_a_sign_and_the_seg_lines_up(sih: Pipeline, index: int, t
         f"{st.findings}: the mark at ({row}, {col}) is not on a sign"
     found = result.masks["sih"]
     assert set(found) <= set(result.evaluated_sop_instance_uids)
-    dice = _dice(found, {k: v for k, v in truth.items() if k in found})
-    print(f"{st.findings}: Dice {dice:.2f} over {len(found)} image(s)")
+    dice = mask_dice(found, truth, result.evaluated_sop_instance_uids) or 0.0  # missed images count
+    print(f"{st.findings}: Dice {dice:.2f} over the 3 analysed images")
     assert dice > 0.4, f"{st.findings}: Dice {dice:.2f}"
 
     path = written_seg(result, refs, tmp_path / "seg.dcm", key.series_uid)
@@ -203,6 +197,14 @@ def test_train_adds_a_localiser_and_keeps_the_classifiers(tmp_path: Path) -> Non
                               "--out", str(tmp_path / "m2"), "--size", "64", "--epochs", "1"],
                              check=False, capture_output=True, text=True)
     assert refused.returncode == 1 and "no DICOM SEG" in refused.stderr and "Traceback" not in refused.stderr
+    for wrong, says in ((["--base", str(MODELS / "ich" / "0.1.0-synthetic-demo"), "--out", str(tmp_path / "m3")],
+                         "a sih-mr model is needed"),
+                        (["--base", str(out), "--out", str(out)], "needs a folder of its own"),
+                        (["--base", str(base), "--out", str(tmp_path / "m4"), "--size", "63"], "even input size")):
+        run = subprocess.run([*cli, "train", "--model", "sih-localiser", "--data", str(data), "--epochs", "1", *wrong],
+                             check=False, capture_output=True, text=True)
+        assert run.returncode == 1 and says in run.stderr and "Traceback" not in run.stderr, run.stderr[-800:]
+    assert load_manifest(out).version == "9.9.9-test"  # --out == --base left the model as it was
 
 
 def test_evaluate_scores_where_the_shipped_model_marks_sih(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

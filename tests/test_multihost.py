@@ -122,9 +122,9 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     out = tmp_path_factory.mktemp("studies")
     for kind, n, size in (("ct-head", CT_STUDIES, "64"), ("mr-sih", MR_STUDIES, "64")):
         args = ["--kind", kind, "--n", str(n), "--seed", "4242", "--out", str(out / kind), "--size", size,
-                "--no-distractors", "--no-progress"]
+                "--no-distractors", "--no-progress", "--no-seg"]  # the ground-truth SEGs are not sent
         if kind == "ct-head":
-            args += ["--slices", "8", "--no-seg"]
+            args += ["--slices", "8"]
         done = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--log-level", "WARNING", "synth", *args],
                               capture_output=True, text=True, check=False, timeout=300)
         assert done.returncode == 0, done.stderr

@@ -83,7 +83,7 @@ def read_labels(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
 def test_sih_labels_from_reports_train_a_sih_model(tmp_path: Path, node: Node) -> None:
     data = tmp_path / "mr"
     assert cli("synth", "--kind", "mr-sih", "--n", "8", "--seed", "3", "--out", str(data), "--size", "64",
-               "--no-distractors", "--no-progress").returncode == 0
+               "--no-distractors", "--no-seg", "--no-progress").returncode == 0
     studies = receive(node, data)
     import_reports(node, tmp_path, {
         s["accession"]: ("MRI BRAIN WITH CONTRAST\nIndication: orthostatic headache.\nFindings: Diffuse smooth "

@@ -188,7 +188,7 @@ def _demo(config: Config, node: Node, pacs: DemoPacs, work: Path, args: argparse
         overlays = [r for r in mine if r.sop_class_uid not in (sr_class, seg_class)]
         print(f"    {len(overlays)} overlay image(s) with the finding marked")
         if segs:
-            print(f"    {len(segs)} segmentation (DICOM SEG) of the lesion(s)")
+            print(f"    {len(segs)} segmentation (DICOM SEG) of what was found")
     print(f"\nfiles: {pacs.folder}")
     return 1 if failures else 0
 

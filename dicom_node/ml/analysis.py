@@ -51,7 +51,8 @@ class Finding:
     critical: bool = False  # a present critical finding raises the study to STAT
     key_sop_instance_uid: str | None = None  # the image that shows it best
     key_series_uid: str | None = None
-    # Peak of the explanation map on the key image, (row, column) in source pixel coordinates.
+    # Where the finding is on the key image, (row, column) in source pixel coordinates: from the model's
+    # masks (ICH, the SIH localiser, microbleed boxes), else the explanation map's peak inside the head.
     region_center: tuple[float, float] | None = None
     region_radius: float | None = None
     # A label reported once per lesion (microbleeds) numbers its findings 1..n; 0 for one finding per label.

@@ -26,7 +26,7 @@ from dicom_node.ml.annotations import seg_masks
 from dicom_node.ml.datasets import by_study, read_rsna_labels, read_study_labels, scan_dicom
 from dicom_node.ml.ich import IchPipeline
 from dicom_node.ml.ich_ensemble import IchEnsemblePipeline
-from dicom_node.ml.localise import near, signal_head_mask
+from dicom_node.ml.localise import mask_dice, near, signal_head_mask
 from dicom_node.ml.metrics import label_metrics, plot_curves, rsna_weighted_log_loss
 from dicom_node.ml.pipeline import Pipeline
 from dicom_node.ml.preprocess import read_image
@@ -169,17 +169,13 @@ def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, se
 
 def _sih_mark(analysis: StudyAnalysis, finding: Finding, refs: list[InstanceRef], truth: dict[str, np.ndarray]
               ) -> dict[str, Any]:
-    """Is a true SIH finding's mark inside the head and on a sign; the Dice of its masks over the images
-    they cover (None without masks: a model without a localiser)."""
+    """Is a true SIH finding's mark inside the head (a check: the pipeline keeps it there) and on a sign;
+    the Dice of its masks over the three analysed images (None without masks: a model without a localiser)."""
     key = next(r for r in refs if r.sop_instance_uid == finding.key_sop_instance_uid)
     assert finding.region_center is not None
     row, col = finding.region_center
     found = analysis.masks.get(finding.label, {})
-    dice = None
-    if found:
-        inter = sum(int((m & truth[k]).sum()) for k, m in found.items() if k in truth)
-        total = sum(int(m.sum()) for m in found.values()) + sum(int(truth[k].sum()) for k in found if k in truth)
-        dice = 2 * inter / total if total else 0.0
+    dice = mask_dice(found, truth, analysis.evaluated_sop_instance_uids) if found else None
     sign = truth.get(key.sop_instance_uid)
     return {"in_head": bool(signal_head_mask(read_image(key.path))[round(row), round(col)]),
             "on_sign": sign is not None and near(sign, row, col), "dice": dice}

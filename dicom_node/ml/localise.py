@@ -13,6 +13,7 @@ within the head (never in air).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -54,6 +55,18 @@ def near(mask: np.ndarray, row: float, col: float, pixels: int = 1) -> bool:
     """Is (row, col) on `mask` or within `pixels` of it (a square neighbourhood)?"""
     r, c = round(row), round(col)
     return bool(mask[max(0, r - pixels) : r + pixels + 1, max(0, c - pixels) : c + pixels + 1].any())
+
+
+def mask_dice(found: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray], images: Iterable[str]) -> float | None:
+    """Dice of `found` against `truth` (masks by SOP Instance UID) over `images`: an image missing from
+    either counts as empty there; None when both are empty on every image."""
+    inter = total = 0
+    for uid in images:
+        a, b = found.get(uid), truth.get(uid)
+        if a is not None and b is not None:
+            inter += int((a & b).sum())
+        total += (int(a.sum()) if a is not None else 0) + (int(b.sum()) if b is not None else 0)
+    return 2 * inter / total if total else None
 
 
 def head_mask(hu: np.ndarray) -> np.ndarray:

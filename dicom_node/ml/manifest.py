@@ -74,6 +74,12 @@ def _percentiles(value: tuple[float, float]) -> tuple[float, float]:
     return value
 
 
+def _size(value: int | None) -> int | None:
+    if value is not None and (value < 32 or value % 2):
+        raise ValueError(f"must be an even number of pixels >= 32, got {value}")
+    return value
+
+
 def _context(value: int) -> int:
     if not 0 <= value <= 3:
         raise ValueError(f"must be an integer 0-3, got {value}")
@@ -94,7 +100,7 @@ class Component(Frozen):
     architecture: Str
     weights: Annotated[Str, AfterValidator(_file_name)]  # file name inside the model folder
     sha256: Sha256
-    size: Int | None = None  # its own input size (px), when not the manifest's `input.size`
+    size: Annotated[Int | None, AfterValidator(_size)] = None  # its own input size (px), else `input.size`
 
 
 class InputSpec(Frozen):
@@ -339,6 +345,8 @@ def _components(task: str, items: list[Any], problems: list[str]) -> tuple[Compo
         component = component_of(c, f"components[{n}]", problems)
         if component is not None:
             out.append(component)
+    if sum(c.role == SIH_SIGNS_ROLE for c in out) > 1:
+        problems.append(f"components: at most one {SIH_SIGNS_ROLE!r} component")
     roles = tuple(c.role for c in out if not (task == "sih-mr" and c.role == SIH_SIGNS_ROLE))
     expected = ("slice",) if task == "ich-ct" else SIH_ROLES
     if sorted(roles) != sorted(expected):

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dicom_node.errors import ModelError
+from dicom_node.errors import ModelError, SelectionError
 from dicom_node.ml.datasets import SihData, load_sih
-from dicom_node.ml.localise import MASK_LEVEL, largest_component, near
-from dicom_node.ml.manifest import SIH_ROLES, SIH_SIGNS_ROLE, load_manifest, write_manifest
+from dicom_node.ml.localise import MASK_LEVEL, near, region_from_mask
+from dicom_node.ml.manifest import SIH_ROLES, SIH_SIGNS_ROLE, load_manifest, verify_weights, write_manifest
 from dicom_node.ml.nets import build_model
 from dicom_node.ml.train import TrainOptions, _save_weights, seed_everything, split_studies
 from dicom_node.ml.train_ich import _augment, _dice_loss, optimizer_step
@@ -90,19 +90,15 @@ def localiser_masks(net: nn.Module, x: np.ndarray, batch_size: int = 32) -> np.n
 def localisation_scores(probs: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
     """Dice over the images with a sign, the share of them whose predicted largest component's innermost
     cell lies on a sign, and the share of the images without a sign that get a mask at all."""
-    from scipy import ndimage
-
     truth = masks[:, 0] >= SIGN_PIXEL
     pred = probs >= MASK_LEVEL
     has = truth.reshape(len(truth), -1).any(axis=1)
     dice, inside = [], 0
     for p, t in zip(pred[has], truth[has], strict=True):
         dice.append(2 * float((p & t).sum()) / max(1, int(p.sum()) + int(t.sum())))
-        if p.any():
-            comp = largest_component(p)
-            depth = ndimage.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1]
-            r, c = np.unravel_index(int(np.argmax(depth)), depth.shape)
-            inside += int(near(t, float(r), float(c)))  # within one cell, as `evaluate` at source resolution
+        region = region_from_mask(p)  # the mark the pipeline would place
+        if region is not None:
+            inside += int(near(t, *region[0]))  # within one cell, as `evaluate` at source resolution
     empty = ~has
     return {"images_with_signs": int(has.sum()), "dice": round(float(np.mean(dice)), 4) if dice else None,
             "centre_on_sign": round(inside / int(has.sum()), 4) if has.any() else None,
@@ -117,10 +113,11 @@ def train_sih_localiser(opts: TrainOptions, data: SihData, train_s: np.ndarray, 
     seed_everything(opts.seed)
     net = build_model(ARCHITECTURE, 1, 2)
     fit_localiser(net, *stacked(data, train_s), opts)
-    scores = localisation_scores(localiser_masks(net, stacked(data, val_s)[0]), stacked(data, val_s)[1]) \
-        if len(val_s) else {}
-    size = int(next(iter(data.sign_inputs.values())).shape[-1]) if data.sign_inputs else opts.size
-    entry = {"role": SIH_SIGNS_ROLE, "architecture": ARCHITECTURE, "size": size,
+    scores = {}
+    if len(val_s):
+        x_val, m_val = stacked(data, val_s)
+        scores = localisation_scores(localiser_masks(net, x_val), m_val)
+    entry = {"role": SIH_SIGNS_ROLE, "architecture": ARCHITECTURE, "size": opts.size,
              **_save_weights(net, opts.out, f"{SIH_SIGNS_ROLE}.pt")}
     return entry, scores
 
@@ -131,7 +128,19 @@ def add_sih_localiser(opts: TrainOptions, base: Path) -> Path:
     manifest = load_manifest(base)
     if manifest.task != "sih-mr":
         raise ModelError(f"--base {base}: a sih-mr model is needed, it is {manifest.task}")
+    if opts.out.resolve() == Path(base).resolve():
+        raise ModelError(f"--out {opts.out} is the base model's folder: the new version needs a folder of its own")
+    if opts.size < 32 or opts.size % 2:
+        raise ModelError(f"--size {opts.size}: the localiser needs an even input size of at least 32 px")
+    for role in SIH_ROLES:
+        verify_weights(manifest, manifest.component(role))
     data = load_sih(opts.data, manifest.input, signs_size=opts.size)
+    assert data.sign_masks is not None
+    shown = sum(int((data.sign_masks[r] >= SIGN_PIXEL).any()) for r in SIH_ROLES)
+    if not shown:
+        raise SelectionError(f"no sign mask under {opts.data}: a localiser needs SIH-positive studies with a DICOM "
+                             "SEG of their signs (segment coded as Spontaneous intracranial hypotension, "
+                             "outputs.codes), as synth --kind mr-sih writes")
     train_s, val_s = split_studies(len(data.study_uids), opts.val_fraction, opts.seed)
     opts.out.mkdir(parents=True, exist_ok=True)
     raw = json.loads((base / "manifest.json").read_text())
