@@ -141,9 +141,7 @@ def _slice_masks(shape: tuple[int, int], size: int, segs: dict[str, np.ndarray] 
             src[k] = segs[label]
         elif boxes and label in boxes:
             src[k] = fill_boxes(boxes[label], shape)
-    square, _ = resize_pad(src, size)
-    pooled = square.reshape(len(MASK_LABELS), half, 2, half, 2).mean(axis=(2, 4))
-    return np.round(pooled * 255).astype(np.uint8)
+    return half_resolution(src, size)
 
 
 @dataclass
@@ -249,8 +247,13 @@ def load_sih(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, si
 
 
 def half_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """A source-image mask in model space at half the model's resolution: (1, size/2, size/2) uint8, the
-    fraction of each cell that is mask x 255 (as the ICH slices' masks)."""
-    square, _ = resize_pad(mask[None].astype(np.float32), size)
+    """One source-image mask in model space at half the model's resolution, (1, size/2, size/2) uint8."""
+    return half_resolution(mask[None].astype(np.float32), size)
+
+
+def half_resolution(masks: np.ndarray, size: int) -> np.ndarray:
+    """Source-image masks (C, rows, cols) placed as the model's input (`resize_pad`) and pooled to half its
+    resolution, where the networks draw their masks: (C, size/2, size/2) uint8, the covered share x 255."""
+    square, _ = resize_pad(masks, size)
     half = size // 2
-    return np.round(square.reshape(1, half, 2, half, 2).mean(axis=(2, 4)) * 255).astype(np.uint8)
+    return np.round(square.reshape(len(masks), half, 2, half, 2).mean(axis=(2, 4)) * 255).astype(np.uint8)

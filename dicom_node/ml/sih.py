@@ -42,11 +42,14 @@ def ensemble_probability(logits: dict[str, float], coefficients: Mapping[str, fl
 class SihPipeline(Pipeline):
     nets: dict[str, torch.nn.Module]
     localiser: torch.nn.Module | None = None
+    localiser_size = 0  # the localiser's input size (its component's own, else the manifest's)
 
     def load_networks(self) -> None:
         self.nets = {role: load_network(self.manifest, self.manifest.component(role), 1, self.device) for role in SIH_ROLES}
         if any(c.role == SIH_SIGNS_ROLE for c in self.manifest.components):
-            self.localiser = load_network(self.manifest, self.manifest.component(SIH_SIGNS_ROLE), 2, self.device)
+            component = self.manifest.component(SIH_SIGNS_ROLE)
+            self.localiser = load_network(self.manifest, component, 2, self.device)
+            self.localiser_size = component.size or self.manifest.input.size
 
     def select(self, instances: Sequence[InstanceRef]) -> SihImages:
         return select_sih_images(instances, self.rules["axial"], self.rules["coronal"])
@@ -118,7 +121,6 @@ class SihPipeline(Pipeline):
         """Where the localiser sees the signs on each image, inside the head (all empty without one)."""
         if self.localiser is None:
             return {role: np.zeros(image.shape, bool) for role, image in pixels.items()}
-        component = self.manifest.component(SIH_SIGNS_ROLE)
         low, high = self.manifest.input.percentiles
-        found = sign_masks(self.localiser, pixels, component.size or self.manifest.input.size, low, high, self.device)
+        found = sign_masks(self.localiser, pixels, self.localiser_size, low, high, self.device)
         return {role: found[role] & heads[role] for role in pixels}
