@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,13 +36,35 @@ def _demo_config(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("seed", [2026, 31, 4711])
-def test_demo_runs_the_whole_loop_and_gets_its_studies_right(tmp_path: Path, seed: int) -> None:
-    config = _demo_config(tmp_path)
-    proc = subprocess.run(
-        [str(DICOM_NODE), "--log-level", "WARNING", "demo", "--config", str(config), "--timeout", "180", "--seed", str(seed)],
-        capture_output=True, text=True, check=False, timeout=230, cwd=tmp_path,
-    )
+def _demo(config: Path, seed: int, timeout: int = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(DICOM_NODE), "--log-level", "WARNING", "demo", "--config", str(config), "--timeout", str(timeout),
+         "--seed", str(seed)], capture_output=True, text=True, check=False, timeout=230, cwd=config.parent)
+
+
+DemoRun = Callable[[int], tuple[Path, "subprocess.CompletedProcess[str]"]]
+
+
+@pytest.fixture(scope="module")
+def first_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The first `demo` run of a seed in a folder of its own, run once per module: the repeat test runs the
+    demo again in the folder one of the seed tests left."""
+    runs: dict[int, tuple[Path, subprocess.CompletedProcess[str]]] = {}
+
+    def run(seed: int) -> tuple[Path, subprocess.CompletedProcess[str]]:
+        if seed not in runs:
+            config = _demo_config(tmp_path_factory.mktemp(f"demo-{seed}"))
+            runs[seed] = (config, _demo(config, seed))
+        return runs[seed]
+    return run
+
+
+SEEDS = [2026, 31, 4711]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_demo_runs_the_whole_loop_and_gets_its_studies_right(first_demo: DemoRun, seed: int) -> None:
+    config, proc = first_demo(seed)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     sections = re.split(r"(?m)^- ", out.split("what the PACS")[1])[1:]
@@ -73,25 +96,18 @@ def test_demo_runs_the_whole_loop_and_gets_its_studies_right(tmp_path: Path, see
     assert "1 segmentation (DICOM SEG)" in by_title["head CT, subdural hemorrhage"]
     assert "segmentation" not in by_title["head CT, normal"]
     assert "synthetic" in out.lower(), "the summary says the weights are synthetic demos"
-    assert (tmp_path / "var").is_dir(), "relative paths resolve against the config's folder"
+    assert (config.parent / "var").is_dir(), "relative paths resolve against the config's folder"
     links = re.findall(r"(?m)^one-time login(?: \(24 h\))?: (http://127\.0\.0\.1:\d+/login/once/\S+)$", out)
     assert len(links) == 2 and links[0] == links[1], f"the demo prints the dashboard's one-time login link: {out}"
 
 
-def test_demo_again_with_the_same_seed_shows_the_earlier_results_without_waiting(tmp_path: Path) -> None:
+def test_demo_again_with_the_same_seed_shows_the_earlier_results_without_waiting(first_demo: DemoRun) -> None:
     """The node keeps a re-sent study as a duplicate and does not analyse it again, so no new SR comes: the
     second run must show what the PACS got in the first run, not wait for its timeout and report failures."""
-    config = _demo_config(tmp_path)
-
-    def demo(timeout: int) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(DICOM_NODE), "--log-level", "WARNING", "demo", "--config", str(config), "--timeout", str(timeout),
-             "--seed", "77"], capture_output=True, text=True, check=False, timeout=230, cwd=tmp_path)
-
-    first = demo(180)
+    config, first = first_demo(SEEDS[0])  # the seed test's run when it ran first, else run here
     assert first.returncode == 0, first.stdout + first.stderr
     started = time.monotonic()
-    again = demo(150)
+    again = _demo(config, SEEDS[0], timeout=150)
     assert again.returncode == 0, again.stdout + again.stderr
     assert time.monotonic() - started < 120  # the timeout was not waited out
     assert again.stdout.count("kept as a duplicate, not analysed again") == 4, again.stdout

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,17 +166,18 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_train_adds_a_localiser_and_keeps_the_classifiers(tmp_path: Path) -> None:
+def test_train_adds_a_localiser_and_keeps_the_classifiers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_node.cli import main  # in process: no interpreter start per case
+
     data = tmp_path / "data"
-    cli = [shutil.which("dicom-node", path=str(Path(sys.executable).parent)) or "dicom-node"]
-    subprocess.run([*cli, "synth", "--kind", "mr-sih", "--n", "6", "--seed", "31", "--size", "96",
-                    "--no-distractors", "--no-progress", "--out", str(data)], check=True, capture_output=True)
+    assert main(["synth", "--kind", "mr-sih", "--n", "6", "--seed", "31", "--size", "96", "--no-distractors",
+                 "--no-progress", "--out", str(data)]) == 0
     base = MODELS / "sih" / SIH_DEMO_VERSION
     out = tmp_path / "models" / "sih" / "9.9.9-test"
-    run = subprocess.run([*cli, "train", "--model", "sih-localiser", "--base", str(base), "--data", str(data),
-                          "--out", str(out), "--size", "64", "--epochs", "1", "--batch-size", "6"],
-                         check=False, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
+    capsys.readouterr()
+    rc = main(["train", "--model", "sih-localiser", "--base", str(base), "--data", str(data), "--out", str(out),
+               "--size", "64", "--epochs", "1", "--batch-size", "6"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
     new = load_manifest(out)
     old = load_manifest(base)
     for role in ("axial", "coronal1", "coronal2"):
@@ -190,20 +188,18 @@ def test_train_adds_a_localiser_and_keeps_the_classifiers(tmp_path: Path) -> Non
     pipeline = load_pipeline(tmp_path / "models", "sih", "9.9.9-test", choose_device("cpu"))
     assert pipeline.localiser is not None  # type: ignore[attr-defined]
     no_seg = tmp_path / "no-seg"
-    subprocess.run([*cli, "synth", "--kind", "mr-sih", "--n", "2", "--seed", "31", "--size", "96",
-                    "--no-distractors", "--no-progress", "--no-seg", "--out", str(no_seg)], check=True,
-                   capture_output=True)
-    refused = subprocess.run([*cli, "train", "--model", "sih-localiser", "--base", str(base), "--data", str(no_seg),
-                              "--out", str(tmp_path / "m2"), "--size", "64", "--epochs", "1"],
-                             check=False, capture_output=True, text=True)
-    assert refused.returncode == 1 and "no DICOM SEG" in refused.stderr and "Traceback" not in refused.stderr
-    for wrong, says in ((["--base", str(MODELS / "ich" / "0.1.0-synthetic-demo"), "--out", str(tmp_path / "m3")],
+    assert main(["synth", "--kind", "mr-sih", "--n", "2", "--seed", "31", "--size", "96", "--no-distractors",
+                 "--no-progress", "--no-seg", "--out", str(no_seg)]) == 0
+    for wrong, says in ((["--data", str(no_seg), "--base", str(base), "--out", str(tmp_path / "m2")], "no DICOM SEG"),
+                        (["--base", str(MODELS / "ich" / "0.1.0-synthetic-demo"), "--out", str(tmp_path / "m3")],
                          "a sih-mr model is needed"),
                         (["--base", str(out), "--out", str(out)], "needs a folder of its own"),
                         (["--base", str(base), "--out", str(tmp_path / "m4"), "--size", "63"], "even input size")):
-        run = subprocess.run([*cli, "train", "--model", "sih-localiser", "--data", str(data), "--epochs", "1", *wrong],
-                             check=False, capture_output=True, text=True)
-        assert run.returncode == 1 and says in run.stderr and "Traceback" not in run.stderr, run.stderr[-800:]
+        capsys.readouterr()
+        rc = main(["train", "--model", "sih-localiser", "--data", str(data), "--epochs", "1", *wrong])
+        err = capsys.readouterr().err
+        assert rc == 1 and says in err and "Traceback" not in err, err[-800:]
+        assert len(err.strip().splitlines()) == 1, err  # one line says why
     assert load_manifest(out).version == "9.9.9-test"  # --out == --base left the model as it was
 
 

@@ -289,8 +289,10 @@ def test_a_slow_pacs_answer_never_lets_another_sender_take_the_claim(tmp_path: P
     db = Database(config.database_url)
     uids = add_outputs(db, config, 2)
     stored: list[str] = []
+    answering = threading.Event()
 
     def slow_store(event: evt.Event) -> int:
+        answering.set()
         time.sleep(1.5)  # 2.5 leases per answer
         stored.append(str(event.dataset.SOPInstanceUID))
         return 0x0000
@@ -302,6 +304,9 @@ def test_a_slow_pacs_answer_never_lets_another_sender_take_the_claim(tmp_path: P
         sent: list[int] = []
         first = threading.Thread(target=lambda: sent.append(Sender(config, db, owner="serve-a").run_once()))
         first.start()
+        # serve-b starts polling once serve-a holds the claims and waits for the PACS: on a loaded machine
+        # the thread may start late, and serve-b then rightly claims the work itself
+        assert answering.wait(30)
         rival = Sender(config, db, owner="serve-b")
         taken = 0
         while first.is_alive():  # serve-b polls all the while serve-a waits for the PACS
