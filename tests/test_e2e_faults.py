@@ -11,6 +11,8 @@ import pydicom
 import pytest
 from conftest import wait_for, write_config
 from e2e_helpers import (
+    LIGHT_MODELS,
+    MODELS,
     SR_CLASS,
     CollectingSCP,
     ServeProcess,
@@ -33,6 +35,7 @@ pytestmark = [pytest.mark.timeout(180)]
 
 
 def _node(tmp_path: Path, pacs_port: int, **overrides: object) -> Config:
+    overrides.setdefault("models", {"path": str(MODELS), "enabled": LIGHT_MODELS})
     return load_config(write_config(tmp_path, **e2e_sections(pacs_port, **overrides)))
 
 

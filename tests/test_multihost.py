@@ -24,7 +24,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import REPO, dcmtk_env, wait_for, write_config
-from e2e_helpers import ICH_DEMO_VERSION, SIH_DEMO_VERSION
+from e2e_helpers import LIGHT_MODELS
 from sqlalchemy import select, text
 
 from dicom_node.db.engine import Database
@@ -175,9 +175,7 @@ class Cluster:
                      "outbox": str(store / "outbox"), "min_free_mb": 1},
             assembly={"quiet_seconds": 30, "complete_on_release": True, "release_grace_seconds": 0.2,
                       "check_interval_seconds": 0.2},
-            models={"path": str(REPO / "models"),
-                     "enabled": [{"name": "ich", "version": ICH_DEMO_VERSION},
-                                 {"name": "sih", "version": SIH_DEMO_VERSION}]},
+            models={"path": str(REPO / "models"), "enabled": LIGHT_MODELS},
             worker={"device": "cpu", "local": False, "lease_seconds": 4, "poll_seconds": 0.2, "batch_size": 8,
                     "torch_threads": 1},
             delivery={"initial_backoff_seconds": 0.3, "max_backoff_seconds": 1, "poll_seconds": 0.1,
