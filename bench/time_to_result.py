@@ -10,7 +10,7 @@ service has its worker and models loaded.
 Per run it prints the total and where it went, from the node's database timestamps: release → study
 complete (assembler), → result stored (worker poll + analysis + SR/overlay build + outbox write, one
 transaction), → SR delivery marked sent (sender poll + C-STORE), → SR seen in the PACS folder.
-`--fast-poll` lowers the worker/sender/assembler poll intervals from the shipped 0.5/0.5/1 s to 0.05 s.
+`--fast-poll` lowers the worker/sender/assembler poll intervals from the shipped 0.2/0.2/1 s to 0.05 s.
 `--profile` also runs the ICH pipeline (one network or an ensemble) and the output builders in-process on
 one study and splits the analysis into decode, preprocessing, inference, study aggregation, ensemble masks,
 findings with Grad-CAM, source reads and the outputs' build (SR, SEG, overlays). `--ich-version` runs
@@ -95,7 +95,7 @@ def node_config(work: Path, node_port: int, pacs_port: int, fast_poll: bool, mod
         edits.append((r'(?m)^(name = "ich".*\n)version = "[^"]+"', f'\\g<1>version = "{ich_version}"'))
     if fast_poll:
         edits += [
-            (r"(?m)^poll_seconds = 0\.5\b", "poll_seconds = 0.05"),
+            (r"(?m)^poll_seconds = 0\.2\b", "poll_seconds = 0.05"),
             (r"(?m)^check_interval_seconds = 1\b", "check_interval_seconds = 0.05"),
             (r"(?m)^\[delivery\]\n", "[delivery]\npoll_seconds = 0.05\n"),
         ]

@@ -296,7 +296,7 @@ class WorkerConfig(Frozen):
     retry: RetryPolicy = _WORKER_RETRY  # a job's attempts and the backoff between them
     max_run_seconds: PositiveNumber = 1800.0  # a job running longer: its lease is no longer renewed (a hung model)
     max_lease_expiries: PositiveInt = 3  # a job whose worker stopped this often fails ("analysis failed" SR)
-    poll_seconds: PositiveNumber = 0.5
+    poll_seconds: PositiveNumber = 0.2  # an idle loop looks for work this often (one short transaction)
     batch_size: PositiveInt = 16
     torch_threads: NonNegativeInt = 0  # 0: every core but one (ml.device.default_cpu_threads)
     local: bool = True  # `serve` runs one worker process beside it (false: a receiver/sender host)
@@ -319,7 +319,7 @@ class WorkerConfig(Frozen):
 
 class DeliveryConfig(Frozen):
     retry: RetryPolicy = RetryPolicy()  # backoff between tries and the age at which a delivery fails for good
-    poll_seconds: PositiveNumber = 0.5
+    poll_seconds: PositiveNumber = 0.2  # an idle loop looks for work this often (one short transaction)
     calling_ae_title: Annotated[Str, AfterValidator(_calling_ae_title)] = ""  # "": our AE title
     lease_seconds: PositiveNumber = 300.0  # a claimed delivery or alert is another process's to take after this
 

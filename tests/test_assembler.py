@@ -211,3 +211,35 @@ def test_grace_period_over_the_network(tmp_path: Path) -> None:
     finally:
         handle.shutdown(grace_seconds=2)
         db.dispose()
+
+
+def test_a_study_completes_when_its_grace_period_ends_not_at_the_next_periodic_check(tmp_path: Path) -> None:
+    """The release sets a one-shot check at the end of its grace period: with a periodic check only every
+    60 s, the study is complete about `release_grace_seconds` after the release."""
+    import time
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    config = make_config(tmp_path, assembly={"quiet_seconds": 300, "release_grace_seconds": 0.5,
+                                             "check_interval_seconds": 60})
+    db = Database(config.database_url)
+    assembler = Assembler(config, db)
+    scheduler = BackgroundScheduler(timezone="UTC")
+    assembler.start(scheduler)
+    scheduler.start()
+    handle = start_receiver(config, db, lambda aid, released: released and assembler.association_released(aid))
+    try:
+        datasets = ct_series(3)
+        uid = datasets[0].StudyInstanceUID
+        result = storescu(handle.port, write_series(tmp_path / "in", datasets))
+        released = time.monotonic()
+        assert result.returncode == 0, result.stderr
+        assert _study(db, uid).state == StudyState.RECEIVING  # the grace period runs
+        wait_for(lambda: _study(db, uid).state == StudyState.COMPLETE, timeout=20, interval=0.02,
+                 msg="complete once the grace period is over")
+        assert time.monotonic() - released < 10  # not the 60 s periodic check (nor the 300 s quiet timer)
+        assert _study(db, uid).generation == 1
+    finally:
+        handle.shutdown(grace_seconds=2)
+        scheduler.shutdown(wait=True)
+        db.dispose()

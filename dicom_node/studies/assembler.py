@@ -6,7 +6,9 @@ A RECEIVING study becomes COMPLETE when it has been quiet for `assembly.quiet_se
 period is for senders that open one association per series: the next series' association brings an
 instance within it, becomes the study's last association, and keeps the study open; the quiet timer stays
 the fallback (an aborted association, a sender that pauses longer). With a grace of 0 the study completes
-in the release callback itself (`association_released`). Both live in the database (association
+in the release callback itself (`association_released`); with one, the release also sets a one-shot check
+for the moment the grace period ends, so the study completes then rather than at the next periodic check
+(up to `check_interval_seconds` later). Both live in the database (association
 `ended_at`, study `last_association_id`), so a restart loses no pending completion. Each completion increments the study's `generation` and
 calls `on_complete(session, study)` inside the same transaction, so whatever it queues is committed
 together with the state change or not at all.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.base import BaseScheduler
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 OnComplete = Callable[[Session, Study], None]
 JOB_ID = "assembler-check"
+GRACE_JOB_PREFIX = "assembler-grace-"
+GRACE_MARGIN_SECONDS = 0.05  # the one-shot check runs this long after the grace period, to be past it
 
 
 class Assembler:
@@ -40,6 +44,7 @@ class Assembler:
         self.config = config
         self.db = db
         self.on_complete = on_complete
+        self._scheduler: BaseScheduler | None = None
 
     def check(self, now: datetime | None = None) -> list[str]:
         """Complete every RECEIVING study quiet for `quiet_seconds`, or whose last association was released
@@ -63,9 +68,13 @@ class Assembler:
 
     def association_released(self, association_id: str, now: datetime | None = None) -> list[str]:
         """With no grace period, complete at once the studies whose last instance came with this (released)
-        association; with one, `check()` completes them once it has passed."""
+        association; with one, `check()` completes them once it has passed, run for this release when the
+        grace period ends (on the scheduler `start` was given)."""
         assembly = self.config.assembly
-        if not assembly.complete_on_release or assembly.release_grace_seconds > 0:
+        if not assembly.complete_on_release:
+            return []
+        if assembly.release_grace_seconds > 0:
+            self._check_when_grace_ends(association_id, assembly.release_grace_seconds)
             return []
         candidates = select(Study.id).where(
             Study.state == StudyState.RECEIVING, Study.last_association_id == association_id
@@ -92,7 +101,9 @@ class Assembler:
         return generation
 
     def start(self, scheduler: BaseScheduler) -> None:
-        """Run `check()` every `assembly.check_interval_seconds` on the given scheduler."""
+        """Run `check()` every `assembly.check_interval_seconds` on the given scheduler, and once more at the
+        end of each release's grace period."""
+        self._scheduler = scheduler
         scheduler.add_job(
             self.check,
             "interval",
@@ -102,6 +113,20 @@ class Assembler:
             coalesce=True,
             replace_existing=True,
         )
+
+    def _check_when_grace_ends(self, association_id: str, grace_seconds: float) -> None:
+        """A one-shot `check()` just after this release's grace period (the association's `ended_at` is
+        already recorded, so the check finds the study due). A missed one costs only latency: the periodic
+        check completes the study anyway."""
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.running:
+            return
+        at = datetime.now(UTC) + timedelta(seconds=grace_seconds + GRACE_MARGIN_SECONDS)
+        try:
+            scheduler.add_job(self.check, "date", run_date=at, id=GRACE_JOB_PREFIX + association_id,
+                              replace_existing=True, misfire_grace_time=None)
+        except Exception as exc:  # noqa: BLE001 - a scheduler shutting down: the periodic check still runs
+            log.debug("no grace-period check scheduled", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     def _complete_all(
         self, candidates: Select[Any], now: datetime, why: str, still_due: Callable[[Study], bool]
