@@ -103,6 +103,31 @@ def test_the_mark_is_on_a_sign_and_the_seg_lines_up(sih: Pipeline, index: int, t
     assert np.array_equal(back[key.sop_instance_uid], found[key.sop_instance_uid])
 
 
+def test_the_nodes_own_seg_in_a_site_export_is_not_ground_truth(sih: Pipeline, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A study exported from the PACS holds the node's AI SEG (same codes as an annotation) beside the
+    site's own: training and evaluate read only the annotation, never the model's output."""
+    from dicom_node.ml.annotations import annotation_segs
+    from dicom_node.ml.datasets import find_annotations, scan_dicom
+
+    data = tmp_path / "export"
+    st = write_mr_sih_study(data, SEED, True, patient_index=1)
+    refs = [instance_ref_from_file(str(f)) for f in st.files]
+    result = sih.analyse(refs)
+    key = next(r for r in refs if r.sop_instance_uid == result.findings[0].key_sop_instance_uid)
+    written_seg(result, refs, data / "ai-result-seg.dcm", key.series_uid)  # as the PACS returns it
+    everything = scan_dicom(data)
+    assert sum(r.modality == "SEG" for r in everything) == len(st.seg_files) + 1
+    kept = annotation_segs(everything)
+    assert sorted(Path(r.path) for r in kept) == sorted(st.seg_files)
+    assert "AI result SEGs left out of the annotations" in caplog.text
+    kind, by_sop, _ = find_annotations(data, everything, "auto")
+    truth = _truth(st.seg_files)
+    assert kind == "seg" and {sop for sop, m in by_sop.items() if "sih" in m} == set(truth)
+    for sop, mask in truth.items():
+        assert np.array_equal(by_sop[sop]["sih"], mask)  # the generator's masks, not the AI's
+
+
 def test_a_negative_study_has_no_mark_and_no_mask(sih: Pipeline, tmp_path: Path) -> None:
     st = write_mr_sih_study(tmp_path, SEED, False, patient_index=4)
     result = sih.analyse([instance_ref_from_file(str(f)) for f in st.files])

@@ -1,5 +1,6 @@
 """Strong annotations for ICH training: lesion masks per slice from DICOM SEG files or a boxes CSV.
 
+    annotation_segs(refs)    # the SEG files among refs that may be ground truth (not this node's results)
     seg_masks(path)          # one SEG -> (StudyInstanceUID, {label: {source SOPInstanceUID: bool mask}})
     box_masks(path)          # boxes.csv -> {SOPInstanceUID: {label: [(row_min, col_min, row_max, col_max)]}}
 
@@ -7,17 +8,49 @@ A SEG's segments are matched to labels by their Segmented Property Type (the cod
 so a site's own annotations exported as SEG from a viewer train the same way as the generator's. Boxes
 (`StudyInstanceUID,SOPInstanceUID,label,row_min,col_min,row_max,col_max[,pixels]`, source pixels,
 inclusive) are filled rectangles: coarser, but enough to teach where a finding is.
+
+The node's own AI SEGs use the same codes. A study exported from the PACS holds them beside the site's
+annotations, so `annotation_segs` leaves them out: a model must never be trained or scored on its own
+output.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from dicom_node.identity import written_by_analysis
+from dicom_node.ml.analysis import InstanceRef
+
 BOXES_CSV = "boxes.csv"
+log = logging.getLogger(__name__)
+
+
+def annotation_segs(refs: Iterable[InstanceRef]) -> list[InstanceRef]:
+    """The SEG files among `refs` that may be ground truth: every SEG but the results this node's analysis
+    wrote (`identity.written_by_analysis`); how many were left out is one log line."""
+    import pydicom
+
+    kept: list[InstanceRef] = []
+    results = 0
+    for ref in refs:
+        if ref.modality.upper() != "SEG":
+            continue
+        header = pydicom.dcmread(ref.path, stop_before_pixels=True,
+                                 specific_tags=["Manufacturer", "ManufacturerModelName"])
+        if written_by_analysis(str(header.get("Manufacturer", "")), str(header.get("ManufacturerModelName", ""))):
+            results += 1
+        else:
+            kept.append(ref)
+    if results:
+        log.warning("AI result SEGs left out of the annotations: a model is not trained or scored on its own "
+                    "output", extra={"seg_files": results})
+    return kept
 
 
 def seg_masks(path: str | Path) -> tuple[str, dict[str, dict[str, np.ndarray]]]:

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dicom_node.errors import PixelDataError, SelectionError
+from dicom_node.ml.annotations import annotation_segs
 from dicom_node.ml.datasets import by_study, scan_dicom
 from dicom_node.ml.microbleeds import (
     CLASSES,
@@ -82,7 +83,7 @@ def load_cmb(data_dir: Path, percentiles: tuple[float, float] = (1.0, 99.0), pro
     labels = read_class_labels(data_dir / "labels.csv")
     locations = _locations(data_dir / "bleeds.csv")
     refs = scan_dicom(data_dir)
-    segs = {r.study_uid: r.path for r in refs if r.modality.upper() == "SEG"}
+    segs = {r.study_uid: r.path for r in annotation_segs(refs)}
     studies = by_study([r for r in refs if r.modality.upper() != "SEG"])
     out: list[CmbStudy] = []
     items = sorted(studies.items())

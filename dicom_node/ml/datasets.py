@@ -104,9 +104,9 @@ def find_annotations(data_dir: Path, refs: Iterable[InstanceRef], wanted: str
                      ) -> tuple[str, dict[str, dict[str, np.ndarray]], dict[str, dict[str, list[tuple[int, int, int, int]]]]]:
     """("seg" | "boxes" | "none", SEG masks by SOP {sop: {label: mask}}, boxes by SOP) for `wanted`
     ("auto": SEG files when there are any, else boxes.csv when present, else none)."""
-    from dicom_node.ml.annotations import BOXES_CSV, box_masks, seg_masks
+    from dicom_node.ml.annotations import BOXES_CSV, annotation_segs, box_masks, seg_masks
 
-    segs = [r.path for r in refs if r.modality == "SEG"]
+    segs = [r.path for r in annotation_segs(refs)]
     boxes = Path(data_dir) / BOXES_CSV
     kind = wanted
     if wanted == "auto":

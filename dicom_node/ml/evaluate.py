@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from dicom_node.errors import PixelDataError, SelectionError
 from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, StudyAnalysis
-from dicom_node.ml.annotations import seg_masks
+from dicom_node.ml.annotations import annotation_segs, seg_masks
 from dicom_node.ml.datasets import by_study, read_rsna_labels, read_study_labels, scan_dicom
 from dicom_node.ml.ich import IchPipeline
 from dicom_node.ml.ich_ensemble import IchEnsemblePipeline
@@ -132,9 +132,8 @@ def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, se
     labels = read_study_labels(data_dir / "labels.csv")
     refs_all = scan_dicom(data_dir)
     truth: dict[str, np.ndarray] = {}
-    for ref in refs_all:
-        if ref.modality == "SEG":
-            truth.update(seg_masks(ref.path)[1].get(p.manifest.labels[0], {}))
+    for ref in annotation_segs(refs_all):
+        truth.update(seg_masks(ref.path)[1].get(p.manifest.labels[0], {}))
     ys, ps, skipped, marks = [], [], [], []
     for study_uid, refs in tqdm(sorted(by_study(refs_all).items()), desc="evaluating", unit="study"):
         if study_uid not in labels:

@@ -15,11 +15,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
 from dicom_node import __version__
+from dicom_node.identity import MANUFACTURER
 from dicom_node.ml.analysis import ModelInfo
 from dicom_node.outputs import codes, uids, wording
 from dicom_node.outputs.headers import carry_deidentification
-
-MANUFACTURER = "dicom-node"
 
 
 @dataclass(frozen=True)

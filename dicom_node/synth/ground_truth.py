@@ -26,10 +26,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node import __version__
+from dicom_node.identity import GROUND_TRUTH_ALGORITHM
 from dicom_node.synth.dicom_writer import synth_uid, write
 from dicom_node.synth.hemorrhage import SUBTYPES
 
-GENERATOR = "dicom-node phantom generator"
+GENERATOR = GROUND_TRUTH_ALGORITHM
 SEG_SERIES_NUMBER = 900
 SEG_DESCRIPTION = "Ground truth lesion masks (generated)"
 GROUND_TRUTH_DIR = "ground-truth"
