@@ -63,7 +63,7 @@ def config(work: Path, node_port: int, pacs_port: int, models: Path, version: st
                            (r"(?m)^port = 11113\b", f"port = {pacs_port}"),
                            (r'(?m)^path = "models"', f'path = "{models}"'),
                            (r'(?m)^device = "auto"', 'device = "cpu"'),
-                           (r"(?m)^poll_seconds = 0\.5\b", "poll_seconds = 0.1")):
+                           (r"(?m)^poll_seconds = [\d.]+", "poll_seconds = 0.1")):
         text, n = re.subn(pattern, value, text)
         if n != 1:
             raise SystemExit(f"config.toml: expected one match for {pattern!r}, found {n}")

@@ -95,7 +95,7 @@ def node_config(work: Path, node_port: int, pacs_port: int, fast_poll: bool, mod
         edits.append((r'(?m)^(name = "ich".*\n)version = "[^"]+"', f'\\g<1>version = "{ich_version}"'))
     if fast_poll:
         edits += [
-            (r"(?m)^poll_seconds = 0\.2\b", "poll_seconds = 0.05"),
+            (r"(?m)^poll_seconds = [\d.]+", "poll_seconds = 0.05"),
             (r"(?m)^check_interval_seconds = 1\b", "check_interval_seconds = 0.05"),
             (r"(?m)^\[delivery\]\n", "[delivery]\npoll_seconds = 0.05\n"),
         ]

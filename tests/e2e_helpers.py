@@ -27,18 +27,19 @@ ICH_DEMO_VERSION = "0.6.0-synthetic-demo"  # the weighted ensemble with masks (m
 SIH_DEMO_VERSION = "0.3.0-synthetic-demo"  # 0.2.0's classifiers (256 px data, study-level threshold) + sign localiser
 CMB_DEMO_VERSION = "0.4.0-synthetic-demo"  # microbleeds: Mask R-CNN at 256 px, candidate rescorer, MIL with FLAIR
 DEMO_MODELS = [{"name": "ich", "version": ICH_DEMO_VERSION}, {"name": "sih", "version": SIH_DEMO_VERSION}]
-# For tests of how the node handles studies (fuzzed headers, faults, several hosts) rather than of what the
-# default model answers: the same ensemble code, 0.5.0's five 128 px members without 0.6.0's 512 px one,
-# which costs more CPU per study than the other five together. The default is served in the demo, viewer
-# and served-equals-evaluated tests.
+# For tests of how the node handles studies (fuzzed headers, faults, senders, several hosts) rather than of
+# what the default model answers: the same ensemble code, 0.5.0's five 128 px members without 0.6.0's
+# 512 px one, which costs more CPU per study than the other five together. The default is served in the
+# demo, viewer, dashboard and served-equals-evaluated tests.
 ICH_LIGHT_VERSION = "0.5.0-synthetic-demo"
 LIGHT_MODELS = [{"name": "ich", "version": ICH_LIGHT_VERSION}, {"name": "sih", "version": SIH_DEMO_VERSION}]
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 
 
 def demo_models_missing() -> list[str]:
-    """The shipped demo model folders that have no manifest yet (empty: all there)."""
-    return [m["name"] for m in DEMO_MODELS if not (MODELS / m["name"] / m["version"] / "manifest.json").is_file()]
+    """The shipped demo model folders (the default and the light set) that have no manifest (empty: all there)."""
+    return [f'{m["name"]} {m["version"]}' for m in (*DEMO_MODELS, *LIGHT_MODELS)
+            if not (MODELS / m["name"] / m["version"] / "manifest.json").is_file()]
 
 
 def e2e_sections(destination_port: int, **overrides: Any) -> dict[str, Any]:

@@ -215,12 +215,13 @@ def test_grace_period_over_the_network(tmp_path: Path) -> None:
 
 def test_a_study_completes_when_its_grace_period_ends_not_at_the_next_periodic_check(tmp_path: Path) -> None:
     """The release sets a one-shot check at the end of its grace period: with a periodic check only every
-    60 s, the study is complete about `release_grace_seconds` after the release."""
+    60 s, the study is complete about `release_grace_seconds` after the release (a grace of 3 s, long
+    enough to see the study still receiving right after `storescu` exits on a loaded machine)."""
     import time
 
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    config = make_config(tmp_path, assembly={"quiet_seconds": 300, "release_grace_seconds": 0.5,
+    config = make_config(tmp_path, assembly={"quiet_seconds": 300, "release_grace_seconds": 3,
                                              "check_interval_seconds": 60})
     db = Database(config.database_url)
     assembler = Assembler(config, db)
@@ -237,7 +238,7 @@ def test_a_study_completes_when_its_grace_period_ends_not_at_the_next_periodic_c
         assert _study(db, uid).state == StudyState.RECEIVING  # the grace period runs
         wait_for(lambda: _study(db, uid).state == StudyState.COMPLETE, timeout=20, interval=0.02,
                  msg="complete once the grace period is over")
-        assert time.monotonic() - released < 10  # not the 60 s periodic check (nor the 300 s quiet timer)
+        assert 2.5 < time.monotonic() - released < 15  # after the grace, not at the 60 s periodic check
         assert _study(db, uid).generation == 1
     finally:
         handle.shutdown(grace_seconds=2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -191,8 +192,26 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_train_adds_a_localiser_and_keeps_the_classifiers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from dicom_node.cli import main  # in process: no interpreter start per case
+@pytest.fixture
+def cli_in_process() -> Iterator[Callable[[list[str]], int]]:
+    """`dicom-node` run in this process (no interpreter start per call); the root log handlers its
+    `setup_logging` replaces are put back afterwards."""
+    import logging
+
+    from dicom_node.cli import main
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        yield main
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
+def test_train_adds_a_localiser_and_keeps_the_classifiers(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          cli_in_process: Callable[[list[str]], int]) -> None:
+    main = cli_in_process
 
     data = tmp_path / "data"
     assert main(["synth", "--kind", "mr-sih", "--n", "6", "--seed", "31", "--size", "96", "--no-distractors",
@@ -215,7 +234,7 @@ def test_train_adds_a_localiser_and_keeps_the_classifiers(tmp_path: Path, capsys
     no_seg = tmp_path / "no-seg"
     assert main(["synth", "--kind", "mr-sih", "--n", "2", "--seed", "31", "--size", "96", "--no-distractors",
                  "--no-progress", "--no-seg", "--out", str(no_seg)]) == 0
-    for wrong, says in ((["--data", str(no_seg), "--base", str(base), "--out", str(tmp_path / "m2")], "no DICOM SEG"),
+    for wrong, says in ((["--data", str(no_seg), "--base", str(base), "--out", str(tmp_path / "m2")], "no annotation DICOM SEG"),
                         (["--base", str(MODELS / "ich" / "0.1.0-synthetic-demo"), "--out", str(tmp_path / "m3")],
                          "a sih-mr model is needed"),
                         (["--base", str(out), "--out", str(out)], "needs a folder of its own"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, wait_for, write_config
-from e2e_helpers import LIGHT_MODELS, MODELS, CollectingSCP, ServeProcess, e2e_sections, storescu, study_state
+from e2e_helpers import CollectingSCP, ServeProcess, e2e_sections, storescu, study_state
 from prometheus_client.parser import text_string_to_metric_families
 from web_helpers import PASSWORD, SCREENSHOTS, Browser, WebClient, add_user, browse, echoscu
 
@@ -43,8 +43,7 @@ def test_dashboard_in_a_browser(tmp_path: Path) -> None:
     normal = write_ct_head_study(gen, SEED, (), n_slices=24, size=256, patient_index=0)
     bleed = write_ct_head_study(gen, SEED, ("subdural",), n_slices=24, size=256, patient_index=1)
     with CollectingSCP(tmp_path / "pacs") as pacs:
-        sections = e2e_sections(pacs.port, node={"port": node_port}, web={"port": web_port},
-                                models={"path": str(MODELS), "enabled": LIGHT_MODELS})
+        sections = e2e_sections(pacs.port, node={"port": node_port}, web={"port": web_port})
         config = write_config(tmp_path, **sections)
         assert add_user(config, "admin", "admin").returncode == 0
         state = tmp_path / "browser-state.json"

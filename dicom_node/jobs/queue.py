@@ -165,11 +165,15 @@ def claim(
     SQLite: `db.write()` holds the write lock (BEGIN IMMEDIATE) and one `UPDATE ... RETURNING` picks
     the row. PostgreSQL: the candidate is chosen with `FOR UPDATE SKIP LOCKED`, so concurrent workers
     never block on or share a row. `model_names` limits the claim to models this worker has loaded.
+    With nothing due (an idle worker's poll) it is one read and takes no write lock.
     """
     now = utcnow()
     candidate = select(Job.id).where(Job.state == JobState.QUEUED, Job.run_after <= now)
     if model_names is not None:
         candidate = candidate.where(Job.model_name.in_(list(model_names)))
+    with db.read() as session:
+        if session.execute(candidate.limit(1)).first() is None:
+            return None
     candidate = (
         candidate.order_by(Job.priority.desc(), Job.run_after, Job.id)
         .limit(1)

@@ -106,14 +106,17 @@ def find_annotations(data_dir: Path, refs: Iterable[InstanceRef], wanted: str
     ("auto": SEG files when there are any, else boxes.csv when present, else none)."""
     from dicom_node.ml.annotations import BOXES_CSV, annotation_segs, box_masks, seg_masks
 
-    segs = [r.path for r in annotation_segs(refs)]
+    refs = list(refs)
+    all_segs = [r for r in refs if r.modality.upper() == "SEG"]
+    segs = [r.path for r in annotation_segs(all_segs)] if wanted != "none" else []
     boxes = Path(data_dir) / BOXES_CSV
     kind = wanted
     if wanted == "auto":
         kind = "seg" if segs else "boxes" if boxes.is_file() else "none"
     if kind == "seg":
         if not segs:
-            raise SelectionError(f"--annotations seg: no DICOM SEG file under {data_dir}")
+            results = f" ({len(all_segs)} AI result SEGs left out)" if all_segs else ""
+            raise SelectionError(f"--annotations seg: no annotation DICOM SEG file under {data_dir}{results}")
         by_sop: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
         for path in tqdm(segs, desc="reading SEG annotations", unit="file"):
             for label, masks in seg_masks(path)[1].items():
