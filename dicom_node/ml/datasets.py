@@ -172,7 +172,7 @@ def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, an
     ys, study_idx, sops = [], [], []
     n = 0
     study_uids: list[str] = []
-    skipped = 0
+    skipped = unannotated = 0
     for study_uid, refs in tqdm(sorted(studies.items()), desc="preprocessing CT studies", unit="study"):
         try:
             slices = select_series(refs, ICH_CT_RULE)
@@ -182,6 +182,7 @@ def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, an
             log.warning("study skipped", extra={"study_uid": study_uid, "reason": str(exc)})
             continue
         series_inputs, _ = ct_inputs(hu, spec.size, spec.windows, spec.context_slices)
+        first = n
         for i, ref in enumerate(slices):
             if ref.sop_instance_uid not in labels:
                 continue
@@ -193,7 +194,16 @@ def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, an
             ys.append([labels[ref.sop_instance_uid].get(label, 0) for label in ICH_LABELS])
             study_idx.append(len(study_uids))
             sops.append(ref.sop_instance_uid)
+        if kind != "none" and any(y[0] for y in ys[first:]) and not masks[first:n].any():
+            # blood and no outline of it: its empty masks would teach "no lesion here" (as for SIH, left out)
+            unannotated += 1
+            n = first
+            del ys[first:], study_idx[first:], sops[first:]
+            continue
         study_uids.append(study_uid)
+    if unannotated:
+        log.warning("positive studies without annotation left out: train with --annotations none to use them",
+                    extra={"studies": unannotated, "annotation": kind})
     if n == 0:
         raise SelectionError(f"no labelled slices of a usable head CT series under {data_dir} ({skipped} studies skipped)")
     log.info("ICH data loaded", extra={"slices": n, "studies": len(study_uids), "skipped": skipped,
