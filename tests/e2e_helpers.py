@@ -42,14 +42,15 @@ def demo_models_missing() -> list[str]:
             if not (MODELS / m["name"] / m["version"] / "manifest.json").is_file()]
 
 
-def e2e_sections(destination_port: int, **overrides: Any) -> dict[str, Any]:
-    """Config sections (for conftest.write_config) of a node with the demo models and one destination."""
+def e2e_sections(destination_port: int, light: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Config sections (for conftest.write_config) of a node with the demo models (`light`: LIGHT_MODELS)
+    and one destination."""
     missing = demo_models_missing()
     assert not missing, f"shipped demo weights missing from {MODELS}: {', '.join(missing)}"
     sections: dict[str, Any] = {
         "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": destination_port}],
         "assembly": {"quiet_seconds": 300, "complete_on_release": True, "check_interval_seconds": 0.2},
-        "models": {"path": str(MODELS), "enabled": DEMO_MODELS},
+        "models": {"path": str(MODELS), "enabled": LIGHT_MODELS if light else DEMO_MODELS},
         "worker": {"device": "cpu", "lease_seconds": 30, "poll_seconds": 0.1},
         "delivery": {"initial_backoff_seconds": 0.5, "max_backoff_seconds": 1, "poll_seconds": 0.1},
     }

@@ -11,8 +11,6 @@ import pydicom
 import pytest
 from conftest import wait_for, write_config
 from e2e_helpers import (
-    LIGHT_MODELS,
-    MODELS,
     SR_CLASS,
     CollectingSCP,
     ServeProcess,
@@ -35,8 +33,7 @@ pytestmark = [pytest.mark.timeout(180)]
 
 
 def _node(tmp_path: Path, pacs_port: int, **overrides: object) -> Config:
-    overrides.setdefault("models", {"path": str(MODELS), "enabled": LIGHT_MODELS})
-    return load_config(write_config(tmp_path, **e2e_sections(pacs_port, **overrides)))
+    return load_config(write_config(tmp_path, **e2e_sections(pacs_port, light=True, **overrides)))
 
 
 def _outputs(db: Database, study_uid: str) -> dict[str, str]:

@@ -12,8 +12,6 @@ import pydicom
 import pytest
 from conftest import wait_for, write_config
 from e2e_helpers import (
-    LIGHT_MODELS,
-    MODELS,
     SR_CLASS,
     CollectingSCP,
     ServeProcess,
@@ -36,8 +34,7 @@ pytestmark = [pytest.mark.timeout(180)]
 def test_one_association_per_series_gets_one_analysis_and_one_sr(tmp_path: Path) -> None:
     with CollectingSCP(tmp_path / "pacs") as pacs:
         # the shipped default grace period (the section sets only quiet_seconds = 300 and complete_on_release)
-        config = load_config(write_config(tmp_path, **e2e_sections(
-            pacs.port, models={"path": str(MODELS), "enabled": LIGHT_MODELS})))
+        config = load_config(write_config(tmp_path, **e2e_sections(pacs.port, light=True)))
         grace = config.assembly.release_grace_seconds
         assert grace > 0 and config.assembly.quiet_seconds == 300
         study = write_ct_head_study(tmp_path / "in", 5301, findings=("subdural",), n_slices=24, size=256)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import wait_for, write_config
-from e2e_helpers import LIGHT_MODELS, MODELS, SR_CLASS, CollectingSCP, ServeProcess, e2e_sections
+from e2e_helpers import SR_CLASS, CollectingSCP, ServeProcess, e2e_sections
 from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
@@ -164,8 +164,7 @@ def test_fuzzed_datasets_and_pdus(tmp_path: Path) -> None:
     paths = [_write(folder, *_mutate(rng, i), i) for i in range(N_DATASETS)]
     with CollectingSCP(tmp_path / "pacs") as pacs:
         sections = e2e_sections(pacs.port, assembly={"quiet_seconds": 5, "complete_on_release": True,
-                                                     "check_interval_seconds": 0.5},
-                                models={"path": str(MODELS), "enabled": LIGHT_MODELS})
+                                                     "check_interval_seconds": 0.5}, light=True)
         config = load_config(write_config(tmp_path, **sections))
         with ServeProcess(config.source, config.node.port, tmp_path / "serve.log") as serve:  # type: ignore[arg-type]
             statuses = _send_all(config.node.port, paths)
