@@ -5,7 +5,8 @@ output folder). Each run sends a new study (seeds 1..N); one warm-up study goes 
 service has its worker and models loaded.
 
     .venv/bin/python bench/time_to_result.py [--n 5] [--slices 40] [--size 512] [--fast-poll] [--torch-threads T]
-                                             [--profile] [--models DIR] [--ich-version V] [--json results.json]
+                                             [--profile] [--models DIR] [--ich-version V] [--no-early]
+                                             [--json results.json]
 
 Per run it prints the total and where it went, from the node's database timestamps: release → study
 complete (assembler), → result stored (worker poll + analysis + SR/overlay build + outbox write, one
@@ -15,6 +16,9 @@ transaction), → SR delivery marked sent (sender poll + C-STORE), → SR seen i
 one study and splits the analysis into decode, preprocessing, inference, study aggregation, ensemble masks,
 findings with Grad-CAM, source reads and the outputs' build (SR, SEG, overlays). `--ich-version` runs
 another ICH version than the shipped config's (e.g. 0.5.0-synthetic-demo), to compare in one session.
+`--no-early` turns off the analysis during the grace period (`jobs/early.py`): the worker analyses a study
+only once it is complete, as before 2026-12-07. With it on (shipped), "→ result" is what remains of the
+analysis after the grace period, plus the SR build.
 """
 
 from __future__ import annotations
@@ -79,9 +83,9 @@ def echo_ok(port: int, called: str) -> bool:
 
 
 def node_config(work: Path, node_port: int, pacs_port: int, fast_poll: bool, models: Path,
-                torch_threads: int = 0, ich_version: str = "") -> Path:
-    """The shipped config.toml with our ports, the repository's models, and (optionally) fast polling or
-    another ICH version."""
+                torch_threads: int = 0, ich_version: str = "", early: bool = True) -> Path:
+    """The shipped config.toml with our ports, the repository's models, and (optionally) fast polling,
+    another ICH version, or no analysis during the grace period."""
     text = (REPO / "config.toml").read_text()
     edits = [
         (r"(?m)^port = 11112\b", f"port = {node_port}"),
@@ -93,6 +97,8 @@ def node_config(work: Path, node_port: int, pacs_port: int, fast_poll: bool, mod
         edits.append((r"(?m)^torch_threads = \d+", f"torch_threads = {torch_threads}"))
     if ich_version:
         edits.append((r'(?m)^(name = "ich".*\n)version = "[^"]+"', f'\\g<1>version = "{ich_version}"'))
+    if not early:
+        edits.append((r"(?m)^analyse_during_grace = true\b", "analyse_during_grace = false"))
     if fast_poll:
         edits += [
             (r"(?m)^poll_seconds = [\d.]+", "poll_seconds = 0.05"),
@@ -276,6 +282,8 @@ def main() -> int:
                         help="set [worker] torch_threads (default: the shipped config's 0 = every core but one)")
     parser.add_argument("--models", type=Path, default=REPO / "models", help="models folder (default: the shipped demos)")
     parser.add_argument("--ich-version", default="", help="run this ICH model version (default: the shipped config's)")
+    parser.add_argument("--no-early", action="store_true",
+                        help="worker.analyse_during_grace = false: analyse only once the study is complete")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
 
@@ -283,7 +291,7 @@ def main() -> int:
     studies = work / "studies"
     node_port, pacs_port = free_port(), free_port()
     config_path = node_config(work, node_port, pacs_port, args.fast_poll, args.models.resolve(), args.torch_threads,
-                              args.ich_version)
+                              args.ich_version, early=not args.no_early)
     config = load_config(config_path)
     print(f"generating {args.n + 1} studies ({args.slices} slices, {args.size} px) ...", flush=True)
     cases = [write_ct_head_study(studies, seed, findings=("subdural",), n_slices=args.slices, size=args.size,

@@ -300,6 +300,7 @@ class WorkerConfig(Frozen):
     batch_size: PositiveInt = 16
     torch_threads: NonNegativeInt = 0  # 0: every core but one (ml.device.default_cpu_threads)
     local: bool = True  # `serve` runs one worker process beside it (false: a receiver/sender host)
+    analyse_during_grace: Bool = True  # an idle worker analyses released studies before their grace period ends
 
     @model_validator(mode="before")
     @classmethod

@@ -18,11 +18,13 @@ from conftest import wait_for, write_config
 from e2e_helpers import SIH_DEMO_VERSION
 from notify_helpers import Webhook
 from outputs_helpers import ICH_MODEL, ich_analysis, make_series
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, make_transient
 
 from dicom_node.config import Config, load_config
 from dicom_node.db.engine import Database, utcnow
 from dicom_node.db.schema import (
+    Association,
     Delivery,
     Instance,
     Job,
@@ -41,6 +43,7 @@ from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, StudyAn
 from dicom_node.notify.sender import Notifier
 from dicom_node.receiver.store import instance_relpath
 from dicom_node.runtime.worker_process import WorkerProcess
+from dicom_node.studies.assembler import Assembler
 
 Analyse = Callable[[list[pydicom.Dataset]], StudyAnalysis]
 
@@ -579,3 +582,106 @@ def test_a_result_whose_report_cannot_be_built_is_still_answered(config: Config,
     with db.read() as s:
         assert s.scalars(select(Result)).one().status == "failed"
         assert s.get(Study, study_id).priority == Priority.STAT.value  # the model's critical call still counts
+
+
+# -- analysis during the grace period (jobs/early.py) ----------------------------------------------------
+
+def in_grace(db: Database, study_id: int, released: bool = True) -> None:
+    """Make a stored study one still receiving, whose instances came with one association, open or released."""
+    now = utcnow()
+    with db.write() as s:
+        s.execute(delete(Job))
+        study = s.get(Study, study_id)
+        study.state, study.generation, study.last_association_id = StudyState.RECEIVING, 0, "assoc-1"
+        s.add(Association(id="assoc-1", calling_ae="SCU", peer_address="127.0.0.1", started_at=now,
+                          ended_at=now if released else None, released=released))
+        for instance in s.scalars(select(Instance).where(Instance.study_id == study_id)):
+            instance.association_id = "assoc-1"
+
+
+def release(db: Database) -> None:
+    with db.write() as s:
+        association = s.get(Association, "assoc-1")
+        association.ended_at, association.released = utcnow(), True
+
+
+def grace_ends(config: Config, db: Database) -> list[str]:
+    """What the assembler completes once the grace period is over (jobs queued as `serve` does)."""
+    def queue(session: Session, study: Study) -> None:
+        jobs.enqueue_for_study(session, study, config, [("ich", {"CT"})])
+
+    later = utcnow() + timedelta(seconds=config.assembly.release_grace_seconds + 1)
+    return Assembler(config, db, queue).check(now=later)
+
+
+def evaluated(db: Database) -> list[str]:
+    with db.read() as s:
+        return StudyAnalysis.from_json(s.scalars(select(Result)).one().payload).evaluated_sop_instance_uids
+
+
+def test_an_idle_worker_analyses_a_released_study_in_its_grace_period_and_its_job_uses_that(
+    config: Config, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert config.assembly.release_grace_seconds > 0 and config.worker.analyse_during_grace  # the defaults
+    study_id, series = store_study(config, db)
+    in_grace(db, study_id, released=False)
+    pipeline = FakePipeline(positive)
+    worker = Worker(config, db, pipelines=[pipeline])
+    assert worker.run_once() is False and pipeline.calls == 0, "an association still open: not analysed"
+    release(db)
+    assert worker.run_once() is True and pipeline.calls == 1, "released: analysed at once, no job yet"
+    assert count(db, Job) == 0 and count(db, Result) == 0, "nothing is recorded or sent before completion"
+    assert worker.run_once() is False and pipeline.calls == 1, "an unchanged study is analysed once"
+    assert grace_ends(config, db) == [series[0].StudyInstanceUID]
+    with caplog.at_level("INFO", logger="dicom_node.jobs.worker"):
+        assert worker.run_once() is True
+    assert pipeline.calls == 1, "the job used the analysis made during the grace period"
+    assert "analysis made during the grace period used" in caplog.text
+    assert job_row(db).state == JobState.DONE and [o.kind for o in outputs(db)] == ["sr", "overlay"]
+    assert evaluated(db) == [ds.SOPInstanceUID for ds in series]
+
+
+def test_an_analysis_made_before_more_instances_came_is_not_used(config: Config, db: Database) -> None:
+    study_id, series = store_study(config, db)
+    in_grace(db, study_id)
+    with db.write() as s:  # the last slice has not come yet
+        late = s.scalars(select(Instance).where(Instance.sop_instance_uid == series[-1].SOPInstanceUID)).one()
+        s.expunge(late)
+        s.execute(delete(Instance).where(Instance.id == late.id))
+    seen: list[int] = []
+    pipeline = FakePipeline(lambda datasets: seen.append(len(datasets)) or positive(datasets))
+    worker = Worker(config, db, pipelines=[pipeline])
+    assert worker.run_once() is True and seen == [3]
+    with db.write() as s:  # it comes with the released association; the grace period ends before the next poll
+        make_transient(late)
+        s.add(late)
+    assert grace_ends(config, db) == [series[0].StudyInstanceUID]
+    assert worker.run_once() is True
+    assert seen == [3, 4], "the job analysed the study again, with every instance"
+    assert evaluated(db) == [ds.SOPInstanceUID for ds in series]
+
+
+def test_an_early_analysis_that_fails_leaves_the_analysis_to_the_job(config: Config, db: Database) -> None:
+    study_id, _ = store_study(config, db)
+    in_grace(db, study_id)
+    pipeline = FakePipeline(positive, fail_times=1)
+    worker = Worker(config, db, pipelines=[pipeline])
+    assert worker.run_once() is True and pipeline.calls == 1
+    grace_ends(config, db)
+    assert worker.run_once() is True and pipeline.calls == 2
+    assert job_row(db).state == JobState.DONE and job_row(db).attempts == 1 and count(db, Result) == 1
+
+
+def test_analysis_during_the_grace_period_can_be_turned_off(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, worker={"analyse_during_grace": False}))
+    database = Database(config.database_url)
+    try:
+        study_id, _ = store_study(config, database)
+        in_grace(database, study_id)
+        pipeline = FakePipeline(positive)
+        worker = Worker(config, database, pipelines=[pipeline])
+        assert worker.run_once() is False and pipeline.calls == 0
+        grace_ends(config, database)
+        assert worker.run_once() is True and pipeline.calls == 1
+    finally:
+        database.dispose()

@@ -1,5 +1,6 @@
 """The inference worker's job loop: claim a job, run its model under a heartbeat, record the result
 (`jobs/results.py`: outputs, their files and rows, deliveries by `delivery/fanout.py`), or count the failure.
+With no job due, it analyses a study that waits out its grace period, for its job to use (`jobs/early.py`).
 
 Models load once, when the worker starts. While a model runs, a heartbeat thread renews the job's lease;
 a worker that dies stops renewing and the job goes back to the queue (`jobs.requeue_expired`). So does a
@@ -26,6 +27,7 @@ from dicom_node.db.schema import Job
 from dicom_node.delivery import outbox
 from dicom_node.errors import LeaseLostError, PermanentError
 from dicom_node.jobs import queue as jobs
+from dicom_node.jobs.early import EarlyAnalyses
 from dicom_node.jobs.results import BuildOutputs, ResultRecorder, StudyInput
 from dicom_node.ml.analysis import AnalysisStatus, StudyAnalysis
 from dicom_node.receiver.store import write_durable
@@ -112,6 +114,7 @@ class Worker:
 
             build_outputs = default_builder
         self.results = ResultRecorder(config, db, self.worker_id, build_outputs, write_file)
+        self.early = EarlyAnalyses(config, db, self.pipelines, self.results.study_input)
         self.lease_seconds = config.worker.lease_seconds
         self._last_requeue = 0.0
         log.info(
@@ -139,12 +142,13 @@ class Worker:
             jobs.requeue_expired(self.db, max_lease_expiries=self.config.worker.max_lease_expiries)
 
     def run_once(self) -> bool:
-        """Claim and process one job; False when none was due."""
+        """Claim and process one job; with none due, analyse a study in its grace period
+        (`jobs/early.py`). False when there was nothing to do."""
         if not self.pipelines:
             return False
         job = jobs.claim(self.db, self.worker_id, self.lease_seconds, model_names=self.pipelines.keys())
         if job is None:
-            return False
+            return self.early.run_once()
         self.process(job)
         return True
 
@@ -163,14 +167,18 @@ class Worker:
             self._finish_failed(job, pipeline, study, jobs.exhausted_reason(job, max_expiries))
             return
         try:
-            max_run = self.config.worker.max_run_seconds
-            with Heartbeat(self.db, job.id, self.worker_id, self.lease_seconds, max_run) as beat:
-                analysis = pipeline.analyse(study.refs)
-            if beat.lost.is_set():
-                log.warning("result dropped: lease lost during analysis", extra=extra)
-                return
-            if beat.overrun.is_set():
-                raise RunTimeExceeded(f"analysis ran longer than worker.max_run_seconds ({max_run:g} s)")
+            analysis = self.early.take(study, job.model_name)
+            if analysis is not None:
+                log.info("analysis made during the grace period used", extra=extra)
+            else:
+                max_run = self.config.worker.max_run_seconds
+                with Heartbeat(self.db, job.id, self.worker_id, self.lease_seconds, max_run) as beat:
+                    analysis = pipeline.analyse(study.refs)
+                if beat.lost.is_set():
+                    log.warning("result dropped: lease lost during analysis", extra=extra)
+                    return
+                if beat.overrun.is_set():
+                    raise RunTimeExceeded(f"analysis ran longer than worker.max_run_seconds ({max_run:g} s)")
             self.results.finish(job, study, analysis)
         except LeaseLostError:
             log.warning("result dropped: lease lost", extra=extra)

@@ -12,6 +12,9 @@ for the moment the grace period ends, so the study completes then rather than at
 `ended_at`, study `last_association_id`), so a restart loses no pending completion. Each completion increments the study's `generation` and
 calls `on_complete(session, study)` inside the same transaction, so whatever it queues is committed
 together with the state change or not at all.
+
+`in_grace_period` names the studies waiting out a grace period, so that a worker with nothing else to do can
+analyse them ahead of completion (`jobs/early.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy import Select, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from dicom_node.config import Config
 from dicom_node.db.engine import Database, utcnow
@@ -37,6 +40,27 @@ OnComplete = Callable[[Session, Study], None]
 JOB_ID = "assembler-check"
 GRACE_JOB_PREFIX = "assembler-grace-"
 GRACE_MARGIN_SECONDS = 0.05  # the one-shot check runs this long after the grace period, to be past it
+
+
+def in_grace_period(session: Session) -> list[tuple[int, datetime]]:
+    """(id, last_received_at) of the RECEIVING studies whose last association was released and to which no
+    open association has sent: unless another association adds to them, `Assembler.check` completes them
+    when the grace period ends. Earliest release first."""
+    sender = aliased(Association)
+    open_sender = (
+        select(Instance.id)
+        .join(sender, sender.id == Instance.association_id)
+        .where(Instance.study_id == Study.id, sender.ended_at.is_(None))
+        .exists()
+    )
+    rows = session.execute(
+        select(Study.id, Study.last_received_at)
+        .join(Association, Association.id == Study.last_association_id)
+        .where(Study.state == StudyState.RECEIVING, Association.released.is_(True),
+               Association.ended_at.is_not(None), ~open_sender)
+        .order_by(Association.ended_at, Study.id)
+    ).all()
+    return [(study_id, received) for study_id, received in rows]
 
 
 class Assembler:
