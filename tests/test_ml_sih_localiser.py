@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from e2e_helpers import MODELS, SIH_DEMO_VERSION
 from outputs_helpers import written_seg
+from pydicom.uid import generate_uid
 
 from dicom_node.errors import ModelError
 from dicom_node.ml.analysis import AnalysisStatus, instance_ref_from_file
@@ -116,9 +117,16 @@ def test_the_nodes_own_seg_in_a_site_export_is_not_ground_truth(sih: Pipeline, t
     refs = [instance_ref_from_file(str(f)) for f in st.files]
     result = sih.analyse(refs)
     key = next(r for r in refs if r.sop_instance_uid == result.findings[0].key_sop_instance_uid)
-    written_seg(result, refs, data / "ai-result-seg.dcm", key.series_uid)  # as the PACS returns it
+    ours = written_seg(result, refs, data / "ai-result-seg.dcm", key.series_uid)  # as the PACS returns it
+    # the same result after a de-identifier blanked the equipment names, and another vendor's AI SEG: both
+    # carry IHE AIR's Contributing Equipment item "Processing Algorithm", which marks an AI result
+    for name, manufacturer, model in (("blanked", "", ""), ("vendor", "Other AI Inc.", "Bleed Finder")):
+        ds = pydicom.dcmread(ours)
+        ds.Manufacturer, ds.ManufacturerModelName = manufacturer, model
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(data / f"ai-result-{name}-seg.dcm")
     everything = scan_dicom(data)
-    assert sum(r.modality == "SEG" for r in everything) == len(st.seg_files) + 1
+    assert sum(r.modality == "SEG" for r in everything) == len(st.seg_files) + 3
     kept = annotation_segs(everything)
     assert sorted(Path(r.path) for r in kept) == sorted(st.seg_files)
     assert "AI result SEGs left out of the annotations" in caplog.text

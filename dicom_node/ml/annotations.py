@@ -11,7 +11,10 @@ inclusive) are filled rectangles: coarser, but enough to teach where a finding i
 
 The node's own AI SEGs use the same codes. A study exported from the PACS holds them beside the site's
 annotations, so `annotation_segs` leaves them out: a model must never be trained or scored on its own
-output.
+output. An AI result is known by its equipment names (`identity.written_by_analysis`) or, whoever made it,
+by IHE AIR's Contributing Equipment item with the purpose "Processing Algorithm" (which the node's SEGs,
+SRs and overlays carry too): that one survives a de-identifier that blanks the names, and it also keeps
+another vendor's AI SEGs out of the ground truth.
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dicom_node.identity import written_by_analysis
 from dicom_node.ml.analysis import InstanceRef
+
+if TYPE_CHECKING:
+    import pydicom
 
 BOXES_CSV = "boxes.csv"
 log = logging.getLogger(__name__)
@@ -42,8 +49,8 @@ def annotation_segs(refs: Iterable[InstanceRef]) -> list[InstanceRef]:
         if ref.modality.upper() != "SEG":
             continue
         header = pydicom.dcmread(ref.path, stop_before_pixels=True,
-                                 specific_tags=["Manufacturer", "ManufacturerModelName"])
-        if written_by_analysis(str(header.get("Manufacturer", "")), str(header.get("ManufacturerModelName", ""))):
+                                 specific_tags=["Manufacturer", "ManufacturerModelName", "ContributingEquipmentSequence"])
+        if _ai_result(header):
             results += 1
         else:
             kept.append(ref)
@@ -51,6 +58,18 @@ def annotation_segs(refs: Iterable[InstanceRef]) -> list[InstanceRef]:
         log.warning("AI result SEGs left out of the annotations: a model is not trained or scored on its own "
                     "output", extra={"seg_files": results})
     return kept
+
+
+def _ai_result(header: pydicom.Dataset) -> bool:
+    """Whether a SEG header says an algorithm made it: the node's analysis, or any IHE AIR result."""
+    from dicom_node.outputs.codes import PROCESSING_ALGORITHM
+
+    if written_by_analysis(str(header.get("Manufacturer", "")), str(header.get("ManufacturerModelName", ""))):
+        return True
+    wanted = (PROCESSING_ALGORITHM.value, PROCESSING_ALGORITHM.scheme_designator)
+    return any((str(code.get("CodeValue", "")), str(code.get("CodingSchemeDesignator", ""))) == wanted
+               for item in header.get("ContributingEquipmentSequence", [])
+               for code in item.get("PurposeOfReferenceCodeSequence", []))
 
 
 def seg_masks(path: str | Path) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
