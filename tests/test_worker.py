@@ -685,3 +685,17 @@ def test_analysis_during_the_grace_period_can_be_turned_off(tmp_path: Path) -> N
         assert worker.run_once() is True and pipeline.calls == 1
     finally:
         database.dispose()
+
+
+def test_a_reanalysis_asked_for_before_the_job_ran_analyses_again(config: Config, db: Database) -> None:
+    study_id, series = store_study(config, db)
+    in_grace(db, study_id)
+    pipeline = FakePipeline(positive)
+    worker = Worker(config, db, pipelines=[pipeline])
+    assert worker.run_once() is True and pipeline.calls == 1
+    grace_ends(config, db)
+    generation = Assembler(config, db, lambda s, st: jobs.enqueue_for_study(s, st, config, [("ich", {"CT"})])
+                           ).reanalyse(series[0].StudyInstanceUID)
+    assert generation == 2 and job_row(db).generation == 2
+    assert worker.run_once() is True and pipeline.calls == 2, "the re-analysis is not answered from the grace period"
+    assert job_row(db).state == JobState.DONE

@@ -3,8 +3,9 @@
 A study whose association was released completes only when `assembly.release_grace_seconds` have passed
 without another association adding to it (`studies/assembler.py`). A worker that finds no job due analyses
 such a study at once and keeps the analysis, with the exact instances it read. When the study's job comes,
-the worker uses the kept analysis if the study still has exactly those instances (same rows, same files),
-and analyses again otherwise. The result is the one the job would have computed: the same pipeline on the
+the worker uses the kept analysis if it is the job of that completion (the next generation: not a later
+re-analysis) and the study still has exactly those instances (same rows, same files), and analyses again
+otherwise. The result is the one the job would have computed: the same pipeline on the
 same instances. The report, its UIDs and its delivery are made by the job as always, so the grace period
 still decides when a study is complete, and nothing is reported before. Only the time to result drops: by
 the analysis time, or by the grace period when the analysis takes longer.
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from dicom_node.config import Config
 from dicom_node.db.engine import Database
+from dicom_node.db.schema import Job
 from dicom_node.jobs.results import StudyInput
 from dicom_node.ml.analysis import InstanceRef, StudyAnalysis
 from dicom_node.studies.assembler import in_grace_period
@@ -48,7 +50,8 @@ class EarlyAnalyses:
         self.enabled = (config.worker.analyse_during_grace and assembly.complete_on_release
                         and assembly.release_grace_seconds > 0 and bool(pipelines))
         self.db, self.pipelines, self.study_input = db, pipelines, study_input
-        self._kept: OrderedDict[tuple[int, str], tuple[tuple[InstanceRef, ...], StudyAnalysis]] = OrderedDict()
+        # (study id, model) -> (the generation its completion will make, the instances read, the analysis)
+        self._kept: OrderedDict[tuple[int, str], tuple[int, tuple[InstanceRef, ...], StudyAnalysis]] = OrderedDict()
         self._done: dict[int, datetime] = {}  # study id -> its last_received_at when analysed early
 
     def run_once(self) -> bool:
@@ -58,30 +61,33 @@ class EarlyAnalyses:
             return False
         with self.db.read() as session:
             waiting = in_grace_period(session)
-        ids = {study_id for study_id, _ in waiting}
+        ids = {study_id for study_id, _, _ in waiting}
         self._done = {sid: at for sid, at in self._done.items() if sid in ids}
-        for study_id, last_received_at in waiting:
+        for study_id, last_received_at, generation in waiting:
             if self._done.get(study_id) == last_received_at:
                 continue
             self._done[study_id] = last_received_at
-            self._analyse(self.study_input(study_id))
+            self._analyse(self.study_input(study_id), generation + 1)
             return True
         return False
 
-    def take(self, study: StudyInput, model_name: str) -> StudyAnalysis | None:
-        """The kept analysis of this study by this model if it read exactly the study's instances now
-        (and forget it either way); None otherwise."""
+    def take(self, study: StudyInput, job: Job) -> StudyAnalysis | None:
+        """The kept analysis for this job if it was made for the job's generation and read exactly the
+        study's instances now (forgotten either way); None otherwise."""
+        model_name = job.model_name
         kept = self._kept.pop((study.study_id, model_name), None)
         if kept is None:
             return None
-        refs, analysis = kept
+        generation, refs, analysis = kept
+        if generation != job.generation:
+            return None  # a later completion (a re-analysis): analysed again, as asked
         if refs != tuple(study.refs):
             log.info("analysis made during the grace period dropped: the study changed since",
                      extra={"study_uid": study.study_uid, "model": model_name})
             return None
         return analysis
 
-    def _analyse(self, study: StudyInput) -> None:
+    def _analyse(self, study: StudyInput, generation: int) -> None:
         modalities = {r.modality for r in study.refs}
         for name, pipeline in self.pipelines.items():
             if not pipeline.modalities & modalities:
@@ -93,7 +99,7 @@ class EarlyAnalyses:
                          extra={"study_uid": study.study_uid, "model": name,
                                 "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            self._kept[(study.study_id, name)] = (tuple(study.refs), analysis)
+            self._kept[(study.study_id, name)] = (generation, tuple(study.refs), analysis)
             self._kept.move_to_end((study.study_id, name))
             while len(self._kept) > KEPT_ANALYSES:
                 self._kept.popitem(last=False)

@@ -167,7 +167,7 @@ class Worker:
             self._finish_failed(job, pipeline, study, jobs.exhausted_reason(job, max_expiries))
             return
         try:
-            analysis = self.early.take(study, job.model_name)
+            analysis = self.early.take(study, job)
             if analysis is not None:
                 log.info("analysis made during the grace period used", extra=extra)
             else:

@@ -42,10 +42,10 @@ GRACE_JOB_PREFIX = "assembler-grace-"
 GRACE_MARGIN_SECONDS = 0.05  # the one-shot check runs this long after the grace period, to be past it
 
 
-def in_grace_period(session: Session) -> list[tuple[int, datetime]]:
-    """(id, last_received_at) of the RECEIVING studies whose last association was released and to which no
-    open association has sent: unless another association adds to them, `Assembler.check` completes them
-    when the grace period ends. Earliest release first."""
+def in_grace_period(session: Session) -> list[tuple[int, datetime, int]]:
+    """(id, last_received_at, generation) of the RECEIVING studies whose last association was released and
+    to which no open association has sent: unless another association adds to them, `Assembler.check`
+    completes them as generation + 1 when the grace period ends. Earliest release first."""
     sender = aliased(Association)
     open_sender = (
         select(Instance.id)
@@ -54,13 +54,13 @@ def in_grace_period(session: Session) -> list[tuple[int, datetime]]:
         .exists()
     )
     rows = session.execute(
-        select(Study.id, Study.last_received_at)
+        select(Study.id, Study.last_received_at, Study.generation)
         .join(Association, Association.id == Study.last_association_id)
         .where(Study.state == StudyState.RECEIVING, Association.released.is_(True),
                Association.ended_at.is_not(None), ~open_sender)
         .order_by(Association.ended_at, Study.id)
     ).all()
-    return [(study_id, received) for study_id, received in rows]
+    return [(study_id, received, generation) for study_id, received, generation in rows]
 
 
 class Assembler:
