@@ -605,13 +605,25 @@ def release(db: Database) -> None:
         association.ended_at, association.released = utcnow(), True
 
 
-def grace_ends(config: Config, db: Database) -> list[str]:
-    """What the assembler completes once the grace period is over (jobs queued as `serve` does)."""
+def assembler(config: Config, db: Database) -> Assembler:
+    """The assembler, queueing jobs on completion as `serve` does."""
     def queue(session: Session, study: Study) -> None:
         jobs.enqueue_for_study(session, study, config, [("ich", {"CT"})])
 
+    return Assembler(config, db, queue)
+
+
+def grace_ends(config: Config, db: Database) -> list[str]:
+    """What the assembler completes once the grace period is over."""
     later = utcnow() + timedelta(seconds=config.assembly.release_grace_seconds + 1)
-    return Assembler(config, db, queue).check(now=later)
+    return assembler(config, db).check(now=later)
+
+
+def released_study(config: Config, db: Database, pipeline: FakePipeline) -> tuple[list[pydicom.Dataset], Worker]:
+    """A stored study in its grace period (association released) and a worker with `pipeline`."""
+    study_id, series = store_study(config, db)
+    in_grace(db, study_id)
+    return series, Worker(config, db, pipelines=[pipeline])
 
 
 def evaluated(db: Database) -> list[str]:
@@ -662,10 +674,8 @@ def test_an_analysis_made_before_more_instances_came_is_not_used(config: Config,
 
 
 def test_an_early_analysis_that_fails_leaves_the_analysis_to_the_job(config: Config, db: Database) -> None:
-    study_id, _ = store_study(config, db)
-    in_grace(db, study_id)
     pipeline = FakePipeline(positive, fail_times=1)
-    worker = Worker(config, db, pipelines=[pipeline])
+    _, worker = released_study(config, db, pipeline)
     assert worker.run_once() is True and pipeline.calls == 1
     grace_ends(config, db)
     assert worker.run_once() is True and pipeline.calls == 2
@@ -676,10 +686,8 @@ def test_analysis_during_the_grace_period_can_be_turned_off(tmp_path: Path) -> N
     config = load_config(write_config(tmp_path, worker={"analyse_during_grace": False}))
     database = Database(config.database_url)
     try:
-        study_id, _ = store_study(config, database)
-        in_grace(database, study_id)
         pipeline = FakePipeline(positive)
-        worker = Worker(config, database, pipelines=[pipeline])
+        _, worker = released_study(config, database, pipeline)
         assert worker.run_once() is False and pipeline.calls == 0
         grace_ends(config, database)
         assert worker.run_once() is True and pipeline.calls == 1
@@ -688,14 +696,11 @@ def test_analysis_during_the_grace_period_can_be_turned_off(tmp_path: Path) -> N
 
 
 def test_a_reanalysis_asked_for_before_the_job_ran_analyses_again(config: Config, db: Database) -> None:
-    study_id, series = store_study(config, db)
-    in_grace(db, study_id)
     pipeline = FakePipeline(positive)
-    worker = Worker(config, db, pipelines=[pipeline])
+    series, worker = released_study(config, db, pipeline)
     assert worker.run_once() is True and pipeline.calls == 1
     grace_ends(config, db)
-    generation = Assembler(config, db, lambda s, st: jobs.enqueue_for_study(s, st, config, [("ich", {"CT"})])
-                           ).reanalyse(series[0].StudyInstanceUID)
+    generation = assembler(config, db).reanalyse(series[0].StudyInstanceUID)
     assert generation == 2 and job_row(db).generation == 2
     assert worker.run_once() is True and pipeline.calls == 2, "the re-analysis is not answered from the grace period"
     assert job_row(db).state == JobState.DONE
