@@ -1,6 +1,7 @@
 """Served equals evaluated: the probabilities in the SR that `serve` returns to the PACS are the ones
 `dicom-node evaluate` reports for the same study (same selection, preprocessing, study aggregation and
-final verdicts), and the SEG that comes back lines up with the generator's lesion masks."""
+final verdicts), also when the worker analysed the study during its grace period, and the SEG that comes
+back lines up with the generator's lesion masks."""
 
 from __future__ import annotations
 
@@ -47,7 +48,11 @@ def test_served_sr_states_evaluate_probabilities_and_seg_overlaps_truth(tmp_path
     pacs = CollectingSCP(tmp_path / "pacs")
     config = load_config(write_config(tmp_path, **e2e_sections(pacs.port, models={
         "path": str(MODELS), "enabled": [{"name": "ich", "version": ICH_DEMO_VERSION}]})))
-    with pacs, ServeProcess(config.source, config.node.port, tmp_path / "serve.log"):  # type: ignore[arg-type]
+    log = tmp_path / "serve.log"
+    with pacs, ServeProcess(config.source, config.node.port, log):  # type: ignore[arg-type]
+        # an idle worker analyses the first study during its grace period (jobs/early.py): that path too
+        # must serve what evaluate reports
+        wait_for(lambda: "worker ready" in log.read_text(errors="replace"), timeout=120, msg="models loaded")
         for st in studies:
             storescu(config.node.port, st.files)
 
@@ -59,6 +64,7 @@ def test_served_sr_states_evaluate_probabilities_and_seg_overlaps_truth(tmp_path
         wait_for(all_back, timeout=300, interval=0.5, msg="an SR for every study, a SEG for each positive one")
     received = pacs.received()
     assert_valid_outputs([Path(ds.filename) for ds in received])
+    assert "analysis made during the grace period used" in log.read_text(errors="replace")
 
     out = tmp_path / "eval"
     proc = subprocess.run([str(DICOM_NODE), "--log-level", "WARNING", "evaluate", "--model", "ich", "--version",
