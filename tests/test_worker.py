@@ -631,9 +631,14 @@ def evaluated(db: Database) -> list[str]:
         return StudyAnalysis.from_json(s.scalars(select(Result)).one().payload).evaluated_sop_instance_uids
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_an_idle_worker_analyses_a_released_study_in_its_grace_period_and_its_job_uses_that(
-    config: Config, db: Database, caplog: pytest.LogCaptureFixture
+    database: str, tmp_path: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else "sqlite:///var/node.db"
+    config = load_config(write_config(tmp_path, database={"url": url}))
+    db = Database(config.database_url)
+    request.addfinalizer(db.dispose)
     assert config.assembly.release_grace_seconds > 0 and config.worker.analyse_during_grace  # the defaults
     study_id, series = store_study(config, db)
     in_grace(db, study_id, released=False)
