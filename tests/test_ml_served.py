@@ -47,7 +47,8 @@ def test_served_sr_states_evaluate_probabilities_and_seg_overlaps_truth(tmp_path
     write_labels(studies, "ct-head", data)
     pacs = CollectingSCP(tmp_path / "pacs")
     config = load_config(write_config(tmp_path, **e2e_sections(pacs.port, models={
-        "path": str(MODELS), "enabled": [{"name": "ich", "version": ICH_DEMO_VERSION}]})))
+        "path": str(MODELS), "enabled": [{"name": "ich", "version": ICH_DEMO_VERSION}]},
+        assembly={"release_grace_seconds": 4})))  # room for a loaded machine's idle worker to start in time
     log = tmp_path / "serve.log"
     with pacs, ServeProcess(config.source, config.node.port, log):  # type: ignore[arg-type]
         # an idle worker analyses the first study during its grace period (jobs/early.py): that path too

@@ -135,6 +135,16 @@ def test_the_nodes_own_seg_in_a_site_export_is_not_ground_truth(sih: Pipeline, t
     assert kind == "seg" and {sop for sop, m in by_sop.items() if "sih" in m} == set(truth)
     for sop, mask in truth.items():
         assert np.array_equal(by_sop[sop]["sih"], mask)  # the generator's masks, not the AI's
+    # a radiologist's correction of the AI SEG in a viewer keeps the algorithm's Contributing Equipment
+    # item, but its segments are no longer AUTOMATIC: an annotation
+    corrected = pydicom.dcmread(ours)
+    corrected.Manufacturer, corrected.ManufacturerModelName = "Viewer Co.", "Segment Editor"
+    for segment in corrected.SegmentSequence:
+        segment.SegmentAlgorithmType = "SEMIAUTOMATIC"
+    corrected.SOPInstanceUID = corrected.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    (tmp_path / "corrected").mkdir()
+    corrected.save_as(tmp_path / "corrected" / "seg.dcm")
+    assert [Path(r.path).name for r in annotation_segs(scan_dicom(tmp_path / "corrected"))] == ["seg.dcm"]
 
 
 def test_a_negative_study_has_no_mark_and_no_mask(sih: Pipeline, tmp_path: Path) -> None:

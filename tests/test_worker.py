@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -41,7 +42,8 @@ from dicom_node.jobs import queue as jobs
 from dicom_node.jobs.worker import Worker
 from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, StudyAnalysis, header_fields
 from dicom_node.notify.sender import Notifier
-from dicom_node.receiver.store import instance_relpath
+from dicom_node.receiver.ingest import parse_instance, record_instance
+from dicom_node.receiver.store import instance_relpath, write_durable
 from dicom_node.runtime.worker_process import WorkerProcess
 from dicom_node.studies.assembler import Assembler
 
@@ -709,3 +711,25 @@ def test_a_reanalysis_asked_for_before_the_job_ran_analyses_again(config: Config
     assert generation == 2 and job_row(db).generation == 2
     assert worker.run_once() is True and pipeline.calls == 2, "the re-analysis is not answered from the grace period"
     assert job_row(db).state == JobState.DONE
+
+
+def test_a_slice_sent_again_with_other_pixels_before_the_job_ran_is_analysed_again(
+    config: Config, db: Database
+) -> None:
+    seen: list[int] = []
+    pipeline = FakePipeline(lambda datasets: seen.append(int(datasets[1].pixel_array.sum())) or positive(datasets))
+    series, worker = released_study(config, db, pipeline)
+    assert worker.run_once() is True and len(seen) == 1
+    assert grace_ends(config, db) == [series[0].StudyInstanceUID]  # the job is queued; the worker was busy
+    again = series[1].copy()  # the sender sends a slice again, with other pixels, as the receiver stores it
+    again.PixelData = (again.pixel_array + 7).astype(again.pixel_array.dtype).tobytes()
+    buffer = io.BytesIO()
+    again.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    rel = instance_relpath(again.StudyInstanceUID, again.SeriesInstanceUID, again.SOPInstanceUID)
+    write_durable(config.storage.path / rel, data)
+    record_instance(db, parse_instance(data), rel, len(data), "STORESCU", None)
+    with db.read() as s:
+        assert s.scalars(select(Study)).one().state == StudyState.COMPLETE, "a repeated instance re-opens nothing"
+    assert worker.run_once() is True
+    assert len(seen) == 2 and seen[1] == seen[0] + 7 * again.Rows * again.Columns, "the job read the new pixels"

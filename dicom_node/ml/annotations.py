@@ -13,8 +13,9 @@ The node's own AI SEGs use the same codes. A study exported from the PACS holds 
 annotations, so `annotation_segs` leaves them out: a model must never be trained or scored on its own
 output. An AI result is known by its equipment names (`identity.written_by_analysis`) or, whoever made it,
 by IHE AIR's Contributing Equipment item with the purpose "Processing Algorithm" (which the node's SEGs,
-SRs and overlays carry too): that one survives a de-identifier that blanks the names, and it also keeps
-another vendor's AI SEGs out of the ground truth.
+SRs and overlays carry too) on a SEG whose segments are all AUTOMATIC: that one survives a de-identifier
+that blanks the names, and it also keeps out another vendor's AI SEGs that follow IHE AIR. A SEG a person
+corrected (SEMIAUTOMATIC or MANUAL segments) stays an annotation.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def annotation_segs(refs: Iterable[InstanceRef]) -> list[InstanceRef]:
         if ref.modality.upper() != "SEG":
             continue
         header = pydicom.dcmread(ref.path, stop_before_pixels=True,
-                                 specific_tags=["Manufacturer", "ManufacturerModelName", "ContributingEquipmentSequence"])
+                                 specific_tags=["Manufacturer", "ManufacturerModelName", "ContributingEquipmentSequence",
+                                               "SegmentSequence"])
         if _ai_result(header):
             results += 1
         else:
@@ -61,15 +63,22 @@ def annotation_segs(refs: Iterable[InstanceRef]) -> list[InstanceRef]:
 
 
 def _ai_result(header: pydicom.Dataset) -> bool:
-    """Whether a SEG header says an algorithm made it: the node's analysis, or any IHE AIR result."""
+    """Whether a SEG header says an algorithm made it: the node's analysis, or an IHE AIR result whose
+    segments are all AUTOMATIC (a person's correction of an AI SEG keeps the algorithm's Contributing
+    Equipment item but its segments become SEMIAUTOMATIC or MANUAL: an annotation)."""
     from dicom_node.outputs.codes import PROCESSING_ALGORITHM
 
     if written_by_analysis(str(header.get("Manufacturer", "")), str(header.get("ManufacturerModelName", ""))):
         return True
-    wanted = (PROCESSING_ALGORITHM.value, PROCESSING_ALGORITHM.scheme_designator)
-    return any((str(code.get("CodeValue", "")), str(code.get("CodingSchemeDesignator", ""))) == wanted
-               for item in header.get("ContributingEquipmentSequence", [])
-               for code in item.get("PurposeOfReferenceCodeSequence", []))
+    code_of = (PROCESSING_ALGORITHM.value, PROCESSING_ALGORITHM.scheme_designator)
+    by_algorithm = any(
+        (str(code.get("CodeValue", "")), str(code.get("CodingSchemeDesignator", ""))) == code_of
+        or str(code.get("CodeMeaning", "")).strip().lower() == PROCESSING_ALGORITHM.meaning.lower()
+        for item in header.get("ContributingEquipmentSequence", [])
+        for code in item.get("PurposeOfReferenceCodeSequence", []))
+    segments = header.get("SegmentSequence", [])
+    return by_algorithm and bool(segments) and all(
+        str(segment.get("SegmentAlgorithmType", "")).upper() == "AUTOMATIC" for segment in segments)
 
 
 def seg_masks(path: str | Path) -> tuple[str, dict[str, dict[str, np.ndarray]]]:

@@ -45,7 +45,8 @@ GRACE_MARGIN_SECONDS = 0.05  # the one-shot check runs this long after the grace
 def in_grace_period(session: Session) -> list[tuple[int, datetime, int]]:
     """(id, last_received_at, generation) of the RECEIVING studies whose last association was released and
     to which no open association has sent: unless another association adds to them, `Assembler.check`
-    completes them as generation + 1 when the grace period ends. Earliest release first."""
+    completes them as generation + 1 when the grace period ends. The most urgent first (priority, then the
+    earliest release)."""
     sender = aliased(Association)
     open_sender = (
         select(Instance.id)
@@ -58,7 +59,7 @@ def in_grace_period(session: Session) -> list[tuple[int, datetime, int]]:
         .join(Association, Association.id == Study.last_association_id)
         .where(Study.state == StudyState.RECEIVING, Association.released.is_(True),
                Association.ended_at.is_not(None), ~open_sender)
-        .order_by(Association.ended_at, Study.id)
+        .order_by(Study.priority.desc(), Association.ended_at, Study.id)
     ).all()
     return [(study_id, received, generation) for study_id, received, generation in rows]
 
