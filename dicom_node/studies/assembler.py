@@ -42,11 +42,11 @@ GRACE_JOB_PREFIX = "assembler-grace-"
 GRACE_MARGIN_SECONDS = 0.05  # the one-shot check runs this long after the grace period, to be past it
 
 
-def in_grace_period(session: Session) -> list[tuple[int, datetime, int]]:
-    """(id, last_received_at, generation) of the RECEIVING studies whose last association was released and
-    to which no open association has sent: unless another association adds to them, `Assembler.check`
-    completes them as generation + 1 when the grace period ends. The most urgent first (priority, then the
-    earliest release)."""
+def _released_studies(released_by: datetime | None = None) -> Select[int, datetime, int]:
+    """(id, last_received_at, generation) of the RECEIVING studies whose last association was released (by
+    `released_by`, if given) and to which no open association has sent; the most urgent first (priority,
+    then the earliest release). `Assembler.check` completes those released a grace period ago; the
+    others wait out their grace period (`in_grace_period`)."""
     sender = aliased(Association)
     open_sender = (
         select(Instance.id)
@@ -54,14 +54,21 @@ def in_grace_period(session: Session) -> list[tuple[int, datetime, int]]:
         .where(Instance.study_id == Study.id, sender.ended_at.is_(None))
         .exists()
     )
-    rows = session.execute(
+    query = (
         select(Study.id, Study.last_received_at, Study.generation)
         .join(Association, Association.id == Study.last_association_id)
         .where(Study.state == StudyState.RECEIVING, Association.released.is_(True),
                Association.ended_at.is_not(None), ~open_sender)
         .order_by(Study.priority.desc(), Association.ended_at, Study.id)
-    ).all()
-    return [(study_id, received, generation) for study_id, received, generation in rows]
+    )
+    return query if released_by is None else query.where(Association.ended_at <= released_by)
+
+
+def in_grace_period(session: Session) -> list[tuple[int, datetime, int]]:
+    """(id, last_received_at, generation) of the studies waiting out a grace period, most urgent first
+    (`_released_studies`): unless another association adds to them, `Assembler.check` completes them as
+    generation + 1 when it ends (a study just past it and not yet checked is among them)."""
+    return [(int(row[0]), row[1], int(row[2])) for row in session.execute(_released_studies()).all()]
 
 
 class Assembler:
@@ -81,12 +88,7 @@ class Assembler:
         assembly = self.config.assembly
         if assembly.complete_on_release and assembly.release_grace_seconds > 0:
             released_by = now - timedelta(seconds=assembly.release_grace_seconds)
-            released = (
-                select(Study.id)
-                .join(Association, Association.id == Study.last_association_id)
-                .where(Study.state == StudyState.RECEIVING, Association.released.is_(True),
-                       Association.ended_at <= released_by)
-            )
+            released = _released_studies(released_by).with_only_columns(Study.id)
             done += self._complete_all(released, now, "association released, grace period over",
                                        lambda s: self._released_before(s, released_by))
         return done
