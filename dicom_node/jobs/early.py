@@ -90,14 +90,17 @@ class EarlyAnalyses:
             fingerprint = self._fingerprint(study_id)  # before the files are read
             study = self.study_input(study_id)
             modalities = {r.modality for r in study.refs}
-            for name in pending:
-                self._done[(study_id, name)] = last_received_at
-                pipeline = self.pipelines[name]
-                if pipeline.modalities & modalities:
-                    analysis = self._analyse(study, name, pipeline)
-                    if analysis is not None:
-                        self._keep((study_id, name), Kept(generation + 1, fingerprint, tuple(study.refs), analysis))
-                    return True
+            readers = [name for name in pending if self.pipelines[name].modalities & modalities]
+            for name in pending:  # the first reader is analysed now; the others do not read this study
+                if name not in readers[1:]:
+                    self._done[(study_id, name)] = last_received_at
+            if not readers:
+                continue
+            name = readers[0]
+            analysis = self._analyse(study, name, self.pipelines[name])
+            if analysis is not None:
+                self._keep((study_id, name), Kept(generation + 1, fingerprint, tuple(study.refs), analysis))
+            return True
         return False
 
     def take(self, study: StudyInput, job: Job) -> StudyAnalysis | None:
