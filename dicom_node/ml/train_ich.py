@@ -9,7 +9,11 @@ the study-level model and thresholds fitted on the validation studies. Writes a 
   subarachnoid, so this specialist sees it as the hard negative it is); `intraparenchymal` (studies with
   parenchymal or ventricular blood, plus the normal ones: ventricular blood is what an all-ICH network
   mistakes for parenchymal, so this specialist sees it as the hard negative it is); `intraparenchymal-only`
-  (studies with parenchymal blood, plus the normal ones: for a full-resolution member); `small-lesion`
+  (studies with parenchymal blood, plus the normal ones: for a full-resolution member);
+  `intraparenchymal-and-extra-axial` (studies with parenchymal, subarachnoid, subdural or epidural blood, the
+  intraventricular ones as hard negatives, and the normal ones: a full-resolution member that also sees a
+  thick subdural crescent as the hard negative for parenchymal and subarachnoid blood it is, where a 128 px
+  member blurs the sulci it spares); `small-lesion`
   (positive studies whose largest lesion cross-section is at or below the median of the positive training
   studies, plus the normal ones). Validation is always every validation study, so specialists and the
   all-ICH model are judged, and combined, on the same studies.
@@ -51,14 +55,19 @@ from dicom_node.ml.study_model import FEATURES_CLS, FEATURES_SEG, fit_study_mode
 log = logging.getLogger(__name__)
 
 SUBSETS = ("all", "subdural", "subarachnoid", "subarachnoid-vs-extra-axial", "intraparenchymal",
-           "intraparenchymal-only", "small-lesion")
+           "intraparenchymal-only", "intraparenchymal-and-extra-axial", "small-lesion")
 # the subtypes a specialist is built around: its training studies are those with any of them (plus the
 # normal ones), and an ensemble averages its masks of these only (its other mask outputs see positives only
 # where such blood lies beside them, if ever); "all" and "small-lesion" see every subtype
 SUBSET_MASK_LABELS = {"subdural": ("subdural",), "subarachnoid": ("subarachnoid",),
                       "subarachnoid-vs-extra-axial": ("epidural", "subarachnoid", "subdural"),
                       "intraparenchymal": ("intraparenchymal", "intraventricular"),
-                      "intraparenchymal-only": ("intraparenchymal",)}
+                      "intraparenchymal-only": ("intraparenchymal",),
+                      "intraparenchymal-and-extra-axial": ("epidural", "intraparenchymal", "subarachnoid", "subdural")}
+# subtypes whose studies a specialist also learns from, as hard negatives, without being built around them
+# (its masks of them are not averaged, and its study logit has no say on them): ventricular blood is what a
+# full-resolution parenchymal member, trained without it, names parenchymal
+SUBSET_HARD_NEGATIVES = {"intraparenchymal-and-extra-axial": ("intraventricular",)}
 ANNOTATIONS = ("auto", "seg", "boxes", "none")
 
 
@@ -84,7 +93,7 @@ def subset_studies(data: IchData, studies: np.ndarray, subset: str) -> np.ndarra
     y = np.stack([data.labels[data.study == s].max(axis=0) for s in studies])
     normal = y[:, 0] == 0
     if subset in SUBSET_MASK_LABELS:  # a specialist learns from the studies with the subtypes it is built around
-        columns = [ICH_LABELS.index(label) for label in SUBSET_MASK_LABELS[subset]]
+        columns = [ICH_LABELS.index(label) for label in SUBSET_MASK_LABELS[subset] + SUBSET_HARD_NEGATIVES.get(subset, ())]
         return studies[normal | (y[:, columns] > 0).any(axis=1)]
     size = np.array([_largest_section(data, s) for s in studies], dtype=np.float64)
     cut = float(np.median(size[~normal])) if (~normal).any() else 0.0
