@@ -59,14 +59,20 @@ def _study(data: Path, positive: bool) -> list:
     return [instance_ref_from_file(str(p)) for p in sorted((data / row["folder"]).rglob("*.dcm"))]
 
 
-def _reweighted(root: Path, tmp_path: Path, weights: dict[str, float]) -> tuple[Path, dict]:
-    """A copy of the models whose ensemble manifest gives every label these member weights (others kept)."""
+def _reweighted(root: Path, tmp_path: Path, weights: dict[str, float], mask_dice: dict | None = None
+                ) -> tuple[Path, dict]:
+    """A copy of the models whose ensemble manifest gives every label these member weights (others kept) and
+    these calibration mask Dice figures (none: as an ensemble fitted without annotations, whose masks come
+    from the finest members trained on a subtype)."""
     copy = tmp_path / "models"
     shutil.copytree(root, copy)
     path = copy / "ich-ens" / V / "manifest.json"
     ens = json.loads(path.read_text())
     for label in ICH_LABELS:
         ens["ensemble"]["weights"][label].update(weights)
+    ens["ensemble"].pop("mask_dice", None)
+    if mask_dice is not None:
+        ens["ensemble"]["mask_dice"] = mask_dice
     path.write_text(json.dumps(ens))
     return copy, ens
 
@@ -88,6 +94,11 @@ def test_members_record_strong_annotations_and_one_validation_set(models: tuple[
     assert all(w >= 0 for label in ICH_LABELS for w in ens["ensemble"]["weights"][label].values())
     # the subdural specialist's logit enters the subdural probability only
     assert all(ens["ensemble"]["weights"][label]["ich-b"] == 0 for label in ICH_LABELS if label != "subdural")
+    # each member's mask Dice per subtype on the studies it was fitted on (the generator's SEGs are there)
+    dice = ens["ensemble"]["mask_dice"]
+    assert set(dice) == set(ICH_LABELS[1:]) and "best Dice" in ens["ensemble"]["masks"]
+    values = [v for per_member in dice.values() for v in per_member.values()]
+    assert any(v is not None for v in values) and all(v is None or 0 <= v <= 1 for v in values)
 
 
 def test_ensemble_loads_by_name_and_combines_its_members(models: tuple[Path, Path]) -> None:
@@ -225,6 +236,58 @@ def test_a_subtype_mask_comes_from_the_members_trained_on_it(models: tuple[Path,
     assert not np.allclose(a[:, edh], b[:, edh])  # the rule changed something: b's epidural output differs
 
 
+def test_the_member_whose_calibration_mask_matched_best_draws_it(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """With the members' mask Dice on the calibration studies in the manifest, a subtype's mask comes from the
+    best of the members trained on it, not from the finest grid: here ich-a's coarser subdural mask, since
+    ich-b's (the finer) matched worse; epidural, which only ich-a learned, stays ich-a's."""
+    from dicom_node.ml.ich_ensemble import on_grid
+
+    root, data = models
+    copy, _ = _reweighted(root, tmp_path, {"ich-a": 0.25, "ich-b": 0.75},
+                          {"subdural": {"ich-a": 0.8, "ich-b": 0.1}, "epidural": {"ich-a": 0.5, "ich-b": 0.9}})
+    p = load_pipeline(copy, "ich-ens", V, CPU)
+    slices = p.select(_study(data, positive=True))
+    a = on_grid(load_pipeline(copy, "ich-a", V, CPU).series_outputs(slices).masks, 24)
+    out = p.series_outputs(slices).masks
+    assert out is not None
+    sdh, edh = ICH_LABELS.index("subdural") - 1, ICH_LABELS.index("epidural") - 1
+    np.testing.assert_allclose(out[:, sdh], a[:, sdh], atol=1e-6)
+    np.testing.assert_allclose(out[:, edh], a[:, edh], atol=1e-6)  # ich-b's 0.9 is for a mask it never learned
+
+
+def test_mask_dice_of_each_member_against_the_annotations() -> None:
+    """`member_mask_dice`: a member whose mask is the annotation scores 1, one whose channel is dead scores 0,
+    both on the finest member's grid; a subtype the study does not have, or a member with no mask head, is NaN."""
+    from dicom_node.ml.analysis import InstanceRef
+    from dicom_node.ml.datasets import slice_masks
+    from dicom_node.ml.ich_findings import SeriesOutputs
+    from dicom_node.ml.train_ensemble import member_mask_dice
+
+    refs = [InstanceRef(f"/x/{i}.dcm", "1.2", "1.2.3", f"1.2.3.{i}", "1.2.840.10008.5.1.4.1.1.2", "CT") for i in range(3)]
+    hu = [np.zeros((64, 64), np.float32) for _ in refs]
+    blood = np.zeros((64, 64), bool)
+    blood[10:30, 5:12] = True
+    segs = {refs[1].sop_instance_uid: {"subdural": blood}}
+    truth = np.stack([slice_masks((64, 64), 64, segs.get(r.sop_instance_uid), None) for r in refs]) / 255.0
+    dead = np.zeros_like(truth)
+    coarse = truth.reshape(3, 5, 16, 2, 16, 2).mean(axis=(3, 5))  # the same mask on a grid half as fine
+
+    def outputs(masks: np.ndarray | None) -> SeriesOutputs:
+        return SeriesOutputs(refs, hu, np.zeros((3, 3, 64, 64)), [], np.zeros((3, 6)), np.zeros(6), masks)
+
+    dice = member_mask_dice([outputs(truth), outputs(dead), outputs(coarse), outputs(None)], segs, {})
+    sdh = ICH_LABELS.index("subdural") - 1
+    assert dice[0, sdh] == 1.0 and dice[1, sdh] == 0.0 and 0.8 < dice[2, sdh] <= 1.0
+    assert np.isnan(np.delete(dice, sdh, axis=1)).all() and np.isnan(dice[3]).all()
+
+
+def test_a_malformed_mask_dice_is_refused(models: tuple[Path, Path], tmp_path: Path) -> None:
+    root, _ = models
+    copy, _ = _reweighted(root, tmp_path, {}, {"subdural": {"ich-a": 1.5}})
+    with pytest.raises(ModelError, match=r"mask_dice\['subdural'\]\['ich-a'\] must be a number in \[0, 1\]"):
+        load_pipeline(copy, "ich-ens", V, CPU)
+
+
 def test_crop_training_centres_on_blood_and_labels_only_what_the_crop_holds() -> None:
     """Full-resolution crop training (`train --crop`): a crop of a slice with blood holds that blood (it
     is labelled positive), a crop elsewhere in the head is a negative, and crops are taken inside the head."""
@@ -267,6 +330,12 @@ def test_the_finest_members_trained_on_a_subtype_draw_its_mask() -> None:
     np.testing.assert_allclose(finer, [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # subtype 2: member 1 has no weight
     none = mask_shares(np.zeros((2, 3)), learned, np.array([64, 256]))
     assert not none.any()
+    # with calibration mask Dice: the best member trained on a subtype draws it alone, whatever its grid or
+    # weight (subtype 1: the finer member's channel is dead); a Dice for a mask not learned does not count
+    # (subtype 0); a subtype with none measured keeps the grid rule (subtype 2)
+    quality = np.array([[0.6, 0.7, np.nan], [0.9, 0.0, np.nan]])
+    best = mask_shares(weights, learned, np.array([64, 256]), quality)
+    np.testing.assert_allclose(best, [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
 
 
 def test_a_member_without_weight_is_not_run_and_changes_nothing(models: tuple[Path, Path], tmp_path: Path) -> None:

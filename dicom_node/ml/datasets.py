@@ -130,7 +130,7 @@ def find_annotations(data_dir: Path, refs: Iterable[InstanceRef], wanted: str
     return "none", {}, {}
 
 
-def _slice_masks(shape: tuple[int, int], size: int, segs: dict[str, np.ndarray] | None,
+def slice_masks(shape: tuple[int, int], size: int, segs: dict[str, np.ndarray] | None,
                  boxes: dict[str, list[tuple[int, int, int, int]]] | None) -> np.ndarray:
     """One slice's annotation in model space at half resolution, (5, S/2, S/2) uint8."""
     from dicom_node.ml.annotations import fill_boxes
@@ -188,7 +188,7 @@ def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, an
                 continue
             inputs[n] = series_inputs[i]
             if kind != "none":
-                masks[n] = _slice_masks(hu[i].shape, spec.size, seg_by_sop.get(ref.sop_instance_uid),
+                masks[n] = slice_masks(hu[i].shape, spec.size, seg_by_sop.get(ref.sop_instance_uid),
                                         boxes_by_sop.get(ref.sop_instance_uid))
             n += 1
             ys.append([labels[ref.sop_instance_uid].get(label, 0) for label in ICH_LABELS])

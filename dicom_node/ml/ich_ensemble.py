@@ -11,9 +11,12 @@ the same models directory. The study probability of a label is sigmoid(b + sum_m
 being member m's study probability; a specialist's weights are fitted (and non-zero) only for its subset's
 subtypes. Mask and slice probabilities are the members' means weighted by the same (positive) weights. A
 subtype's mask comes only from the members trained on it (a subdural specialist's epidural mask output
-learned nothing but zeros), and among those from the ones on the finest grid (`mask_shares`); masks of
-members with different input sizes are first resampled to the finest grid (every grid covers the same
-square, which the first member's placement maps back to the source). Loading checks every member's
+learned nothing but zeros). Among those, an ensemble fitted with masks to compare against (the manifest's
+"mask_dice": each member's mean Dice per subtype on the calibration studies' annotations) takes the member
+whose mask matched best, so a member that ranks studies well but whose mask channel is dead draws nothing;
+one without it takes the members on the finest grid (`mask_shares`). Masks of members with different input
+sizes are first resampled to the finest grid (every grid covers the same square, which the first member's
+placement maps back to the source). Loading checks every member's
 manifest sha256 against the ensemble's (a member's manifest in turn carries its weights' sha256), so the
 ensemble runs exactly the members it was fitted with, or refuses.
 The SR's algorithm identification names the ensemble with its members and their versions.
@@ -107,19 +110,34 @@ def study_labels_entered(manifest: Manifest) -> np.ndarray:
     return np.array([1.0 if label in entered else 0.0 for label in ICH_LABELS])
 
 
-def mask_shares(weights: np.ndarray, learned: np.ndarray, grids: np.ndarray) -> np.ndarray:
+def mask_shares(weights: np.ndarray, learned: np.ndarray, grids: np.ndarray,
+                quality: np.ndarray | None = None) -> np.ndarray:
     """(M, L-1) share of each member's mask in each subtype's ensemble mask, from the members' subtype weights
-    (M, L-1), which masks they learned (M, L-1) and their mask grids (M,): among the members trained on a
-    subtype, those on the finest grid draw it, in proportion to their weights (a coarse mask resampled to a
-    finer grid blurs a small clot the fine one outlines, and averaged with it pulls it under the 0.5 level).
-    A subtype no member learned, or none weighs, is drawn by every member with its weight."""
+    (M, L-1), which masks they learned (M, L-1), their mask grids (M,) and, when the ensemble was fitted with
+    annotations, their mask Dice per subtype on the calibration studies (M, L-1; NaN where not measured).
+
+    A subtype with a measured Dice among the members that learned it is drawn by the best of them alone
+    (ties go to the finer grid, then the larger weight): a member can rank studies well and still have a dead
+    mask channel (docs/models.md, run d). Otherwise, among the members trained on a subtype, those on the
+    finest grid draw it, in proportion to their weights (a coarse mask resampled to a finer grid blurs a
+    small clot the fine one outlines, and averaged with it pulls it under the 0.5 level). A subtype no member
+    learned, or none weighs, is drawn by every member with its weight."""
     w = np.maximum(np.asarray(weights, dtype=np.float64), 0.0)
     take = (w * learned) > 0
     finest = np.where(take, grids[:, None], 0).max(axis=0)  # (L-1,) the finest grid among the members taken
     take &= grids[:, None] == finest[None, :]
     share = np.where(take, w, 0.0)
     share = np.where(share.sum(axis=0, keepdims=True) > 0, share, w)
-    return np.asarray(share / np.maximum(share.sum(axis=0, keepdims=True), 1e-9))
+    share = share / np.maximum(share.sum(axis=0, keepdims=True), 1e-9)
+    if quality is not None:
+        q = np.asarray(quality, dtype=np.float64)
+        measured = (learned > 0) & np.isfinite(q)
+        for j in np.flatnonzero(measured.any(axis=0)):
+            rows = np.flatnonzero(measured[:, j])
+            best = max(rows, key=lambda k: (q[k, j], grids[k], w[k, j]))
+            share[:, j] = 0.0
+            share[best, j] = 1.0
+    return np.asarray(share)
 
 
 def on_grid(masks: np.ndarray, size: int) -> np.ndarray:
@@ -156,14 +174,17 @@ class IchEnsemblePipeline(Pipeline):
     """ICH members run on one decoded series; their outputs combined by the manifest's weights."""
 
     def __init__(self, manifest: Manifest, members: Sequence[IchPipeline], weights: dict[str, np.ndarray],
-                 intercepts: np.ndarray, device: Device, batch_size: int, thresholds: dict[str, float]) -> None:
+                 intercepts: np.ndarray, device: Device, batch_size: int, thresholds: dict[str, float],
+                 mask_dice: dict[str, np.ndarray] | None = None) -> None:
         self.members = list(members)  # all of them, as the SR names them
         # the members that are run: one with no weight on any label changes neither a probability nor a mask
-        # (ICH 0.6.0's ich-subdural 0.2.0: its fitted weights are all 0)
+        # (ich-subdural 0.2.0 in ICH 0.6.0 and 0.7.0: its fitted weights are all 0)
         self.running = [m for m in self.members if weights[m.info.name].any()] or self.members
         self.weights = weights  # member name -> (L,) weight per label
         self.intercepts = intercepts  # (L,)
         self.learned = np.stack([mask_labels_learned(m.manifest) for m in self.running])  # (M, L-1)
+        # member name -> (L-1,) mask Dice on the calibration studies (NaN: not measured); None: not fitted so
+        self.mask_dice = None if mask_dice is None else np.stack([mask_dice[m.info.name] for m in self.running])
         super().__init__(manifest, device, batch_size, thresholds)
 
     def load_networks(self) -> None:
@@ -190,7 +211,8 @@ class IchEnsemblePipeline(Pipeline):
         masks = None
         if with_masks:
             sizes = np.array([outs[k].masks.shape[-1] for k in with_masks])  # type: ignore[union-attr]
-            sub = mask_shares(w[with_masks, 1:], self.learned[with_masks], sizes)
+            quality = None if self.mask_dice is None else self.mask_dice[with_masks]
+            sub = mask_shares(w[with_masks, 1:], self.learned[with_masks], sizes, quality)
             # a member that draws no subtype's mask is not resampled (its grid may be 16 times smaller)
             drawn = [(n, k) for n, k in enumerate(with_masks) if sub[n].any()]
             if drawn:
@@ -258,6 +280,7 @@ def load_ich_ensemble(models_dir: Path, folder: Path, device: Device, batch_size
                          f"member: {exc!r}") from None
     if any((w < 0).any() for w in weights.values()) or not all(0 < t < 1 for t in base_thresholds.values()):
         raise ModelError(f"{where}: ensemble weights must be >= 0 and thresholds between 0 and 1")
+    mask_dice = _mask_dice(e.get("mask_dice"), [m.info.name for m in members], where)
     first = members[0].manifest
     tags = d.get("tags", [])
     manifest = first.replace(
@@ -272,13 +295,38 @@ def load_ich_ensemble(models_dir: Path, folder: Path, device: Device, batch_size
     if unknown:
         raise ModelError(f"threshold override(s) for {unknown} but model {manifest.name} {manifest.version} "
                          f"has labels {list(labels)}")
-    return IchEnsemblePipeline(manifest, members, weights, intercepts, device, batch_size, thresholds)
+    return IchEnsemblePipeline(manifest, members, weights, intercepts, device, batch_size, thresholds, mask_dice)
+
+
+def _mask_dice(entry: Any, names: Sequence[str], where: str) -> dict[str, np.ndarray] | None:
+    """The manifest's "mask_dice" ({subtype: {member: Dice in [0, 1] or null}}) as member name -> (L-1,)
+    with NaN for null or absent; None when the ensemble has none (fitted without annotations, or before it
+    was recorded: ICH 0.6.0)."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise ModelError(f"{where}: ensemble mask_dice must map each subtype to {{member: Dice}}")
+    out = {name: np.full(len(ICH_LABELS) - 1, np.nan) for name in names}
+    for j, label in enumerate(ICH_LABELS[1:]):
+        per_member = entry.get(label) or {}
+        if not isinstance(per_member, dict):
+            raise ModelError(f"{where}: ensemble mask_dice[{label!r}] must map members to a Dice")
+        for name in names:
+            v = per_member.get(name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ModelError(f"{where}: ensemble mask_dice[{label!r}][{name!r}] must be a number in [0, 1], "
+                                 f"got {v!r}")
+            out[name][j] = float(v)
+    return out
 
 
 def ensemble_manifest_entry(members: Sequence[Manifest], weights: np.ndarray, intercepts: np.ndarray,
-                            fitted_on: str) -> dict[str, Any]:
-    """The manifest's "ensemble" object for `weights` (M, L) and `intercepts` (L,)."""
-    return {
+                            fitted_on: str, mask_dice: np.ndarray | None = None) -> dict[str, Any]:
+    """The manifest's "ensemble" object for `weights` (M, L), `intercepts` (L,) and, when the calibration
+    studies had annotations, the members' mask Dice per subtype (M, L-1; NaN: not measured)."""
+    entry: dict[str, Any] = {
         "rule": RULE,
         "members": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in members],
         "weights": {label: {m.name: round(float(weights[k, j]), 6) for k, m in enumerate(members)}
@@ -287,6 +335,12 @@ def ensemble_manifest_entry(members: Sequence[Manifest], weights: np.ndarray, in
         "masks": "members' mask probabilities averaged with the label's weights",
         "fitted_on": fitted_on,
     }
+    if mask_dice is not None and np.isfinite(mask_dice).any():
+        entry["masks"] = ("each subtype's mask from the member trained on it whose mask had the best Dice on the "
+                          "calibration studies (mask_dice: mean per study with that subtype, on the finest grid)")
+        entry["mask_dice"] = {label: {m.name: None if not np.isfinite(mask_dice[k, j]) else round(float(mask_dice[k, j]), 4)
+                                      for k, m in enumerate(members)} for j, label in enumerate(ICH_LABELS[1:])}
+    return entry
 
 
 def member_manifests(models_dir: Path, specs: Sequence[str]) -> list[Manifest]:

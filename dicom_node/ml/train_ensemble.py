@@ -13,6 +13,7 @@ Thresholds chosen on a few hundred studies are steadier than on the members' val
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,24 @@ from scipy.optimize import minimize
 from tqdm import tqdm
 
 from dicom_node.errors import ModelError, PixelDataError, SelectionError
-from dicom_node.ml.datasets import by_study, read_rsna_labels, scan_dicom
+from dicom_node.ml.datasets import (
+    MASK_LABELS,
+    by_study,
+    find_annotations,
+    read_rsna_labels,
+    scan_dicom,
+    slice_masks,
+)
 from dicom_node.ml.device import choose_device
 from dicom_node.ml.ich import IchPipeline
 from dicom_node.ml.ich_ensemble import (
     ensemble_manifest_entry,
     member_manifests,
+    on_grid,
     run_members,
     study_labels_entered,
 )
+from dicom_node.ml.ich_findings import SeriesOutputs
 from dicom_node.ml.manifest import ICH_LABELS, Manifest, write_manifest
 from dicom_node.ml.metrics import auroc
 from dicom_node.ml.study_model import out_of_fold, pooled_threshold
@@ -65,24 +75,59 @@ def _predict(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
 
 
 def validation_logits(members: list[IchPipeline], data_dir: Path, uids: list[str], batch_size: int = 32
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """(S, M, L) member study logits and (S, L) study labels of the studies `uids` under `data_dir`."""
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S, M, L) member study logits and (S, L) study labels of the studies `uids` under `data_dir`, and
+    (M, L-1) each member's mean mask Dice per subtype over the studies with that subtype (`member_mask_dice`;
+    NaN without annotations under `data_dir` or for a member with no mask head)."""
     labels = read_rsna_labels(data_dir / "labels.csv")
-    studies = by_study(r for r in scan_dicom(data_dir) if r.modality != "SEG")
-    xs, ys = [], []
+    refs = scan_dicom(data_dir)
+    studies = by_study(r for r in refs if r.modality != "SEG")
+    kind, segs, boxes = find_annotations(data_dir, refs, "auto")
+    xs, ys, dice = [], [], []
     device = members[0].device
     for uid in tqdm(uids, desc="members on validation studies", unit="study"):
         if uid not in studies:
             raise SelectionError(f"validation study {uid} of the members is not under {data_dir}")
         try:
             slices = members[0].select(studies[uid])
-            logits, _ = run_members(members, slices, batch_size, device)
+            logits, outs = run_members(members, slices, batch_size, device)
         except (SelectionError, PixelDataError) as exc:
             log.warning("validation study skipped", extra={"study_uid": uid, "reason": str(exc)})
             continue
         xs.append(np.stack(logits))
         ys.append([max(labels.get(r.sop_instance_uid, {}).get(n, 0) for r in slices) for n in ICH_LABELS])
-    return np.stack(xs), np.asarray(ys, dtype=np.float64)
+        if kind != "none":
+            dice.append(member_mask_dice(outs, segs, boxes))
+    mean = np.full((len(members), len(ICH_LABELS) - 1), np.nan)
+    if dice:
+        with warnings.catch_warnings():  # a subtype no study has: NaN, not a warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(np.stack(dice), axis=0)
+    return np.stack(xs), np.asarray(ys, dtype=np.float64), mean
+
+
+def member_mask_dice(outs: list[SeriesOutputs], segs: dict[str, dict[str, np.ndarray]],
+                     boxes: dict[str, dict[str, list[tuple[int, int, int, int]]]]) -> np.ndarray:
+    """(M, L-1) each member's mask Dice per subtype on one study, against its annotations, both on the finest
+    member's mask grid (where the ensemble draws its mask; a coarser member's mask resampled as served, >= 0.5);
+    NaN for a subtype the study does not have or a member with no mask head."""
+    sizes = [o.masks.shape[-1] for o in outs if o.masks is not None]
+    out = np.full((len(outs), len(MASK_LABELS)), np.nan)
+    if not sizes:
+        return out
+    grid = max(sizes)
+    first = outs[0]
+    truth = np.stack([slice_masks(hu.shape, 2 * grid, segs.get(ref.sop_instance_uid), boxes.get(ref.sop_instance_uid))
+                      for ref, hu in zip(first.slices, first.hu, strict=True)]) > 127  # (N, L-1, g, g)
+    present = truth.any(axis=(0, 2, 3))
+    for k, o in enumerate(outs):
+        if o.masks is None:
+            continue
+        found = on_grid(o.masks, grid) >= 0.5
+        for j in np.flatnonzero(present):
+            total = found[:, j].sum() + truth[:, j].sum()
+            out[k, j] = 2 * float((found[:, j] & truth[:, j]).sum()) / float(total)
+    return out
 
 
 def train_ensemble(data_dir: Path, models_dir: Path, members_spec: list[str], out: Path, name: str, version: str,
@@ -107,14 +152,16 @@ def train_ensemble(data_dir: Path, models_dir: Path, members_spec: list[str], ou
     members = [load_pipeline(models_dir, m.name, m.version, device) for m in manifests]
     if not all(isinstance(m, IchPipeline) for m in members):
         raise ModelError("ensemble members must be ICH models")
-    x, y = validation_logits(members, data_dir, uids)  # type: ignore[arg-type]
-    return write_ensemble(out, manifests, x, y, fitted_on, name, version, synthetic_demo, data_dir, seed)
+    x, y, dice = validation_logits(members, data_dir, uids)  # type: ignore[arg-type]
+    return write_ensemble(out, manifests, x, y, fitted_on, name, version, synthetic_demo, data_dir, seed, dice)
 
 
 def write_ensemble(out: Path, manifests: list[Manifest], x: np.ndarray, y: np.ndarray, fitted_on: str, name: str,
-                   version: str, synthetic_demo: bool, data_dir: Path, seed: int = 0) -> Path:
+                   version: str, synthetic_demo: bool, data_dir: Path, seed: int = 0,
+                   mask_dice: np.ndarray | None = None) -> Path:
     """Fit the weights, intercepts and thresholds on members' study logits `x` (S, M, L) and labels `y` (S, L),
-    and write the ensemble folder. A member's logit enters only the labels `study_labels_entered` gives it."""
+    and write the ensemble folder, with the members' mask Dice per subtype (M, L-1) when there is one. A
+    member's logit enters only the labels `study_labels_entered` gives it."""
     n_members, n_labels = x.shape[1], x.shape[2]
     entered = np.stack([study_labels_entered(m) for m in manifests])  # (M, L)
     weights, intercepts = np.zeros((n_members, n_labels)), np.zeros(n_labels)
@@ -138,7 +185,7 @@ def write_ensemble(out: Path, manifests: list[Manifest], x: np.ndarray, y: np.nd
         "task": "ich-ct", "labels": list(ICH_LABELS), "critical_labels": list(ICH_LABELS),
         "thresholds": {label: points[label]["threshold"] for label in ICH_LABELS},
         "operating_points": points,
-        "ensemble": ensemble_manifest_entry(manifests, weights, intercepts, fitted_on),
+        "ensemble": ensemble_manifest_entry(manifests, weights, intercepts, fitted_on, mask_dice),
         "training": {"data": str(data_dir), "validation_studies": len(y), "validation": report, "seed": seed},
         "training_data": fitted_on,
         "metrics": {},
