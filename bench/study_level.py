@@ -159,7 +159,7 @@ def main() -> int:
     ap.add_argument("--mr", type=int, default=30)
     ap.add_argument("--seed", type=int, default=7001, help="generator seed (training and calibration used 9031, 9133, 9301, 9401, 9501, 9601, 9241)")
     ap.add_argument("--models", type=Path, default=REPO / "models")
-    ap.add_argument("--ich", default="ich/0.6.0-synthetic-demo")
+    ap.add_argument("--ich", default="ich/0.7.0-synthetic-demo")
     ap.add_argument("--sih", default="sih/0.3.0-synthetic-demo")
     ap.add_argument("--demo-seeds", type=int, default=20,
                     help="also send `dicom-node demo`'s three studies for seeds 1..N and check each answer")

@@ -23,12 +23,12 @@ STORESCU = "/usr/bin/storescu"
 # The shipped demo models; DICOM_NODE_E2E_MODELS points the end-to-end tests at another models folder.
 MODELS = Path(os.environ.get("DICOM_NODE_E2E_MODELS", REPO / "models"))
 DEMO_VERSION = "0.1.0-synthetic-demo"  # the first ICH demo's version
-ICH_DEMO_VERSION = "0.6.0-synthetic-demo"  # the weighted ensemble with masks (models/ich/..., ich-* members)
+ICH_DEMO_VERSION = "0.7.0-synthetic-demo"  # the weighted ensemble with masks (models/ich/..., ich-* members)
 SIH_DEMO_VERSION = "0.3.0-synthetic-demo"  # 0.2.0's classifiers (256 px data, study-level threshold) + sign localiser
 CMB_DEMO_VERSION = "0.4.0-synthetic-demo"  # microbleeds: Mask R-CNN at 256 px, candidate rescorer, MIL with FLAIR
 DEMO_MODELS = [{"name": "ich", "version": ICH_DEMO_VERSION}, {"name": "sih", "version": SIH_DEMO_VERSION}]
 # For tests of how the node handles studies (fuzzed headers, faults, senders, several hosts) rather than of
-# what the default model answers: the same ensemble code, 0.5.0's five 128 px members without 0.6.0's
+# what the default model answers: the same ensemble code, 0.5.0's five 128 px members without 0.7.0's
 # 512 px one, which costs more CPU per study than the other five together. The default is served in the
 # demo, viewer, dashboard and served-equals-evaluated tests.
 ICH_LIGHT_VERSION = "0.5.0-synthetic-demo"
