@@ -189,6 +189,7 @@ def test_specialist_subsets_choose_their_studies_and_the_normal_ones() -> None:
     assert chosen("intraparenchymal") == ["normal", "intraparenchymal", "intraventricular"]
     assert chosen("intraparenchymal-only") == ["normal", "intraparenchymal"]
     assert chosen("intraparenchymal-and-extra-axial") == order  # ventricular blood as its hard negative
+    assert chosen("epidural-vs-subdural") == ["normal", "epidural", "subdural"]
     with pytest.raises(ValueError, match="subset must be one of"):
         subset_studies(data, studies, "parenchyma")
 
@@ -213,6 +214,7 @@ def test_each_specialist_subset_names_the_masks_an_ensemble_averages() -> None:
     assert learned("intraparenchymal") == ["intraparenchymal", "intraventricular"]
     assert learned("intraparenchymal-only") == ["intraparenchymal"]
     assert learned("intraparenchymal-and-extra-axial") == ["epidural", "intraparenchymal", "subarachnoid", "subdural"]
+    assert learned("epidural-vs-subdural") == ["epidural", "subdural"]
 
 
 def test_a_subtype_mask_comes_from_the_members_trained_on_it(models: tuple[Path, Path], tmp_path: Path) -> None:

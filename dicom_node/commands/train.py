@@ -32,12 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "slice labels only); auto takes SEG, then boxes, then none")
     parser.add_argument("--subset", default="all",
                         choices=["all", "subdural", "subarachnoid", "subarachnoid-vs-extra-axial", "intraparenchymal",
-                                 "intraparenchymal-only", "intraparenchymal-and-extra-axial", "small-lesion"],
+                                 "intraparenchymal-only", "intraparenchymal-and-extra-axial", "epidural-vs-subdural",
+                                 "small-lesion"],
                         help="ICH: train a specialist on the matching training studies (plus the normal ones; "
                         "subarachnoid-vs-extra-axial also on the subdural and epidural ones, intraparenchymal on "
                         "the intraventricular ones, as hard negatives; intraparenchymal-only on the parenchymal "
                         "ones alone; intraparenchymal-and-extra-axial on the parenchymal, subarachnoid, subdural and "
-                        "epidural ones, with the intraventricular ones as hard negatives); an ensemble fits a specialist's weights and draws its masks for its "
+                        "epidural ones, with the intraventricular ones as hard negatives; epidural-vs-subdural on the epidural "
+                        "and subdural ones, each the other's look-alike); an ensemble fits a specialist's weights and draws its masks for its "
                         "subtypes only")
     parser.add_argument("--neg-ratio", type=float, default=1.0,
                         help="ICH: negative slices per positive slice drawn for each epoch")

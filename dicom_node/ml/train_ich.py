@@ -55,7 +55,7 @@ from dicom_node.ml.study_model import FEATURES_CLS, FEATURES_SEG, fit_study_mode
 log = logging.getLogger(__name__)
 
 SUBSETS = ("all", "subdural", "subarachnoid", "subarachnoid-vs-extra-axial", "intraparenchymal",
-           "intraparenchymal-only", "intraparenchymal-and-extra-axial", "small-lesion")
+           "intraparenchymal-only", "intraparenchymal-and-extra-axial", "epidural-vs-subdural", "small-lesion")
 # the subtypes a specialist is built around: its training studies are those with any of them (plus the
 # normal ones), and an ensemble averages its masks of these only (its other mask outputs see positives only
 # where such blood lies beside them, if ever); "all" and "small-lesion" see every subtype
@@ -63,7 +63,8 @@ SUBSET_MASK_LABELS = {"subdural": ("subdural",), "subarachnoid": ("subarachnoid"
                       "subarachnoid-vs-extra-axial": ("epidural", "subarachnoid", "subdural"),
                       "intraparenchymal": ("intraparenchymal", "intraventricular"),
                       "intraparenchymal-only": ("intraparenchymal",),
-                      "intraparenchymal-and-extra-axial": ("epidural", "intraparenchymal", "subarachnoid", "subdural")}
+                      "intraparenchymal-and-extra-axial": ("epidural", "intraparenchymal", "subarachnoid", "subdural"),
+                      "epidural-vs-subdural": ("epidural", "subdural")}
 # subtypes whose studies a specialist also learns from, as hard negatives, without being built around them
 # (its masks of them are not averaged, and its study logit has no say on them): ventricular blood is what a
 # full-resolution parenchymal member, trained without it, names parenchymal
