@@ -288,6 +288,9 @@ def test_a_malformed_mask_dice_is_refused(models: tuple[Path, Path], tmp_path: P
     copy, _ = _reweighted(root, tmp_path, {}, {"subdural": {"ich-a": 1.5}})
     with pytest.raises(ModelError, match=r"mask_dice\['subdural'\]\['ich-a'\] must be a number in \[0, 1\]"):
         load_pipeline(copy, "ich-ens", V, CPU)
+    copy, _ = _reweighted(root, tmp_path / "misspelt", {}, {"subdural": {"ich-aa": 0.5}})
+    with pytest.raises(ModelError, match=r"mask_dice\['subdural'\] names \['ich-aa'\], which are not members"):
+        load_pipeline(copy, "ich-ens", V, CPU)
 
 
 def test_crop_training_centres_on_blood_and_labels_only_what_the_crop_holds() -> None:

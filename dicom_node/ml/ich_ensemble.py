@@ -9,7 +9,7 @@ An ensemble is a model folder whose manifest names its members instead of weight
 Each member is an ordinary ICH model folder (its own network, input size, study model and thresholds) under
 the same models directory. The study probability of a label is sigmoid(b + sum_m w_m * logit(p_m)), p_m
 being member m's study probability; a specialist's weights are fitted (and non-zero) only for its subset's
-subtypes. Mask and slice probabilities are the members' means weighted by the same (positive) weights. A
+subtypes. Slice probabilities are the members' means weighted by the same (positive) weights. A
 subtype's mask comes only from the members trained on it (a subdural specialist's epidural mask output
 learned nothing but zeros). Among those, an ensemble fitted with masks to compare against (the manifest's
 "mask_dice": each member's mean Dice per subtype on the calibration studies' annotations) takes the member
@@ -311,6 +311,9 @@ def _mask_dice(entry: Any, names: Sequence[str], where: str) -> dict[str, np.nda
         per_member = entry.get(label) or {}
         if not isinstance(per_member, dict):
             raise ModelError(f"{where}: ensemble mask_dice[{label!r}] must map members to a Dice")
+        unknown = sorted(set(per_member) - set(names))
+        if unknown:  # a misspelt member would silently fall back to the grid rule
+            raise ModelError(f"{where}: ensemble mask_dice[{label!r}] names {unknown}, which are not members")
         for name in names:
             v = per_member.get(name)
             if v is None:
