@@ -19,6 +19,7 @@ from outputs_helpers import sr_texts
 from dicom_node.errors import ModelError
 from dicom_node.ml.analysis import AnalysisStatus, instance_ref_from_file
 from dicom_node.ml.device import choose_device
+from dicom_node.ml.extra_axial import FEATURE, epidural_length_feature
 from dicom_node.ml.ich_ensemble import IchEnsemblePipeline, member_manifests
 from dicom_node.ml.ich_outputs import sigmoid
 from dicom_node.ml.manifest import ICH_LABELS
@@ -73,6 +74,8 @@ def _reweighted(root: Path, tmp_path: Path, weights: dict[str, float], mask_dice
     ens["ensemble"].pop("mask_dice", None)
     if mask_dice is not None:
         ens["ensemble"]["mask_dice"] = mask_dice
+    else:  # fitted without annotations: no masks to measure the shape feature on either
+        ens["ensemble"].pop("shape", None)
     path.write_text(json.dumps(ens))
     return copy, ens
 
@@ -116,12 +119,39 @@ def test_ensemble_loads_by_name_and_combines_its_members(models: tuple[Path, Pat
         member = load_pipeline(root, name, V, CPU).series_outputs(slices).study
         w = np.array([ens["weights"][label][name] for label in ICH_LABELS])
         z += w * np.log(np.clip(member, 1e-6, 1 - 1e-6) / (1 - np.clip(member, 1e-6, 1 - 1e-6)))
+    # the extra-axial shape feature of the served masks enters the epidural logit with its fitted weight
+    shape = ens["shape"]
+    assert shape["feature"] == FEATURE and set(shape["weights"]) == {"epidural"}
+    spacing = float(pydicom.dcmread(slices[0].path, stop_before_pixels=True).PixelSpacing[0])
+    feature = epidural_length_feature(out.masks, ICH_LABELS[1:], spacing * 64 / 24)
+    z[ICH_LABELS.index("epidural")] += shape["weights"]["epidural"] * feature
     np.testing.assert_allclose(out.study, sigmoid(z), rtol=1e-5, atol=1e-6)
     # masks of a 32 px and a 48 px member (grids 16 and 24) averaged on the finer grid, as probabilities
     assert out.masks is not None and out.masks.shape == (len(slices), len(ICH_LABELS) - 1, 24, 24)
     assert 0.0 <= float(out.masks.min()) and float(out.masks.max()) <= 1.0
     result = p.analyse(refs)
     assert result.status is AnalysisStatus.ANALYSED and [f.label for f in result.findings] == list(ICH_LABELS)
+
+
+def test_extra_data_joins_the_fit_and_is_for_the_ensemble_only(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """A further calibration folder, enriched with the two subtypes the members confuse, joins the fit."""
+    root, data = models
+    generate("ct-head", 4, seed=4, out=tmp_path / "extra", size=64, n_slices=8, distractors=False,
+             only=("epidural", "subdural"))
+    exe = Path(sys.executable).parent / "dicom-node"
+    proc = subprocess.run([str(exe), "train", "--model", "ich-ensemble", "--data", str(data), "--models-dir",
+                           str(root), "--members", f"ich-a/{V},ich-b/{V}", "--out", str(tmp_path / "ens"),
+                           "--extra-data", str(tmp_path / "extra")], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ens = json.loads((tmp_path / "ens" / "manifest.json").read_text())
+    validated = json.loads((root / "ich-a" / V / "manifest.json").read_text())["training"]["validation_study_uids"]
+    assert ens["training"]["validation_studies"] == len(validated) + 4
+    assert "and 4 calibration studies of" in ens["ensemble"]["fitted_on"]
+    proc = subprocess.run([str(exe), "train", "--model", "ich", "--data", str(data), "--out", str(tmp_path / "m"),
+                           "--extra-data", str(data)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "--extra-data applies to --model ich-ensemble only" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "m").exists()
 
 
 def test_wrong_member_checksum_is_refused(models: tuple[Path, Path], tmp_path: Path) -> None:
@@ -376,3 +406,57 @@ def test_members_with_one_input_share_its_preprocessing(models: tuple[Path, Path
     assert outs[0].inputs is outs[1].inputs and outs[2].inputs is not outs[0].inputs
     np.testing.assert_array_equal(logits[0], logits[1])
     assert outs[2].inputs.shape[-1] == 48 and outs[0].inputs.shape[-1] == 32
+
+
+def test_the_fit_weighs_the_shape_feature_against_false_epidurals(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """Calibration studies where the members call half the subdural crescents epidural, and the shape feature
+    (measured on the masks of the best-Dice members) marks exactly those: the fitted epidural weight of the
+    feature is negative and the out-of-fold threshold then keeps them out. Without annotations (no Dice, so
+    no telling which masks will be served) the ensemble is fitted without the feature."""
+    from dicom_node.ml.train_ensemble import Calibration, shape_members, write_ensemble
+
+    root, data = models
+    manifests = member_manifests(root, [f"ich-a/{V}", f"ich-b/{V}"])
+    rng = np.random.default_rng(0)
+    n, epi, sdh = 160, ICH_LABELS.index("epidural"), ICH_LABELS.index("subdural")
+    kind = np.arange(n) % 4  # normal, epidural, subdural, subdural the members call epidural
+    y = np.zeros((n, len(ICH_LABELS)))
+    y[kind > 0, 0], y[kind == 1, epi], y[kind >= 2, sdh] = 1, 1, 1
+    x = rng.normal(-3.0, 1.0, (n, 2, len(ICH_LABELS))) + 6.0 * y[:, None, :]
+    x[kind == 3, :, epi] += 6.0
+    dice = np.full((n, 2, len(ICH_LABELS) - 1), np.nan)
+    dice[:, 0, epi - 1], dice[:, 0, sdh - 1], dice[:, 1, sdh - 1] = 0.7, 0.8, 0.5  # ich-a draws both masks
+    feature = np.full((n, 2, 2), np.nan)
+    feature[:, 0, 0] = np.where(kind == 3, 1.0, 0.0)
+    cal = Calibration(x, y, dice, feature)
+    assert shape_members(manifests, cal.mean_dice()) == (0, 0)
+    folder = write_ensemble(tmp_path / "ens", manifests, cal, "synthetic", "ich-x", V, True, data)
+    ens = json.loads((folder / "manifest.json").read_text())
+    assert ens["ensemble"]["shape"]["weights"]["epidural"] < -2.0
+    point = ens["operating_points"]["epidural"]
+    assert point["sensitivity"] >= 0.95 and point["specificity"] >= 0.95
+    unannotated = Calibration(x, y, np.full_like(dice, np.nan), np.full_like(feature, np.nan))
+    folder = write_ensemble(tmp_path / "plain", manifests, unannotated, "synthetic", "ich-y", V, True, data)
+    assert "shape" not in json.loads((folder / "manifest.json").read_text())["ensemble"]
+
+
+def test_the_shape_weight_moves_only_the_epidural_logit(models: tuple[Path, Path], tmp_path: Path) -> None:
+    root, _ = models
+    copy, ens = _reweighted(root, tmp_path, {}, ens_mask_dice(root))
+    ens["ensemble"]["shape"]["weights"]["epidural"] = -3.0
+    (copy / "ich-ens" / V / "manifest.json").write_text(json.dumps(ens))
+    p = load_pipeline(copy, "ich-ens", V, CPU)
+    logits = [np.zeros(len(ICH_LABELS)), np.zeros(len(ICH_LABELS))]
+    moved = np.log(p.combine(logits, 1.5)) - np.log1p(-p.combine(logits, 1.5))
+    still = np.log(p.combine(logits, 0.0)) - np.log1p(-p.combine(logits, 0.0))
+    expected = np.zeros(len(ICH_LABELS))
+    expected[ICH_LABELS.index("epidural")] = -4.5
+    np.testing.assert_allclose(moved - still, expected, atol=1e-6)
+    ens["ensemble"].pop("mask_dice")
+    (copy / "ich-ens" / V / "manifest.json").write_text(json.dumps(ens))
+    with pytest.raises(ModelError, match="shape feature needs the mask_dice"):
+        load_pipeline(copy, "ich-ens", V, CPU)
+
+
+def ens_mask_dice(root: Path) -> dict:
+    return json.loads((root / "ich-ens" / V / "manifest.json").read_text())["ensemble"]["mask_dice"]

@@ -99,6 +99,35 @@ def test_ct_mix_has_normals_and_each_subtype() -> None:
     assert draw_ct_findings(100, seed=1) == drawn != draw_ct_findings(100, seed=2)
 
 
+def test_an_enriched_set_holds_only_studies_led_by_the_subtypes_asked_for(tmp_path: Path) -> None:
+    """`synth --only epidural,subdural`: no normal study, each has one of the two, both in equal shares, others
+    still join them now and then; the plain mix is unchanged; an unknown subtype or another kind is refused."""
+    from dicom_node.synth.studies import ct_findings
+
+    only = ("epidural", "subdural")
+    drawn = [ct_findings(9, i, only) for i in range(100)]
+    assert all(set(f) & set(only) for f in drawn)
+    assert all(sum(1 for f in drawn if s in f) >= 45 for s in only)
+    assert any(set(f) - set(only) for f in drawn) and any(set(only) <= set(f) for f in drawn)
+    assert [ct_findings(9, i) for i in range(20)] == [ct_findings(9, i, ()) for i in range(20)]
+    assert sum(1 for i in range(100) if not ct_findings(9, i)) == 40
+    exe = shutil.which("dicom-node", path=str(Path(sys.executable).parent)) or "dicom-node"
+    out = tmp_path / "only"
+    res = subprocess.run([exe, "synth", "--kind", "ct-head", "--n", "2", "--seed", "9", "--out", str(out), "--size",
+                          "64", "--slices", "5", "--only", "epidural,subdural", "--no-progress", "--no-seg"],
+                         check=False, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    with open(out / "studies.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and all(int(r["epidural"]) or int(r["subdural"]) for r in rows)
+    for args, why in ((["--kind", "ct-head", "--only", "epidural,extradural"], "extradural"),
+                      (["--kind", "mr-sih", "--only", "epidural"], "ct-head")):
+        bad = subprocess.run([exe, "synth", "--n", "1", "--seed", "1", "--out", str(tmp_path / "bad"), *args],
+                             check=False, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and why in bad.stderr and "Traceback" not in bad.stderr
+        assert not (tmp_path / "bad" / "labels.csv").exists()
+
+
 def test_ct_header_geometry_and_hu(ct_set) -> None:
     _, studies = ct_set
     st = studies[0]

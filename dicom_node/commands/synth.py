@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-seg", action="store_true",
                         help="skip the ground-truth DICOM SEG per study (ct-head: boxes.csv is still written)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--only", default="", metavar="SUBTYPE[,SUBTYPE]",
+                        help="ct-head: no normal studies; each study's first finding is one of these subtypes "
+                        "(others may join it as usual), e.g. epidural,subdural for an enriched calibration set")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         kw["n_slices"] = args.slices
     if args.no_seg:
         kw["ground_truth"] = False
+    if args.only:
+        kw["only"] = tuple(v.strip() for v in args.only.split(",") if v.strip())
     progress = None
     if not args.no_progress:
         from tqdm import tqdm

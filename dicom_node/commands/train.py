@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", default="",
                         help="ich-ensemble: comma-separated member models NAME/VERSION under --models-dir")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="ich-ensemble: where the members are")
+    parser.add_argument("--extra-data", type=Path, action="append", default=[], metavar="DIR",
+                        help="ich-ensemble: a further calibration folder whose labelled studies join the fit "
+                        "(repeatable), e.g. one enriched with epidural and subdural blood (synth --only)")
     parser.add_argument("--crop", type=int, default=None,
                         help="cmb: detector training crop in pixels (default 128; --arch maskrcnn_tiny_fpn, the "
                         "default for cmb, or maskrcnn_resnet50_fpn); ich: train a *_seg network on crops of this "
@@ -79,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.extra_data and args.model != "ich-ensemble":
+        log.error("--extra-data applies to --model ich-ensemble only")
+        return 2
     out = args.out.resolve()
     opts = TrainOptions(
         task=args.model, data=args.data, out=out, architecture=args.arch, epochs=args.epochs, size=args.size,
@@ -100,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 log.error("ich-ensemble needs --members NAME/VERSION[,NAME/VERSION,...]")
                 return 2
             folder = train_ensemble(args.data, args.models_dir, members, out, opts.name, opts.version,
-                                    args.synthetic_demo, args.seed)
+                                    args.synthetic_demo, args.seed, tuple(args.extra_data))
         elif args.model == "sih-localiser":
             from dicom_node.ml.train_sih_signs import add_sih_localiser
 

@@ -19,6 +19,9 @@ sizes are first resampled to the finest grid (every grid covers the same square,
 placement maps back to the source). Loading checks every member's
 manifest sha256 against the ensemble's (a member's manifest in turn carries its weights' sha256), so the
 ensemble runs exactly the members it was fitted with, or refuses.
+An ensemble fitted with the extra-axial shape feature ("shape": `extra_axial`) also measures its own served
+mask: the length of the collection its epidural channel marks enters the epidural study logit with the
+fitted weight (a long crescent the members call partly epidural is a subdural haematoma).
 The SR's algorithm identification names the ensemble with its members and their versions.
 """
 
@@ -39,6 +42,7 @@ from pydantic import Field, StringConstraints
 from dicom_node.errors import ModelError
 from dicom_node.ml.analysis import InstanceRef, StudyAnalysis
 from dicom_node.ml.device import Device
+from dicom_node.ml.extra_axial import epidural_length_feature, mm_per_grid_pixel, shape_entry, shape_weights
 from dicom_node.ml.ich import IchPipeline
 from dicom_node.ml.ich_findings import SeriesOutputs, build_analysis
 from dicom_node.ml.ich_outputs import run_network, sigmoid, study_probabilities
@@ -175,7 +179,7 @@ class IchEnsemblePipeline(Pipeline):
 
     def __init__(self, manifest: Manifest, members: Sequence[IchPipeline], weights: dict[str, np.ndarray],
                  intercepts: np.ndarray, device: Device, batch_size: int, thresholds: dict[str, float],
-                 mask_dice: dict[str, np.ndarray] | None = None) -> None:
+                 mask_dice: dict[str, np.ndarray] | None = None, shape: np.ndarray | None = None) -> None:
         self.members = list(members)  # all of them, as the SR names them
         # the members that are run: one with no weight on any label changes neither a probability nor a mask
         # (ich-subdural 0.2.0 in ICH 0.6.0 and 0.7.0: its fitted weights are all 0)
@@ -185,6 +189,7 @@ class IchEnsemblePipeline(Pipeline):
         self.learned = np.stack([mask_labels_learned(m.manifest) for m in self.running])  # (M, L-1)
         # member name -> (L-1,) mask Dice on the calibration studies (NaN: not measured); None: not fitted so
         self.mask_dice = None if mask_dice is None else np.stack([mask_dice[m.info.name] for m in self.running])
+        self.shape = shape  # (L,) weight of the extra-axial shape feature per label; None: not fitted with it
         super().__init__(manifest, device, batch_size, thresholds)
 
     def load_networks(self) -> None:
@@ -197,10 +202,20 @@ class IchEnsemblePipeline(Pipeline):
         """The running members' study logits and series outputs (`run_members`), in `self.running`'s order."""
         return run_members(self.running, slices, self.batch_size, self.device)
 
-    def combine(self, study_logits: Sequence[np.ndarray]) -> np.ndarray:
-        """Study probabilities from the running members' study logits."""
+    def combine(self, study_logits: Sequence[np.ndarray], feature: float = 0.0) -> np.ndarray:
+        """Study probabilities from the running members' study logits and the study's shape feature."""
         z = self.intercepts + sum(self.weights[m.info.name] * study_logits[k] for k, m in enumerate(self.running))
+        if self.shape is not None:
+            z = z + self.shape * feature
         return sigmoid(np.asarray(z))
+
+    def shape_feature(self, first: SeriesOutputs, masks: np.ndarray | None) -> float:
+        """The `extra_axial` feature of the served masks (0 for an ensemble not fitted with it)."""
+        if self.shape is None or masks is None:
+            return 0.0
+        rows, cols = first.hu[0].shape
+        mm = mm_per_grid_pixel(first.slices[0].path, rows, cols, masks.shape[-1])
+        return epidural_length_feature(masks, ICH_LABELS[1:], mm)
 
     def series_outputs(self, slices: Sequence[InstanceRef]) -> SeriesOutputs:
         study_logits, outs = self.member_outputs(slices)
@@ -223,8 +238,9 @@ class IchEnsemblePipeline(Pipeline):
                     masks[:, c] += sub[n][c].astype(np.float32)[None, :, None, None] * on_grid(
                         outs[k].masks[:, c], size)  # type: ignore[index]
         first = outs[0]
-        return SeriesOutputs(first.slices, first.hu, first.inputs, first.places, np.asarray(slice_probs),
-                             self.combine(study_logits), None if masks is None else np.asarray(masks))
+        study = self.combine(study_logits, self.shape_feature(first, masks))
+        return SeriesOutputs(first.slices, first.hu, first.inputs, first.places, np.asarray(slice_probs), study,
+                             None if masks is None else np.asarray(masks))
 
     def _analyse(self, instances: Sequence[InstanceRef]) -> StudyAnalysis:
         out = self.series_outputs(self.select(instances))
@@ -281,6 +297,9 @@ def load_ich_ensemble(models_dir: Path, folder: Path, device: Device, batch_size
     if any((w < 0).any() for w in weights.values()) or not all(0 < t < 1 for t in base_thresholds.values()):
         raise ModelError(f"{where}: ensemble weights must be >= 0 and thresholds between 0 and 1")
     mask_dice = _mask_dice(e.get("mask_dice"), [m.info.name for m in members], where)
+    shape = shape_weights(e.get("shape"), labels, where)
+    if shape is not None and mask_dice is None:
+        raise ModelError(f"{where}: an ensemble with a shape feature needs the mask_dice it was measured with")
     first = members[0].manifest
     tags = d.get("tags", [])
     manifest = first.replace(
@@ -295,7 +314,8 @@ def load_ich_ensemble(models_dir: Path, folder: Path, device: Device, batch_size
     if unknown:
         raise ModelError(f"threshold override(s) for {unknown} but model {manifest.name} {manifest.version} "
                          f"has labels {list(labels)}")
-    return IchEnsemblePipeline(manifest, members, weights, intercepts, device, batch_size, thresholds, mask_dice)
+    return IchEnsemblePipeline(manifest, members, weights, intercepts, device, batch_size, thresholds, mask_dice,
+                               shape)
 
 
 def _mask_dice(entry: Any, names: Sequence[str], where: str) -> dict[str, np.ndarray] | None:
@@ -326,9 +346,11 @@ def _mask_dice(entry: Any, names: Sequence[str], where: str) -> dict[str, np.nda
 
 
 def ensemble_manifest_entry(members: Sequence[Manifest], weights: np.ndarray, intercepts: np.ndarray,
-                            fitted_on: str, mask_dice: np.ndarray | None = None) -> dict[str, Any]:
+                            fitted_on: str, mask_dice: np.ndarray | None = None, shape: np.ndarray | None = None
+                            ) -> dict[str, Any]:
     """The manifest's "ensemble" object for `weights` (M, L), `intercepts` (L,) and, when the calibration
-    studies had annotations, the members' mask Dice per subtype (M, L-1; NaN: not measured)."""
+    studies had annotations, the members' mask Dice per subtype (M, L-1; NaN: not measured) and the shape
+    feature's weight per label (L,)."""
     entry: dict[str, Any] = {
         "rule": RULE,
         "members": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in members],
@@ -343,6 +365,8 @@ def ensemble_manifest_entry(members: Sequence[Manifest], weights: np.ndarray, in
                           "calibration studies (mask_dice: mean per study with that subtype, on the finest grid)")
         entry["mask_dice"] = {label: {m.name: None if not np.isfinite(mask_dice[k, j]) else round(float(mask_dice[k, j]), 4)
                                       for k, m in enumerate(members)} for j, label in enumerate(ICH_LABELS[1:])}
+    if shape is not None:
+        entry["shape"] = shape_entry(shape, ICH_LABELS)
     return entry
 
 

@@ -38,20 +38,26 @@ NORMAL_FRACTION = 0.4
 BLOCK = 10  # findings are balanced within consecutive blocks of this many study indices
 
 
-def ct_findings(seed: int, index: int) -> tuple[str, ...]:
+def ct_findings(seed: int, index: int, only: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Findings of study `index` of a set: a function of (seed, index) only, so `--n` never changes a study.
 
     In each block of BLOCK consecutive indices 40 % are normal and the positives rotate through the
-    subtypes (from a random start), each adding 0-2 random others."""
+    subtypes (from a random start), each adding 0-2 random others. With `only` (some subtypes: an enriched
+    set, e.g. for fitting the ensemble where two subtypes are confused), no study is normal and the first
+    finding rotates through those subtypes; the others are drawn as before."""
+    unknown = sorted(set(only) - set(SUBTYPES))
+    if unknown:
+        raise ValueError(f"unknown hemorrhage subtype(s) {unknown}; expected some of {list(SUBTYPES)}")
+    primaries = tuple(s for s in SUBTYPES if s in only) or SUBTYPES
     block, slot = divmod(index, BLOCK)
     rng = np.random.default_rng([seed, 101, block])
     order = rng.permutation(BLOCK)
-    start = int(rng.integers(0, len(SUBTYPES)))
+    start = int(rng.integers(0, len(primaries)))
     rank = int(np.flatnonzero(order == slot)[0])
-    n_normal = round(BLOCK * NORMAL_FRACTION)
+    n_normal = 0 if only else round(BLOCK * NORMAL_FRACTION)
     if rank < n_normal:
         return ()
-    chosen = {SUBTYPES[(start + rank - n_normal) % len(SUBTYPES)]}
+    chosen = {primaries[(start + rank - n_normal) % len(primaries)]}
     extra_rng = np.random.default_rng([seed, 103, index])
     extra = int(extra_rng.choice([0, 1, 2], p=[0.55, 0.3, 0.15]))
     chosen.update(str(s) for s in extra_rng.choice(SUBTYPES, size=extra, replace=False))
@@ -74,8 +80,9 @@ def draw_sih(n: int, seed: int) -> list[bool]:
 
 
 def generate(kind: str, n: int, seed: int, out: Path, progress: Callable[[Iterable[int]], Iterable[int]] | None
-             = None, **kw: Any) -> list[SynthStudy]:
-    """Write `n` studies of `kind` under `out` plus `labels.csv` and `studies.csv`.
+             = None, only: tuple[str, ...] = (), **kw: Any) -> list[SynthStudy]:
+    """Write `n` studies of `kind` under `out` plus `labels.csv` and `studies.csv`; `only` (ct-head) limits
+    the first finding of every study to those subtypes (`ct_findings`).
 
     Extra keyword arguments go to the study writer (ct-head: n_slices, size, distractors; mr-sih: size,
     distractors, n_axial, n_coronal). `progress` wraps the index iterable (e.g. tqdm).
@@ -84,6 +91,9 @@ def generate(kind: str, n: int, seed: int, out: Path, progress: Callable[[Iterab
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if only and kind != "ct-head":
+        raise ValueError("only (a subset of hemorrhage subtypes) applies to ct-head studies")
+    ct_findings(seed, 0, only)  # an unknown subtype is refused before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     indices: Iterable[int] = range(n)
@@ -92,7 +102,7 @@ def generate(kind: str, n: int, seed: int, out: Path, progress: Callable[[Iterab
     studies: list[SynthStudy] = []
     if kind == "ct-head":
         for i in indices:
-            studies.append(write_ct_head_study(out, seed, ct_findings(seed, i), patient_index=i, **kw))
+            studies.append(write_ct_head_study(out, seed, ct_findings(seed, i, only), patient_index=i, **kw))
         write_boxes_csv(out / "boxes.csv", (b for st in studies for b in st.boxes))
     elif kind == "mr-swi":
         from dicom_node.synth.swi_study import write_mr_swi_study, write_swi_labels
