@@ -1,13 +1,14 @@
-"""The shape of the extra-axial collections: how long the blood the ensemble outlines against the skull is.
+"""The shape of the extra-axial collections: how long the blood the ensemble calls epidural is.
 
 An epidural haematoma is a short biconvex lens held in by the sutures; a subdural one is a long crescent that
-crosses them. The members rank a thick subdural crescent as epidural blood now and then (docs/models.md,
-demo seed 18), though their masks outline it well. So the ensemble also measures, on its own served mask,
-the union of the epidural and subdural channels: each 3D connected collection's length is its longest
-in-plane extent (Feret diameter, mm) over its slices, and the study's feature is the log-ratio of its longest
-collection to a reference length (`REFERENCE_MM`), clipped; a study with no collection gets 0. The feature
-enters the fitted study logit of the labels the manifest gives it a weight for (`ich_ensemble`), and is fitted
-with the members' weights on the calibration studies (`train_ensemble`).
+crosses them. The members now and then call part of a thick subdural crescent epidural, though their masks
+outline it well (docs/models.md). So an ensemble can also measure its own served mask: the epidural and
+subdural channels joined into 3D collections, each collection's length its longest in-plane extent (Feret
+diameter, mm) over its slices. The study's feature is how far the shortest collection the epidural channel
+marks runs past a reference length (`REFERENCE_MM`), as a clipped log-ratio: 0 for a lens whatever else the
+study holds, 0 when nothing is marked epidural. It enters the fitted study logit of the labels the manifest
+gives it a weight for (`ich_ensemble`), and its weight is fitted with the members' weights on the
+calibration studies (`train_ensemble`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from scipy import ndimage
 from dicom_node.errors import ModelError
 from dicom_node.ml.localise import MASK_LEVEL
 
-FEATURE = "longest_extra_axial_collection"  # the manifest's name for the feature defined here
+FEATURE = "epidural_collection_length"  # the manifest's name for the feature defined here
 REFERENCE_MM = 64.0  # the feature is 0 at this length (the longest an epidural lens of the generator reaches)
-CLIP = 2.0  # |log2(length / REFERENCE_MM)| beyond which the feature stops growing
+CLIP = 2.0  # log2(length / REFERENCE_MM) beyond which the feature stops growing
 MIN_AREA_MM2 = 20.0  # a collection smaller than this on every slice is noise, not a collection
 MAX_POINTS = 256  # boundary points per slice the Feret diameter is measured on
 LABELS = ("epidural",)  # the study labels whose fitted logit the feature enters

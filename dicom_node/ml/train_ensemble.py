@@ -103,13 +103,15 @@ class Calibration(NamedTuple):
         return Calibration(*(np.concatenate([getattr(p, f) for p in parts]) for f in Calibration._fields))
 
 
-def validation_logits(members: list[IchPipeline], data_dir: Path, uids: list[str], batch_size: int = 32
+def validation_logits(members: list[IchPipeline], data_dir: Path, uids: list[str] | None, batch_size: int = 32
                       ) -> Calibration:
-    """The members on the studies `uids` under `data_dir` (`Calibration`); the mask Dice and the shape
-    feature need annotations under `data_dir` (else NaN)."""
+    """The members on the studies `uids` under `data_dir` (None: every study with labels) (`Calibration`);
+    the mask Dice and the shape feature need annotations under `data_dir` (else NaN)."""
     labels = read_rsna_labels(data_dir / "labels.csv")
     refs = scan_dicom(data_dir)
     studies = by_study(r for r in refs if r.modality != "SEG")
+    if uids is None:
+        uids = sorted(uid for uid, rs in studies.items() if any(r.sop_instance_uid in labels for r in rs))
     kind, segs, boxes = find_annotations(data_dir, refs, "auto")
     xs, ys, dice, shape = [], [], [], []
     device = members[0].device
@@ -189,30 +191,28 @@ def train_ensemble(data_dir: Path, models_dir: Path, members_spec: list[str], ou
     folders, e.g. one enriched with the subtypes the members confuse: `synth --only`)."""
     manifests = member_manifests(models_dir, members_spec)
     trained_on = {str(Path(m.raw.get("training", {}).get("data", "")).resolve()) for m in manifests}
-    folders: list[tuple[Path, list[str]]] = []
-    described = []
+    folders: list[tuple[Path, list[str] | None]] = []  # None: every labelled study of a calibration folder
     for k, folder in enumerate((data_dir, *extra_data)):
         if str(Path(folder).resolve()) in trained_on:
             uid_lists = [m.raw.get("training", {}).get("validation_study_uids") for m in manifests]
             if k or not uid_lists[0] or any(u != uid_lists[0] for u in uid_lists):
                 raise ModelError("ensemble members must record the same validation studies (train them on one "
                                  "--data with one --seed and --val-fraction), and only --data may be their folder")
-            uids = list(uid_lists[0])
-            described.append(f"the members' {len(uids)} validation studies of {folder}")
+            folders.append((Path(folder), list(uid_lists[0])))
         else:
-            labels = read_rsna_labels(Path(folder) / "labels.csv")
-            studies = by_study(r for r in scan_dicom(folder) if r.modality != "SEG")
-            uids = sorted(uid for uid, refs in studies.items() if any(r.sop_instance_uid in labels for r in refs))
-            described.append(f"{len(uids)} calibration studies of {folder}, which no member was trained on")
-        folders.append((Path(folder), uids))
+            folders.append((Path(folder), None))
     from dicom_node.ml.registry import load_pipeline
 
     device = choose_device("cpu")
     members = [load_pipeline(models_dir, m.name, m.version, device) for m in manifests]
     if not all(isinstance(m, IchPipeline) for m in members):
         raise ModelError("ensemble members must be ICH models")
-    cal = Calibration.join([validation_logits(members, f, u) for f, u in folders])  # type: ignore[arg-type]
-    return write_ensemble(out, manifests, cal, " and ".join(described), name, version, synthetic_demo, data_dir, seed)
+    parts = [validation_logits(members, f, u) for f, u in folders]  # type: ignore[arg-type]
+    described = [f"the members' {len(p.y)} validation studies of {f}" if u is not None else
+                 f"{len(p.y)} calibration studies of {f}, which no member was trained on"
+                 for p, (f, u) in zip(parts, folders, strict=True)]
+    return write_ensemble(out, manifests, Calibration.join(parts), " and ".join(described), name, version,
+                          synthetic_demo, data_dir, seed)
 
 
 def shape_members(manifests: list[Manifest], dice: np.ndarray) -> tuple[int, int] | None:
