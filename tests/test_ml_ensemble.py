@@ -452,6 +452,16 @@ def test_the_shape_weight_moves_only_the_epidural_logit(models: tuple[Path, Path
     expected = np.zeros(len(ICH_LABELS))
     expected[ICH_LABELS.index("epidural")] = -4.5
     np.testing.assert_allclose(moved - still, expected, atol=1e-6)
+    # the feature is measured on the served masks in millimetres: a crescent 20 grid pixels long, called
+    # epidural, on the fixture's 64 px slices (grid 24) runs well past the reference length
+    _, data = models
+    out = p.series_outputs(p.select(_study(data, positive=True)))
+    masks = np.zeros((3, len(ICH_LABELS) - 1, 24, 24), np.float32)
+    masks[1, ICH_LABELS.index("epidural") - 1, 2:22, 2:4] = 1.0
+    spacing = float(pydicom.dcmread(out.slices[0].path, stop_before_pixels=True).PixelSpacing[0])
+    assert p.shape_feature(out, masks) == pytest.approx(
+        min(2.0, float(np.log2(20 * spacing * 64 / 24 / 64))), abs=0.1) and p.shape_feature(out, masks) > 0.5
+    assert p.shape_feature(out, None) == 0.0
     ens["ensemble"].pop("mask_dice")
     (copy / "ich-ens" / V / "manifest.json").write_text(json.dumps(ens))
     with pytest.raises(ModelError, match="shape feature needs the mask_dice"):
