@@ -43,8 +43,9 @@ from dicom_node.delivery.demo_pacs import DemoPacs
 from dicom_node.delivery.scu import send_files
 from dicom_node.ml.annotations import seg_masks
 from dicom_node.ml.localise import head_mask, mask_dice, near, signal_head_mask
-from dicom_node.outputs.codes import FINDINGS
+from dicom_node.outputs.codes import FINDINGS, SIH_SIGNS, sign_label, sign_named
 from dicom_node.outputs.readback import sr_findings
+from dicom_node.outputs.wording import MARK
 from dicom_node.runtime.services import build_node
 from dicom_node.synth import SUBTYPES, write_ct_head_study, write_mr_sih_study
 from dicom_node.synth.studies import ct_findings, sih_flag
@@ -160,7 +161,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7001, help="generator seed (training and calibration used 9031, 9133, 9301, 9401, 9501, 9601, 9241)")
     ap.add_argument("--models", type=Path, default=REPO / "models")
     ap.add_argument("--ich", default="ich/0.7.0-synthetic-demo")
-    ap.add_argument("--sih", default="sih/0.3.0-synthetic-demo")
+    ap.add_argument("--sih", default="sih/0.4.0-synthetic-demo")
     ap.add_argument("--demo-seeds", type=int, default=20,
                     help="also send `dicom-node demo`'s three studies for seeds 1..N and check each answer")
     ap.add_argument("--work", type=Path, default=None)
@@ -287,10 +288,16 @@ def _score(cts: list[Any], mrs: list[Any], by_study: dict[str, list[Any]], gen: 
 
 
 def _score_sih(st: Any, sr: Any, received: list[Any], loc: dict[str, int], dice: dict[str, list[float]]) -> None:
-    """A true SIH call: is its mark inside the head and on a sign, and how well does the SEG overlap them?"""
+    """A true SIH call: is its mark inside the head and on a sign, and how well does the SEG overlap them?
+    Sign by sign too: is the sign the report names at the mark ("Mark: ...") one of the signs there, and
+    how well does each sign's SEG segment overlap the generator's (a sign shown and not marked counts 0)?"""
     truth: dict[str, np.ndarray] = {}
+    signs: dict[str, dict[str, np.ndarray]] = {s: {} for s in SIH_SIGNS}
     for f in st.seg_files:
-        truth.update(seg_masks(f)[1].get("sih", {}))
+        segments = seg_masks(f)[1]
+        truth.update(segments.get("sih", {}))
+        for s in SIH_SIGNS:
+            signs[s].update(segments.get(sign_label(s), {}))
     loc["n"] += 1
     regions = _regions(sr)
     if "sih" in regions:
@@ -301,13 +308,22 @@ def _score_sih(st: Any, sr: Any, received: list[Any], loc: dict[str, int], dice:
         loc["in_head"] += int(bool(signal_head_mask(image)[r, c]))
         mask = truth.get(sop)
         loc["in_lesion"] += int(mask is not None and near(mask, row, col))
+        named = next((t.removeprefix(MARK) for f in sr_findings(sr) for t in f.notes if t.startswith(MARK)), "")
+        under = [s for s in SIH_SIGNS if sop in signs[s] and near(signs[s][sop], row, col)]
+        if named and under:
+            loc["named_n"] = loc.get("named_n", 0) + 1
+            loc["named"] = loc.get("named", 0) + int(sign_named(named) in under)
     segs = [x for x in received if x.sop_class_uid == SEG_CLASS]
     if segs:
         ds = pydicom.dcmread(segs[-1].path, stop_before_pixels=True)
         covered = {str(i.ReferencedSOPInstanceUID) for s in ds.ReferencedSeriesSequence
                    for i in s.ReferencedInstanceSequence}
-        returned = seg_masks(segs[-1].path)[1].get("sih", {})
-        dice["sih"].append(mask_dice(returned, truth, covered) or 0.0)
+        back = seg_masks(segs[-1].path)[1]
+        dice["sih"].append(mask_dice(back.get("sih", {}), truth, covered) or 0.0)
+        if any(sign_label(s) in back for s in SIH_SIGNS):  # a localiser that names the signs
+            for s in SIH_SIGNS:
+                if covered & set(signs[s]):
+                    dice[sign_label(s)].append(mask_dice(back.get(sign_label(s), {}), signs[s], covered) or 0.0)
 
 
 def _present(received: list[Any]) -> set[str] | None:
@@ -343,6 +359,11 @@ def _table(r: dict[str, Any]) -> str:
         lines.append(f"{label:<18}{f(m['sensitivity']):>7}{str(m['tp']) + '/' + str(m['tp'] + m['fn']):>10}"
                      f"{f(m['specificity']):>8}{str(m['tn']) + '/' + str(m['tn'] + m['fp']):>10}"
                      f"{loc['n']:>9}{loc['in_head']:>9}{loc['in_lesion']:>11}{f(d):>7}")
+    sih = r["localisation"].get("sih", {})
+    if sih.get("named_n"):
+        lines.append(f"SIH marks on a sign that name a sign there: {sih['named']}/{sih['named_n']}; SEG Dice per sign: "
+                     + ", ".join(f"{s} {f(r['dice'][sign_label(s)]['mean'])} ({r['dice'][sign_label(s)]['n']})"
+                                 for s in SIH_SIGNS if sign_label(s) in r["dice"]))
     lines.append(f"normal CTs with any finding Present: {r['normal_ct_flagged']} of {r['normal_ct']}")
     n = sum(v["n"] for v in r["localisation"].values())
     hit = sum(v["in_lesion"] for v in r["localisation"].values())

@@ -24,7 +24,7 @@ STORESCU = "/usr/bin/storescu"
 MODELS = Path(os.environ.get("DICOM_NODE_E2E_MODELS", REPO / "models"))
 DEMO_VERSION = "0.1.0-synthetic-demo"  # the first ICH demo's version
 ICH_DEMO_VERSION = "0.7.0-synthetic-demo"  # the weighted ensemble with masks (models/ich/..., ich-* members)
-SIH_DEMO_VERSION = "0.3.0-synthetic-demo"  # 0.2.0's classifiers (256 px data, study-level threshold) + sign localiser
+SIH_DEMO_VERSION = "0.4.0-synthetic-demo"  # 0.2.0's classifiers (256 px data, study-level threshold) + a localiser per sign
 CMB_DEMO_VERSION = "0.4.0-synthetic-demo"  # microbleeds: Mask R-CNN at 256 px, candidate rescorer, MIL with FLAIR
 DEMO_MODELS = [{"name": "ich", "version": ICH_DEMO_VERSION}, {"name": "sih", "version": SIH_DEMO_VERSION}]
 # For tests of how the node handles studies (fuzzed headers, faults, senders, several hosts) rather than of

@@ -16,7 +16,7 @@ from dicom_node.ml.manifest import Manifest, load_manifest
 from dicom_node.ml.selection import orientation_of, reject_reason
 
 DEMO_MODELS = Path(__file__).resolve().parents[1] / "models"
-SHIPPED_VERSIONS = {"ich": "0.1.0-synthetic-demo", "sih": "0.3.0-synthetic-demo"}  # whose selection rules decide
+SHIPPED_VERSIONS = {"ich": "0.1.0-synthetic-demo", "sih": "0.4.0-synthetic-demo"}  # whose selection rules decide
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

@@ -267,17 +267,19 @@ def _box(raw: dict[str, Any] | None) -> Box | None:
     return Box(raw["x"], raw["y"], raw["width"], raw["height"]) if raw else None
 
 
-def view_pages(pages: list[tuple[str, Path]], timeout: float = 90.0) -> list[View]:
-    """Open each (url, screenshot.png) in turn in one headless Chromium; what each showed.
+def view_pages(pages: list[tuple[str, Path] | tuple[str, Path, list[str]]], timeout: float = 90.0) -> list[View]:
+    """Open each (url, screenshot.png[, Playwright selectors to click in turn, each once it shows]) in turn in
+    one headless Chromium; what each showed.
 
     Beside each PNG: the JSON `ohif_view.mjs` wrote, the page's HTML at the end and `.image.png`, the viewport
     with its text layers hidden (what the blank check measured), for debugging.
     """
     specs = []
-    for url, png in pages:
+    for url, png, *click in pages:
         png.parent.mkdir(parents=True, exist_ok=True)
         specs.append({"url": url, "png": str(png), "json": str(png.with_suffix(".json")),
-                      "html": str(png.with_suffix(".html")), "imagePng": str(png.with_suffix(".image.png"))})
+                      "html": str(png.with_suffix(".html")), "imagePng": str(png.with_suffix(".image.png")),
+                      **({"click": click[0]} if click else {})})
     args = {"chromium": str(CHROMIUM), "nodeModules": str(NODE_MODULES), "timeoutMs": int(timeout * 1000),
             "pages": specs}
     proc = subprocess.run(
@@ -287,7 +289,7 @@ def view_pages(pages: list[tuple[str, Path]], timeout: float = 90.0) -> list[Vie
     if proc.returncode != 0:
         raise RuntimeError(f"ohif_view.mjs failed ({proc.returncode}): {proc.stderr[-3000:]}")
     views = []
-    for (url, png), spec in zip(pages, specs, strict=True):
+    for (url, png, *_), spec in zip(pages, specs, strict=True):
         raw = json.loads(Path(spec["json"]).read_text())
         views.append(View(
             url=url, screenshot=png, console=raw["console"], page_errors=raw["pageErrors"],

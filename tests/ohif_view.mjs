@@ -1,5 +1,7 @@
 // Open OHIF pages in headless Chromium (playwright-core, the system Chromium: nothing is downloaded) and
-// write, per page, what is on screen as JSON plus a PNG screenshot. Used by tests/ohif_helpers.py.
+// write, per page, what is on screen as JSON plus a PNG screenshot. Used by tests/ohif_helpers.py. A page
+// may list `click`: Playwright selectors to click in turn, each once it shows (a viewer's prompt, a panel
+// button), before the page counts as settled.
 //
 //   node tests/ohif_view.mjs '{"chromium": "/usr/bin/chromium", "nodeModules": ".ohif/node_modules",
 //     "timeoutMs": 90000, "pages": [{"url": "http://…/viewer?…", "json": "out.json", "png": "out.png"}]}'
@@ -128,9 +130,19 @@ async function view(browser, spec) {
 
   const started = Date.now();
   await page.goto(spec.url, { waitUntil: 'load', timeout: args.timeoutMs });
-  let last = '', same = 0, state = null, stats = null, settled = false;
+  const clicks = spec.click || [];
+  let last = '', same = 0, state = null, stats = null, settled = false, clicked = 0;
   while (Date.now() - started < args.timeoutMs) {
     await sleep(POLL_MS);
+    if (clicked < clicks.length) {  // the next click, once its target shows (a prompt's "Yes", a panel button)
+      const target = page.locator(clicks[clicked]);
+      if (await target.count() && await target.first().isVisible()) {
+        await target.first().click();
+        clicked++;
+        same = 0;
+        continue;
+      }
+    }
     state = await page.evaluate(readViewport, SELECTORS);
     stats = state ? await imageStats(page, state.viewport) : null;
     const signature = JSON.stringify(state
@@ -138,7 +150,7 @@ async function view(browser, spec) {
       : await page.evaluate(() => document.body.innerText));
     same = signature === last && inFlight === 0 ? same + 1 : 0;
     last = signature;
-    if (same >= (state ? QUIET_POLLS : QUIET_POLLS_EMPTY)) { settled = true; break; }
+    if (clicked === clicks.length && same >= (state ? QUIET_POLLS : QUIET_POLLS_EMPTY)) { settled = true; break; }
   }
   const settledMs = Date.now() - started;
   await page.screenshot({ path: spec.png });

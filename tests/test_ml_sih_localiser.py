@@ -25,6 +25,7 @@ from dicom_node.ml.localise import mask_dice, near, signal_head_mask
 from dicom_node.ml.manifest import load_manifest
 from dicom_node.ml.preprocess import read_image
 from dicom_node.ml.registry import Pipeline, load_pipeline
+from dicom_node.outputs.codes import SIH_SIGNS, finding_concept, sign_label, sign_named
 from dicom_node.outputs.validate import dciodvfy_errors
 from dicom_node.synth.anatomy import Tissue
 from dicom_node.synth.mr_study import write_mr_sih_study
@@ -45,6 +46,15 @@ def _truth(files: tuple[Path, ...]) -> dict[str, np.ndarray]:
     return out
 
 
+def _truth_signs(files: tuple[Path, ...]) -> dict[str, dict[str, np.ndarray]]:
+    out: dict[str, dict[str, np.ndarray]] = {s: {} for s in SIH_SIGNS}
+    for f in files:
+        segments = seg_masks(f)[1]
+        for s in SIH_SIGNS:
+            out[s].update(segments.get(sign_label(s), {}))
+    return out
+
+
 def test_sign_masks_are_the_tissues_of_the_signs_shown() -> None:
     for seed in range(6):
         vols = render_mr_sih(np.random.default_rng([seed, 0, 2]), True, size=96, n_axial=6, n_coronal=6)
@@ -52,6 +62,15 @@ def test_sign_masks_are_the_tissues_of_the_signs_shown() -> None:
         for role in POST_CONTRAST_ROLES:
             mask = vols.sign_masks[role]
             assert mask.shape == vols.series[role].pixels.shape and mask.any()
+            parts = vols.sign_parts[role]
+            assert set(parts) == set(vols.signs)  # sign by sign: each its own tissues, none overlapping
+            assert np.array_equal(np.sum([p.astype(int) for p in parts.values()], axis=0), mask.astype(int))
+            post = vols.series[role].pixels.astype(float)
+            # each part is its own tissue: the subdural fluid is dark after contrast, the dura and sinuses bright
+            if "subdural" in parts and parts["subdural"].any():
+                for bright in ("pachymeningeal", "sinus"):
+                    if bright in parts and parts[bright].any():
+                        assert post[parts["subdural"]].mean() < 0.7 * post[parts[bright]].mean(), (seed, role, bright)
         shown = {int(t) for s in vols.signs for t in SIGN_TISSUES[s]}
         if int(Tissue.DURA) in shown:  # the enhancing dura is brighter after contrast where the mask says so
             post = vols.series["t1_ax_post"].pixels.astype(float)
@@ -70,7 +89,14 @@ def test_a_positive_study_gets_a_valid_seg_per_post_contrast_series(tmp_path: Pa
         assert dciodvfy_errors(f) == []
         ds = pydicom.dcmread(f)
         assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == st.series_uids[role]
-        assert set(seg_masks(f)[1]) == {"sih"}
+        back = seg_masks(f)[1]
+        # the finding's segment first, then one per sign shown on this series, each named as the sign
+        shown = [sign_label(s) for s in SIH_SIGNS if sign_label(s) in back]
+        assert list(back) == ["sih", *shown] and len(shown) >= 1 and set(shown) <= {sign_label(s) for s in st.findings}
+        assert [x.SegmentLabel for x in ds.SegmentSequence] == [finding_concept(k).display for k in back]
+        for sop, union in back["sih"].items():
+            parts = [back[k][sop] for k in shown if sop in back[k]]
+            assert np.array_equal(np.sum(parts, axis=0), union.astype(int))  # the signs split the union
     neg = write_mr_sih_study(tmp_path, 3, False, size=96, patient_index=2, n_axial=6, n_coronal=6)
     assert neg.seg_files == ()
     again = write_mr_sih_study(tmp_path / "b", 3, True, size=96, patient_index=1, n_axial=6, n_coronal=6,
@@ -99,10 +125,25 @@ def test_the_mark_is_on_a_sign_and_the_seg_lines_up(sih: Pipeline, index: int, t
     print(f"{st.findings}: Dice {dice:.2f} over the 3 analysed images")
     assert dice > 0.4, f"{st.findings}: Dice {dice:.2f}"
 
+    # the shipped localiser tells the signs apart: it names the sign under the mark, and that sign is there
+    signs = _truth_signs(st.seg_files)
+    assert finding.signs and set(finding.signs) <= set(st.findings), (finding.signs, st.findings)
+    named = sign_named(finding.detail)
+    assert named in finding.signs, finding.detail
+    under = [s for s in SIH_SIGNS if key.sop_instance_uid in signs[s] and near(signs[s][key.sop_instance_uid], row, col)]
+    assert named in under, f"the mark is on {under}, the report says {finding.detail}"
+
     path = written_seg(result, refs, tmp_path / "seg.dcm", key.series_uid)
-    back = seg_masks(path)[1]["sih"]
+    segments = seg_masks(path)[1]
+    back = segments["sih"]
     assert key.sop_instance_uid in back
     assert np.array_equal(back[key.sop_instance_uid], found[key.sop_instance_uid])
+    # a segment per sign marked on this series, which together are the finding's segment
+    per_sign = [k for k in segments if k != "sih"]
+    assert per_sign and set(per_sign) <= {sign_label(s) for s in finding.signs}
+    assert sign_label(named) in per_sign
+    for sop, union in back.items():
+        assert np.array_equal(np.any([segments[k][sop] for k in per_sign if sop in segments[k]], axis=0), union)
 
 
 def test_the_nodes_own_seg_in_a_site_export_is_not_ground_truth(sih: Pipeline, tmp_path: Path,
@@ -173,6 +214,16 @@ def test_the_localiser_must_be_a_segmentation_network_and_the_classifiers_must_n
         load_manifest(_manifest_with(tmp_path / "a", {"signs": {"architecture": "narrow_resnet"}}))
     with pytest.raises(ModelError, match="one mask per label"):
         load_manifest(_manifest_with(tmp_path / "b", {"axial": {"architecture": "narrow_resnet_seg"}}))
+    # the signs a localiser tells apart are the coded ones, each once, and only a localiser names them
+    for n, (role, signs, says) in enumerate((("signs", ["sag", "tonsils"], "distinct signs"),
+                                             ("signs", ["sag", "sag"], "distinct signs"),
+                                             ("axial", ["sag"], "only the SIH localiser"))):
+        with pytest.raises(ModelError, match=says):
+            load_manifest(_manifest_with(tmp_path / f"c{n}", {role: {"signs": signs}}))
+    assert shipped.component("signs").signs == SIH_SIGNS and len(shipped.component("signs").least_share) == 4
+    for n, shares in enumerate(([0.01, 0.01], [0.01, 0.01, 0.01, 1.5])):  # one share in [0, 1) per sign
+        with pytest.raises(ModelError, match="least_share"):
+            load_manifest(_manifest_with(tmp_path / f"d{n}", {"signs": {"least_share": shares}}))
 
 
 def test_without_a_localiser_the_mark_is_the_explanation_peak_inside_the_head(tmp_path: Path) -> None:
@@ -227,6 +278,39 @@ def cli_in_process() -> Iterator[Callable[[list[str]], int]]:
         root.setLevel(level)
 
 
+def union_only(data: Path) -> None:
+    """Rewrite each ground-truth SEG under `data` with only its segment for all the signs ("Spontaneous
+    intracranial hypotension"), as a site that outlines the signs as one segment exports them."""
+    from dicom_node.synth.ground_truth import write_mask_seg
+
+    images = [pydicom.dcmread(f) for f in data.rglob("*.dcm") if "ground-truth" not in f.parts]
+    for k, path in enumerate(sorted((data / "ground-truth").glob("*.dcm"))):
+        series = pydicom.dcmread(path).ReferencedSeriesSequence[0].SeriesInstanceUID
+        sources = sorted((ds for ds in images if ds.SeriesInstanceUID == series), key=lambda ds: int(ds.InstanceNumber))
+        write_mask_seg(path, "mr-sih", 0, k, sources, {"sih": seg_masks(path)[1]["sih"]})
+        assert list(seg_masks(path)[1]) == ["sih"]
+
+
+def test_a_sign_is_named_above_the_share_that_best_splits_the_validation_studies() -> None:
+    from dicom_node.ml.train_sih_signs import least_shares, study_shares
+
+    # two signs, six studies: the first sign's true marks cover 0.02-0.05 of an image, its false specks
+    # at most 0.004; the second is marked where it is not as much as where it is (no split is perfect)
+    marked = np.array([[0.02, 0.01], [0.05, 0.0], [0.03, 0.02], [0.004, 0.02], [0.001, 0.0], [0.0, 0.01]])
+    shown = np.array([[1, 1], [1, 0], [1, 1], [0, 0], [0, 0], [0, 1]], bool)
+    first, second = least_shares(marked, shown)
+    assert first == pytest.approx((0.004 + 0.02) / 2)  # the midpoint of the gap between false and true
+    assert 0 < second <= 0.01  # a best split, and some mark is needed: an empty mask never names a sign
+    # per study, the largest share over its three images (role-major, as `stacked` orders them)
+    probs = np.zeros((6, 1, 10, 10), np.float32)
+    probs[4, 0, :2, :] = 1.0  # study 0's third image: 20 of 100 cells
+    probs[1, 0, :1, :5] = 1.0  # study 1's first image: 5 cells
+    masks = np.zeros((6, 1, 10, 10), np.uint8)
+    masks[2, 0, 0, 0] = 255  # study 0's second image shows it
+    got, truth = study_shares(probs, masks, 2)
+    assert got[:, 0].tolist() == [0.2, 0.05] and truth[:, 0].tolist() == [True, False]
+
+
 def test_train_adds_a_localiser_and_keeps_the_classifiers(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                           cli_in_process: Callable[[list[str]], int]) -> None:
     main = cli_in_process
@@ -246,9 +330,30 @@ def test_train_adds_a_localiser_and_keeps_the_classifiers(tmp_path: Path, capsys
         assert new.component(role).sha256 == old.component(role).sha256 == _sha(out / f"{role}.pt")
     assert new.thresholds == old.thresholds and new.ensemble == old.ensemble
     assert new.component("signs").size == 64 and new.version == "9.9.9-test"
-    assert json.loads((out / "manifest.json").read_text())["localiser"]["from"] == f"sih {SIH_DEMO_VERSION}"
+    # the generator's SEGs have a segment per sign: the localiser has a mask per sign, and says how well
+    assert new.component("signs").signs == SIH_SIGNS
+    localiser = json.loads((out / "manifest.json").read_text())["localiser"]
+    assert localiser["from"] == f"sih {SIH_DEMO_VERSION}" and localiser["signs"] == list(SIH_SIGNS)
+    assert set(localiser["validation"]["signs"]) == {*SIH_SIGNS, "mark_names_its_sign"}
+    shares = new.component("signs").least_share
+    assert len(shares) == 4 and all(0 <= v < 1 for v in shares)
+    assert [localiser["validation"]["signs"][s]["least_share"] for s in SIH_SIGNS] == list(shares)
     pipeline = load_pipeline(tmp_path / "models", "sih", "9.9.9-test", choose_device("cpu"))
-    assert pipeline.localiser is not None  # type: ignore[attr-defined]
+    assert pipeline.localiser is not None and pipeline.sign_names == SIH_SIGNS  # type: ignore[attr-defined]
+    # a site whose SEGs have one segment for all the signs gets a localiser with one mask, naming none
+    union_only(data)
+    capsys.readouterr()
+    one = tmp_path / "models" / "sih" / "9.9.8-test"
+    assert main(["train", "--model", "sih-localiser", "--base", str(base), "--data", str(data), "--out", str(one),
+                 "--size", "64", "--epochs", "1", "--batch-size", "6"]) == 0, capsys.readouterr().err[-2000:]
+    assert load_manifest(one).component("signs").signs == ()
+    single = load_pipeline(tmp_path / "models", "sih", "9.9.8-test", choose_device("cpu"))
+    assert single.sign_names == () and single.localiser is not None  # type: ignore[attr-defined]
+    st = write_mr_sih_study(tmp_path / "one", SEED, True, patient_index=1)
+    result = single.analyse([instance_ref_from_file(str(f)) for f in st.files])
+    finding = result.findings[0]
+    assert finding.present and finding.signs == () and finding.detail == ""  # marks, names nothing
+    assert set(result.masks) <= {"sih"}
     no_seg = tmp_path / "no-seg"
     assert main(["synth", "--kind", "mr-sih", "--n", "2", "--seed", "31", "--size", "96", "--no-distractors",
                  "--no-progress", "--no-seg", "--out", str(no_seg)]) == 0
@@ -282,4 +387,12 @@ def test_evaluate_scores_where_the_shipped_model_marks_sih(tmp_path: Path, capsy
     loc = metrics["localisation"]["sih"]
     assert loc["n"] == positives and loc["in_head"] == positives and loc["on_sign"] == positives
     assert loc["dice_n"] == positives and loc["dice_mean"] > 0.5
-    assert f"{positives} true present findings, mark inside the head {positives}" in capsys.readouterr().out
+    # the shipped localiser names the signs: the one named at each mark is there, and each sign's masks
+    # are scored against the generator's segment for it
+    assert loc["named_n"] == positives and loc["named"] == positives
+    shown = {s for st in studies if st.study_labels["sih"] for s in st.findings}
+    assert {s for s, v in loc["signs"].items() if v["dice_n"]} <= shown
+    assert all(v["named_when_not_shown"] == 0 for v in loc["signs"].values()), loc["signs"]
+    printed = capsys.readouterr().out
+    assert f"{positives} true present findings, mark inside the head {positives}" in printed
+    assert f"the sign named at the mark is the one there for {positives} of {positives}" in printed

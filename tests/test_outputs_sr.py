@@ -194,6 +194,48 @@ def test_sih_positive(tmp_path: Path) -> None:
     assert sr.SeriesDescription.startswith("AI SIH")
 
 
+def test_sih_positive_names_the_signs_it_marked(tmp_path: Path) -> None:
+    """A localiser that tells the signs apart: the SR states each sign it marked as Present in the
+    finding's group and names the one under the mark; the SEG has the finding's segment, then one per sign."""
+    from dicom_node.ml.annotations import seg_masks
+    from dicom_node.outputs.lineage import content_digest
+    from dicom_node.outputs.readback import sr_findings
+
+    series = make_series("MR", n=4, blob=(64, 64))
+    plain = sih_analysis(series)
+    key = series[1].SOPInstanceUID
+    dura, sag = np.zeros((128, 128), bool), np.zeros((128, 128), bool)
+    dura[20:24, 30:90], sag[60:70, 60:68] = True, True
+    finding = replace(plain.findings[0], signs=("pachymeningeal", "sag"), detail="brain sag", region_center=(64.0, 64.0))
+    analysis = replace(plain, findings=[finding],
+                       masks={"sih": {key: dura | sag}, "sih_pachymeningeal": {key: dura}, "sih_sag": {key: sag}})
+    path, sr = write_sr(analysis, sources_of(series), tmp_path)
+    assert_valid(path, "Spontaneous intracranial hypotension", "Pachymeningeal enhancement", "Brain sag",
+                 "Mark: brain sag")
+    assert evaluations(sr) == {("DN-0002", "99DCMNODE"): PRESENT, ("DN-0012", "99DCMNODE"): PRESENT,
+                               ("DN-0014", "99DCMNODE"): PRESENT}
+    assert "signs marked: pachymeningeal enhancement, brain sag" in texts(sr)
+    stated = sr_findings(sr)[0]
+    assert stated.presence == "Present" and stated.signs == ("Pachymeningeal enhancement", "Brain sag")
+    assert stated.notes == ("Spontaneous intracranial hypotension", "Mark: brain sag", "PRESENT, unverified AI")
+    seg = next(o for o in build_outputs(analysis, sources_of(series), 1) if o.kind == uids.SEG)
+    seg_path = tmp_path / "seg.dcm"
+    roundtrip(seg.dataset, seg_path)
+    assert dciodvfy_errors(seg_path) == []
+    assert [x.SegmentLabel for x in seg.dataset.SegmentSequence] == [
+        "Spontaneous intracranial hypotension", "Pachymeningeal enhancement", "Brain sag"]
+    assert seg.dataset.SeriesDescription == "AI SIH masks: sih (unverified, synthetic-demo)"  # the finding, not its signs
+    back = seg_masks(seg_path)[1]
+    assert np.array_equal(back["sih_sag"][key], sag) and np.array_equal(back["sih"][key], dura | sag)
+    # naming another sign changes what the report says: a new SR that supersedes, not a silent repeat
+    other = replace(analysis, findings=[replace(finding, detail="pachymeningeal enhancement")])
+    assert content_digest(other) != content_digest(analysis)
+    assert content_digest(replace(analysis, findings=[replace(finding, signs=("sag",))])) != content_digest(analysis)
+    # a sign's mask without its finding Present goes nowhere
+    absent = replace(analysis, findings=[replace(finding, present=False)])
+    assert not [o for o in build_outputs(absent, sources_of(series), 1) if o.kind == uids.SEG]
+
+
 @pytest.mark.parametrize("status, prefix", [(AnalysisStatus.NOT_ANALYSED, "Not analysed"),
                                             (AnalysisStatus.FAILED, "Analysis failed")])
 def test_not_analysed_is_never_a_silent_negative(tmp_path: Path, status: AnalysisStatus, prefix: str) -> None:

@@ -3,9 +3,11 @@
 Generated studies (a head CT with a subdural hemorrhage, a normal head CT, a brain MR with SIH signs) go
 into Orthanc, which routes them to `dicom-node serve` (`/modalities/NODE/store`); the node stores its SR
 and overlays back into Orthanc. OHIF, served from one origin with `/dicom-web` proxied to that Orthanc,
-opens each SR and the positive CT's overlay, and the tests assert on what is on screen: an image in the
-viewport, the finding with PRESENT/ABSENT and its probability in the text OHIF draws for the SR, all of
-that text inside the viewport, and no render failure logged at any console level. Screenshots stay in `test-output/ohif/`.
+opens each SR, the positive CT's overlay and the SIH study's SEG, and the tests assert on what is on
+screen: an image in the viewport, the finding with PRESENT/ABSENT and its probability in the text OHIF
+draws for the SR (for SIH also the sign under the mark), all of that text inside the viewport, the SEG's
+segments listed by name once it is loaded, and no render failure logged at any console level.
+Screenshots stay in `test-output/ohif/`.
 
 Every part comes from `scripts/setup` (Debian chromium and orthanc-dicomweb, npm @ohif/app and
 playwright-core); a missing part fails the tests with what to run, it never skips them.
@@ -24,6 +26,7 @@ from e2e_helpers import ServeProcess, e2e_sections, node_status
 from ohif_helpers import OhifServer, View, missing_parts, view_pages
 from orthanc_helpers import OrthancServer
 
+from dicom_node.outputs.codes import finding_concept, sign_label
 from dicom_node.synth import SynthStudy, write_ct_head_study, write_mr_sih_study
 
 pytestmark = [pytest.mark.timeout(600)]
@@ -41,8 +44,10 @@ class Case:
     study: SynthStudy
     finding: tuple[str, ...]  # any of these words names the finding on screen
     verdict: str  # PRESENT or ABSENT
+    marks: tuple[str, ...] = ()  # one of these must be on screen too (SIH: "Mark: <a sign the study shows>")
     sr_series: str = ""
     overlay_series: tuple[str, ...] = ()
+    seg_series: str = ""
 
 
 @dataclass
@@ -78,6 +83,8 @@ def viewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewed]:
         "mr-sih": Case("mr-sih", write_mr_sih_study(gen, SEED, sih=True, patient_index=2), ("hypotension",),
                        "PRESENT"),
     }
+    sih = cases["mr-sih"]
+    sih.marks = tuple(f"Mark: {finding_concept(sign_label(s)).display.lower()}" for s in sih.study.findings)
     node_port = free_port()
     pacs = OrthancServer(tmp / "orthanc", modalities={"NODE": ("DICOMNODE", "127.0.0.1", node_port)},
                          dicomweb=True)
@@ -97,8 +104,9 @@ def viewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewed]:
             added = _series_by_modality(pacs, case.study)
             assert len(added.get("SR", [])) == 1, f"{case.name}: series added in Orthanc: {added}"
             case.sr_series = added["SR"][0]
-            case.overlay_series = tuple(uid for modality, series in added.items() if modality != "SR"
+            case.overlay_series = tuple(uid for modality, series in added.items() if modality not in ("SR", "SEG")
                                         for uid in series)
+            case.seg_series = next(iter(added.get("SEG", [])), "")
         assert cases["ct-subdural"].overlay_series, "the positive CT got no overlay series"
 
         if OUTPUT.exists():
@@ -108,6 +116,10 @@ def viewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewed]:
         positive = cases["ct-subdural"]
         pages["overlay-ct-subdural"] = (ohif.viewer_url(positive.study.study_uid, positive.overlay_series[0]),
                                         OUTPUT / "overlay-ct-subdural.png")
+        sih = cases["mr-sih"]
+        assert sih.seg_series, "the SIH-positive MR got no SEG"
+        pages["seg-mr-sih"] = (ohif.viewer_url(sih.study.study_uid, sih.seg_series), OUTPUT / "seg-mr-sih.png",
+                               ['text="Yes"', '[data-cy="panelSegmentation-btn"]'])  # load it, list its segments
         views = view_pages(list(pages.values()))
         yield Viewed(cases, dict(zip(pages, views, strict=True)))
 
@@ -125,6 +137,8 @@ def test_ohif_shows_the_sr(viewed: Viewed, name: str) -> None:
     assert any(word in text.lower() for word in case.finding), f"no {case.finding} on screen\n{view.describe()}"
     assert case.verdict in text, f"no {case.verdict} on screen\n{view.describe()}"
     assert PROBABILITY.search(text), f"no probability in % on screen\n{view.describe()}"
+    if case.marks:  # the report names the sign under its mark, and it is one the study shows
+        assert any(m in text for m in case.marks), f"none of {case.marks} on screen\n{view.describe()}"
     outside = [t for t in drawn if not t.box.inside(view.viewport)]
     assert not outside, f"SR text not entirely inside the viewport {view.viewport}: {outside}\n{view.describe()}"
 
@@ -132,6 +146,19 @@ def test_ohif_shows_the_sr(viewed: Viewed, name: str) -> None:
 def test_ohif_asks_nothing_of_other_origins(viewed: Viewed) -> None:
     for name, view in viewed.views.items():
         assert view.off_origin == [], f"{name}: requests outside {view.url}: {view.off_origin}"
+
+
+def test_ohif_shows_the_seg_of_the_signs(viewed: Viewed) -> None:
+    """The SIH SEG opened in OHIF: the image shows, nothing fails, and the segments OHIF lists name the
+    finding and each sign the report names."""
+    view = viewed.views["seg-mr-sih"]
+    assert not view.blank, f"the SEG viewport is blank\n{view.describe()}"
+    failures = view.console_matching(*FAILURE_MESSAGES)
+    assert not failures, "\n".join(failures[:10])
+    page = view.screenshot.with_suffix(".html").read_text()
+    assert "Spontaneous intracranial hypotension" in page, view.describe()
+    marks = viewed.cases["mr-sih"].marks
+    assert any(m.removeprefix("Mark: ").capitalize() in page for m in marks), view.describe()
 
 
 def test_ohif_shows_the_overlay(viewed: Viewed) -> None:

@@ -59,6 +59,9 @@ class Finding:
     instance: int = 0
     detail: str = ""  # a short qualifier shown with the finding, e.g. "lobar"
     measurements: tuple[Measurement, ...] = ()  # of this lesion (e.g. its diameter), shown with its region
+    # Signs of this finding the model localised (SIH: `codes.SIH_SIGNS`), each with its own SEG segment;
+    # `detail` then names the one under the region
+    signs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -111,6 +114,8 @@ class StudyAnalysis:
                 f["region_center"] = tuple(f["region_center"])
             if f.get("measurements"):
                 f["measurements"] = tuple(Measurement(**m) for m in f["measurements"])
+            if f.get("signs"):
+                f["signs"] = tuple(f["signs"])
             findings.append(Finding(**f))
         return cls(
             model=ModelInfo(**{**data["model"], "labels": tuple(data["model"].get("labels", ()))}),

@@ -25,6 +25,7 @@ from dicom_node.ml.analysis import InstanceRef, instance_ref_from_file
 from dicom_node.ml.manifest import ICH_LABELS, SIH_ROLES, InputSpec
 from dicom_node.ml.preprocess import ct_inputs, mr_input, read_image, resize_pad
 from dicom_node.ml.selection import ICH_CT_RULE, select_series, select_sih_images
+from dicom_node.outputs.codes import SIH_SIGNS, sign_label
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,12 @@ class SihData:
     labels: np.ndarray  # (N,) float32
     study_uids: list[str]
     # with `signs_size`: the same images at the localiser's size, role -> (N, 1, S2, S2) float16, and where
-    # the SIH signs are on them (SEG annotations), role -> (N, 1, S2/2, S2/2) uint8 (255 = sign)
+    # the SIH signs are on them (SEG annotations), role -> (N, K, S2/2, S2/2) uint8 (255 = sign): one
+    # channel per sign of `sign_names` (the SEGs name them) or, where the SEGs have one segment for them
+    # all, one channel ("sih")
     sign_inputs: dict[str, np.ndarray] | None = None
     sign_masks: dict[str, np.ndarray] | None = None
+    sign_names: tuple[str, ...] = ()
 
 
 def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, annotations: str = "none") -> IchData:
@@ -214,13 +218,19 @@ def load_ich(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, an
 
 def load_sih(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, signs_size: int = 0) -> SihData:
     """The three selected post-contrast T1 images of each labelled study, preprocessed; with `signs_size`,
-    also at that size with the SIH signs' masks from the DICOM SEG files under `data_dir` (a positive
-    study without one is skipped: it would teach that its signs are nowhere)."""
+    also at that size with the SIH signs' masks from the DICOM SEG files under `data_dir`: one channel per
+    sign (`codes.SIH_SIGNS`) when any SEG there has a segment per sign, else one channel for the segment
+    "Spontaneous intracranial hypotension". A positive study without those masks is skipped: it would
+    teach that its signs are nowhere."""
     labels = read_study_labels(labels_csv or Path(data_dir) / "labels.csv")
     refs_all = scan_dicom(data_dir)
     segs: dict[str, dict[str, np.ndarray]] = {}
+    names: tuple[str, ...] = ()
     if signs_size:
         _, segs, _ = find_annotations(data_dir, refs_all, "seg")
+        per_sign = any(sign_label(s) in by_label for by_label in segs.values() for s in SIH_SIGNS)
+        names = SIH_SIGNS if per_sign else ("sih",)
+    channels = [sign_label(n) if n != "sih" else n for n in names]
     studies = by_study(refs_all)
     inputs: dict[str, list[np.ndarray]] = {r: [] for r in SIH_ROLES}
     sign_inputs: dict[str, list[np.ndarray]] = {r: [] for r in SIH_ROLES}
@@ -237,15 +247,17 @@ def load_sih(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, si
             log.warning("study skipped", extra={"study_uid": study_uid, "reason": str(exc)})
             continue
         if signs_size:
-            found = {role: segs.get(ref.sop_instance_uid, {}).get("sih") for role, ref in images.items()}
-            if labels[study_uid] and all(m is None for m in found.values()):
+            found = {role: segs.get(ref.sop_instance_uid, {}) for role, ref in images.items()}
+            if labels[study_uid] and not any(c in f for f in found.values() for c in channels):
                 log.warning("study skipped", extra={"study_uid": study_uid, "reason": "SIH without sign masks"})
                 continue
             for role, image in pixels.items():
                 sign_inputs[role].append(mr_input(image, signs_size, low, high)[0].astype(np.float16))
-                mask = found[role]
-                sign_masks[role].append(half_mask(mask if mask is not None else np.zeros(image.shape, bool),
-                                                  signs_size))
+                src = np.zeros((len(channels), *image.shape), np.float32)
+                for k, c in enumerate(channels):
+                    if c in found[role]:
+                        src[k] = found[role][c]
+                sign_masks[role].append(half_resolution(src, signs_size))
         for role in SIH_ROLES:
             inputs[role].append(mr_input(pixels[role], spec.size, low, high)[0].astype(np.float16))
         ys.append(labels[study_uid])
@@ -256,12 +268,8 @@ def load_sih(data_dir: Path, spec: InputSpec, labels_csv: Path | None = None, si
     if signs_size:
         data.sign_inputs = {r: np.stack(v) for r, v in sign_inputs.items()}
         data.sign_masks = {r: np.stack(v) for r, v in sign_masks.items()}
+        data.sign_names = names
     return data
-
-
-def half_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """One source-image mask in model space at half the model's resolution, (1, size/2, size/2) uint8."""
-    return half_resolution(mask[None].astype(np.float32), size)
 
 
 def half_resolution(masks: np.ndarray, size: int) -> np.ndarray:

@@ -32,6 +32,7 @@ from dicom_node.ml.pipeline import Pipeline
 from dicom_node.ml.preprocess import read_image
 from dicom_node.ml.sih import SihPipeline
 from dicom_node.ml.verdicts import reconcile
+from dicom_node.outputs.codes import SIH_SIGNS, sign_label, sign_named
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,12 @@ def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, se
     labels = read_study_labels(data_dir / "labels.csv")
     refs_all = scan_dicom(data_dir)
     truth: dict[str, np.ndarray] = {}
+    signs: dict[str, dict[str, np.ndarray]] = {s: {} for s in SIH_SIGNS}  # each sign's own, where the SEGs have them
     for ref in annotation_segs(refs_all):
-        truth.update(seg_masks(ref.path)[1].get(p.manifest.labels[0], {}))
+        segments = seg_masks(ref.path)[1]
+        truth.update(segments.get(p.manifest.labels[0], {}))
+        for s in SIH_SIGNS:
+            signs[s].update(segments.get(sign_label(s), {}))
     ys, ps, skipped, marks = [], [], [], []
     for study_uid, refs in tqdm(sorted(by_study(refs_all).items()), desc="evaluating", unit="study"):
         if study_uid not in labels:
@@ -146,7 +151,7 @@ def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, se
         ys.append(labels[study_uid])
         ps.append(finding.probability)
         if truth and labels[study_uid] and finding.present:
-            marks.append(_sih_mark(analysis, finding, refs, truth))
+            marks.append(_sih_mark(analysis, finding, refs, truth, signs))
     if not ys:
         raise SelectionError(f"no labelled, analysable MR study under {data_dir}")
     y, prob = np.asarray(ys, dtype=np.float32), np.asarray(ps)
@@ -162,22 +167,43 @@ def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, se
                     "on_sign": sum(m["on_sign"] for m in marks),
                     "rule": "the mark's centre on a sign of the SEG annotation, or within one pixel of one",
                     "dice_mean": round(float(np.mean(dice)), 4) if dice else None, "dice_n": len(dice)}}
+        named = [m["named"] for m in marks if m["named"] is not None]
+        if named:  # a localiser that names the signs, and SEG annotations that tell them apart
+            result["localisation"][label].update({
+                "named": sum(named), "named_n": len(named),
+                "named_rule": "the sign the report names at the mark is one of the annotated signs within one pixel",
+                "signs": {s: {"dice_mean": round(float(np.mean(d)), 4) if d else None, "dice_n": len(d),
+                              "named_when_shown": sum(s in m["named_signs"] for m in marks if s in m["signs"]),
+                              "named_when_not_shown": sum(s in m["named_signs"] for m in marks if s not in m["signs"])}
+                          for s in SIH_SIGNS for d in [[m["signs"][s] for m in marks if s in m["signs"]]]}})
     plot_curves(y, prob, label, out_dir, f"{p.info.name} {p.info.version}")
     return result
 
 
-def _sih_mark(analysis: StudyAnalysis, finding: Finding, refs: list[InstanceRef], truth: dict[str, np.ndarray]
-              ) -> dict[str, Any]:
+def _sih_mark(analysis: StudyAnalysis, finding: Finding, refs: list[InstanceRef], truth: dict[str, np.ndarray],
+              signs: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     """Is a true SIH finding's mark inside the head (a check: the pipeline keeps it there) and on a sign;
-    the Dice of its masks over the three analysed images (None without masks: a model without a localiser)."""
+    the Dice of its masks over the three analysed images (None without masks: a model without a localiser).
+    With a localiser that names the signs and annotations per sign: does the sign named at the mark lie
+    there ("named", None when the mark is on no annotated sign), and each annotated sign's Dice (a sign the
+    study shows on the analysed images and the model did not mark counts 0)."""
     key = next(r for r in refs if r.sop_instance_uid == finding.key_sop_instance_uid)
     assert finding.region_center is not None
     row, col = finding.region_center
     found = analysis.masks.get(finding.label, {})
     dice = mask_dice(found, truth, analysis.evaluated_sop_instance_uids) if found else None
     sign = truth.get(key.sop_instance_uid)
+    on_sign = sign is not None and near(sign, row, col)
+    named, per_sign = None, {}
+    if finding.signs:
+        evaluated = analysis.evaluated_sop_instance_uids
+        under = [s for s in SIH_SIGNS if key.sop_instance_uid in signs[s] and near(signs[s][key.sop_instance_uid], row, col)]
+        named = sign_named(finding.detail) in under if under else None
+        for s in SIH_SIGNS:
+            if any(uid in signs[s] for uid in evaluated):
+                per_sign[s] = mask_dice(analysis.masks.get(sign_label(s), {}), signs[s], evaluated) or 0.0
     return {"in_head": bool(signal_head_mask(read_image(key.path))[round(row), round(col)]),
-            "on_sign": sign is not None and near(sign, row, col), "dice": dice}
+            "on_sign": on_sign, "dice": dice, "named": named, "signs": per_sign, "named_signs": finding.signs}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -212,6 +238,11 @@ def format_table(result: dict[str, Any]) -> str:
         dice = f", mean Dice of its masks {loc['dice_mean']:.3f} ({loc['dice_n']})" if loc["dice_mean"] is not None else ""
         lines.append(f"{label}: {loc['n']} true present findings, mark inside the head {loc['in_head']}, on a sign "
                      f"(or within one pixel) {loc['on_sign']}{dice}")
+        if "named" in loc:
+            lines.append(f"{label}: the sign named at the mark is the one there for {loc['named']} of {loc['named_n']}; "
+                         "per sign, Dice (studies showing it), named when shown / when not: " + ", ".join(
+                             f"{s} {f(v['dice_mean'])} ({v['dice_n']}) {v['named_when_shown']}/{v['named_when_not_shown']}"
+                             for s, v in loc["signs"].items()))
     if result.get("skipped_studies"):
         lines.append(f"{len(result['skipped_studies'])} studies skipped (see metrics.json for reasons)")
     if result["model"].get("synthetic_demo"):

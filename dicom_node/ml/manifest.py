@@ -24,6 +24,7 @@ from dicom_node.ml.nets import ARCHITECTURES, SEGMENTATION_ARCHITECTURES
 from dicom_node.ml.rules import SeriesRule, parse_rule
 from dicom_node.ml.selection import DEFAULT_RULES
 from dicom_node.ml.study_model import StudyModel
+from dicom_node.outputs.codes import SIH_SIGNS
 from dicom_node.validation import Bool, Frozen, FrozenMap, Int, Number, Str, empty_map, problems
 
 MANIFEST_NAME = "manifest.json"
@@ -80,6 +81,13 @@ def _size(value: int | None) -> int | None:
     return value
 
 
+def _signs(value: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [v for v in value if v not in SIH_SIGNS]
+    if unknown or len(set(value)) != len(value):
+        raise ValueError(f"must be distinct signs of {', '.join(SIH_SIGNS)}, got {list(value)}")
+    return value
+
+
 def _context(value: int) -> int:
     if not 0 <= value <= 3:
         raise ValueError(f"must be an integer 0-3, got {value}")
@@ -101,6 +109,11 @@ class Component(Frozen):
     weights: Annotated[Str, AfterValidator(_file_name)]  # file name inside the model folder
     sha256: Sha256
     size: Annotated[Int | None, AfterValidator(_size)] = None  # its own input size (px), else `input.size`
+    # SIH localiser only: the signs its masks tell apart, one mask channel each (`codes.SIH_SIGNS`);
+    # empty: one mask for all the signs
+    signs: Annotated[tuple[Str, ...], AfterValidator(_signs)] = ()
+    # per sign, the least share of an image its mask must cover (on one analysed image) to be named
+    least_share: tuple[Number, ...] = ()
 
 
 class InputSpec(Frozen):
@@ -226,6 +239,12 @@ def _parse(folder: Path, digest: str, d: dict[str, Any], problems: list[str]) ->
     seg = [c.architecture for c in components if c.architecture in SEGMENTATION_ARCHITECTURES
            and not (task == "sih-mr" and c.role == SIH_SIGNS_ROLE)]
     signs = [c for c in components if task == "sih-mr" and c.role == SIH_SIGNS_ROLE]
+    if any(c.signs or c.least_share for c in components if not (task == "sih-mr" and c.role == SIH_SIGNS_ROLE)):
+        problems.append(f"components: only the SIH localiser ({SIH_SIGNS_ROLE!r}) names signs")
+    for c in signs:
+        if c.least_share and (len(c.least_share) != len(c.signs) or not all(0 <= v < 1 for v in c.least_share)):
+            problems.append(f"components: the SIH localiser's least_share must give one share in [0, 1) per sign "
+                            f"({len(c.signs)}), got {list(c.least_share)}")
     if signs and signs[0].architecture not in SEGMENTATION_ARCHITECTURES:
         problems.append(f"components: the SIH localiser ({SIH_SIGNS_ROLE!r}) needs a segmentation architecture "
                         f"(*_seg), not {signs[0].architecture}")
@@ -358,6 +377,9 @@ def component_of(c: Mapping[str, Any], prefix: str, found: list[str]) -> Compone
     """A manifest's component entry (its other keys are the task's to read), or None with its problems."""
     values = {"role": str(c.get("role", "")), "architecture": str(c.get("architecture")),
               "weights": c.get("weights"), "sha256": c.get("sha256"), "size": c.get("size")}
+    for key in ("signs", "least_share"):
+        if key in c:
+            values[key] = tuple(c[key]) if isinstance(c[key], list) else c[key]
     out: Component | None = validated(Component, values, found, prefix)
     return out
 

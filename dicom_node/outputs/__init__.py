@@ -17,8 +17,8 @@ import pydicom
 
 from dicom_node.ml.analysis import AnalysisStatus, StudyAnalysis
 from dicom_node.ml.verdicts import reconcile
+from dicom_node.outputs import codes, uids
 from dicom_node.outputs import lineage as lineage_rules
-from dicom_node.outputs import uids
 from dicom_node.outputs.equipment import EquipmentInfo, series_number
 from dicom_node.outputs.lineage import PriorReport
 from dicom_node.outputs.marks import located_findings
@@ -79,8 +79,10 @@ def _segmentation(analysis: StudyAnalysis, sources: Mapping[str, pydicom.Dataset
                   report_uid: str, device: EquipmentInfo | None) -> OutputObject | None:
     """The SEG of the present findings' masks, over the evaluated images of the masks' series."""
     present = {f.label for f in analysis.findings if f.present}
+    # a finding's own mask, then those of its signs (SIH), in the order the pipeline gives them
     segments = [SegmentMask(label, masks) for label, masks in analysis.masks.items()
-                if label in present and any(m.any() for m in masks.values())]
+                if (label in present or codes.finding_concept(label).parent in present)
+                and any(m.any() for m in masks.values())]
     if not segments:
         return None
     first_uid = next(uid for s in segments for uid, m in s.masks.items() if m.any())
@@ -98,4 +100,5 @@ def _segmentation(analysis: StudyAnalysis, sources: Mapping[str, pydicom.Dataset
         sop_uid=str(uids.instance_uid(analysis.study_uid, model.name, model.version, uids.SEG, report_uid)),
         series_number=series_number(model, uids.SEG), instance_number=max(1, generation),
         algorithm=SegAlgorithm(model.display_name, model.version, model),
-        series_description=seg_series_description(model, [s.label for s in segments]), device=device)
+        series_description=seg_series_description(
+            model, [s.label for s in segments if not codes.finding_concept(s.label).parent]), device=device)

@@ -29,6 +29,7 @@ class FindingConcept:
     code: CodedConcept
     display: str
     short: str = ""  # abbreviation for series descriptions (64 characters), e.g. "SDH"
+    parent: str = ""  # a sign of another label's finding (SIH's signs): reported only with that finding
 
 
 # --- findings (one per model label) ---------------------------------------------------------------------
@@ -48,6 +49,12 @@ CEREBRAL_MICROBLEED = _code("DN-0003", PRIVATE_SCHEME, "Cerebral microbleed")
 ARTERIOLOSCLEROTIC_SVD = _code("DN-0004", PRIVATE_SCHEME, "Arteriolosclerotic small vessel disease")
 CEREBRAL_AMYLOID_ANGIOPATHY = _code("DN-0005", PRIVATE_SCHEME, "Cerebral amyloid angiopathy")
 CADASIL = _code("DN-0006", PRIVATE_SCHEME, "CADASIL")
+# The signs of SIH the localiser tells apart (the Bern score's): no verified SNOMED CT concept in DICOM part 16
+# for any of them as an imaging sign: private codes.
+PACHYMENINGEAL_ENHANCEMENT = _code("DN-0012", PRIVATE_SCHEME, "Pachymeningeal enhancement")
+VENOUS_SINUS_ENGORGEMENT = _code("DN-0013", PRIVATE_SCHEME, "Venous sinus engorgement")
+BRAIN_SAG = _code("DN-0014", PRIVATE_SCHEME, "Brain sag")
+SUBDURAL_FLUID_COLLECTION = _code("DN-0015", PRIVATE_SCHEME, "Subdural fluid collection")
 
 FINDINGS: dict[str, FindingConcept] = {
     c.label: c
@@ -59,6 +66,10 @@ FINDINGS: dict[str, FindingConcept] = {
         FindingConcept("subarachnoid", SUBARACHNOID_HEMORRHAGE, "Subarachnoid hemorrhage", "SAH"),
         FindingConcept("subdural", SUBDURAL_HEMORRHAGE, "Subdural hemorrhage", "SDH"),
         FindingConcept("sih", SPONTANEOUS_INTRACRANIAL_HYPOTENSION, "Spontaneous intracranial hypotension", "SIH"),
+        FindingConcept("sih_pachymeningeal", PACHYMENINGEAL_ENHANCEMENT, "Pachymeningeal enhancement", "PME", "sih"),
+        FindingConcept("sih_sinus", VENOUS_SINUS_ENGORGEMENT, "Venous sinus engorgement", "VSE", "sih"),
+        FindingConcept("sih_sag", BRAIN_SAG, "Brain sag", "sag", "sih"),
+        FindingConcept("sih_subdural", SUBDURAL_FLUID_COLLECTION, "Subdural fluid collection", "SDF", "sih"),
         FindingConcept("microbleeds", CEREBRAL_MICROBLEED, "Cerebral microbleeds", "CMB"),  # study level
         FindingConcept("microbleed", CEREBRAL_MICROBLEED, "Microbleed", "CMB"),  # one per bleed (instance 1..n)
         FindingConcept("asvd", ARTERIOLOSCLEROTIC_SVD, "Arteriolosclerotic SVD", "aSVD"),
@@ -69,6 +80,21 @@ FINDINGS: dict[str, FindingConcept] = {
 
 ICH_LABELS: tuple[str, ...] = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 SIH_LABELS: tuple[str, ...] = ("sih",)
+# The signs of SIH (the generator draws them; a localiser may tell them apart), each a label "sih_<sign>"
+SIH_SIGNS: tuple[str, ...] = ("pachymeningeal", "sinus", "sag", "subdural")
+
+
+def sign_label(sign: str) -> str:
+    """The label of one SIH sign, e.g. "sih_sag"; ValueError for a sign we have no code for."""
+    label = f"sih_{sign}"
+    if sign not in SIH_SIGNS:
+        raise ValueError(f"unknown SIH sign {sign!r}; known: {', '.join(SIH_SIGNS)}")
+    return label
+
+
+def sign_named(text: str) -> str:
+    """The SIH sign whose display name is `text` in any case ("brain sag" -> "sag"); "" for none."""
+    return next((s for s in SIH_SIGNS if FINDINGS[sign_label(s)].display.lower() == text.lower()), "")
 
 # --- segmentation (DICOM SEG): property category for lesions (CID 7150) --------------------------------------
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = _code("49755003", "SCT", "Morphologically abnormal structure")

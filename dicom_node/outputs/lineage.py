@@ -53,6 +53,7 @@ def content_digest(analysis: StudyAnalysis) -> str:
              round(float(f.region_radius)) if f.region_radius else None]
             + ([f.instance, f.detail, [[m.concept, m.value, m.unit] for m in f.measurements]]
                if f.instance or f.detail or f.measurements else [])
+            + ([list(f.signs)] if f.signs else [])
             for f in analysis.findings
         ],
     }

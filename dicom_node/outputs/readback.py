@@ -9,8 +9,10 @@ from pydicom.dataset import Dataset
 _MEASUREMENT_GROUP = ("125007", "DCM")
 _FINDING = ("121071", "DCM")
 _PROBABILITY = ("122157", "DCM")
+_COMMENT = ("121106", "DCM")
 _QUALITATIVE_EVALUATIONS = ("C0034375", "UMLS")
 _PRESENCE = ("52101004", "272519000", "373068000")  # CID 240 Present, Absent, Undetermined
+_PRESENT = _PRESENCE[0]
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,9 @@ class ReportedFinding:
     code: tuple[str, str]  # (value, scheme designator)
     presence: str  # "Present" | "Absent" | "Undetermined"
     probability: float | None  # 0-1
+    # other concepts its group states Present (the signs of SIH the model marked), code meanings in order
+    signs: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # its group's comments, as a viewer shows them beside the region
 
 
 def _concept(item: Dataset) -> tuple[str, str]:
@@ -64,7 +69,11 @@ def sr_findings(ds: Dataset) -> list[ReportedFinding]:
             (str(c.ConceptCodeSequence[0].CodeMeaning) for c in children if c.ValueType == "CODE" and _concept(c) == key),
             "Undetermined",
         )
-        findings.append(ReportedFinding(str(code.CodeMeaning), key, presence, _probability(children)))
+        signs = tuple(str(c.ConceptNameCodeSequence[0].CodeMeaning) for c in children
+                      if c.ValueType == "CODE" and _concept(c) not in (key, _FINDING)
+                      and str(c.ConceptCodeSequence[0].CodeValue) == _PRESENT)
+        notes = tuple(str(c.TextValue) for c in children if c.ValueType == "TEXT" and _concept(c) == _COMMENT)
+        findings.append(ReportedFinding(str(code.CodeMeaning), key, presence, _probability(children), signs, notes))
     for container in content:
         if container.get("ValueType") != "CONTAINER" or _concept(container) != _QUALITATIVE_EVALUATIONS:
             continue

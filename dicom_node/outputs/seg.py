@@ -78,7 +78,8 @@ def build_seg(
     """A binary SEG over `sources` (one image each, same series and geometry) with one segment per label."""
     if not sources:
         raise ValueError("build_seg needs the source images the masks were drawn on")
-    segments = [s for s in segments if any(np.any(m) for m in s.masks.values())]
+    on_sources = [str(ds.SOPInstanceUID) for ds in sources]
+    segments = [s for s in segments if any(np.any(s.masks.get(uid, False)) for uid in on_sources)]
     if not segments:
         raise ValueError("every mask is empty: no segmentation to write")
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)

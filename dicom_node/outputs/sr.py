@@ -84,6 +84,9 @@ def _group(analysis: StudyAnalysis, finding: Finding, image: Dataset, located: b
     (x, y), radius = marker(finding if located else None, image)
     circle = np.array([(x, y), (x + radius, y)], dtype=np.float32)
     evaluations = [hd.sr.QualitativeEvaluation(name=concept.code, value=codes.presence(finding.present))]
+    # the signs of the finding the model localised (SIH), each Present: the SEG has a segment for each
+    evaluations += [hd.sr.QualitativeEvaluation(name=codes.finding_concept(codes.sign_label(sign)).code,
+                                                value=codes.PRESENT) for sign in finding.signs]
     group: _Group
     if finding.present is not None:
         coordinates = hd.sr.CoordinatesForMeasurement(

@@ -57,6 +57,9 @@ def model_name_lo(display_name: str) -> str:
     return cut + "..."
 
 
+MARK = "Mark: "  # what the region is on, where the model names it (an SIH sign): "Mark: brain sag"
+
+
 def finding_line(finding: Finding) -> str:
     """E.g. "Subdural hemorrhage PRESENT"."""
     return f"{codes.finding_concept(finding.label).display} {verdict(finding)}"
@@ -69,6 +72,8 @@ def viewer_lines(finding: Finding) -> list[str]:
     name = codes.finding_concept(finding.label).display
     if finding.instance:  # one of several findings with this label: "Microbleed 3 (lobar)"
         name += f" {finding.instance}" + (f" ({finding.detail})" if finding.detail else "")
+    elif finding.detail:  # what the region is on: "Mark: brain sag"
+        return [name, f"{MARK}{finding.detail}", f"{verdict(finding)}, unverified AI"]
     return [name, f"{verdict(finding)}, unverified AI"]
 
 
@@ -95,13 +100,19 @@ def summary(analysis: StudyAnalysis) -> str:
     parts = []
     if present:
         parts.append("Present: " + ", ".join(
-            f"{codes.finding_concept(f.label).display} (probability {percent_text(f.probability)} %)"
+            f"{codes.finding_concept(f.label).display} (probability {percent_text(f.probability)} %"
+            + (f"; signs marked: {signs_text(f.signs)}" if f.signs else "") + ")"
             for f in present))
     if absent:
         parts.append("Absent: " + ", ".join(codes.finding_concept(f.label).display for f in absent))
     if analysis.measurements:
         parts.append("; ".join(_measured(m) for m in analysis.measurements))
     return ". ".join(parts) + "." if parts else "No findings reported."
+
+
+def signs_text(signs: tuple[str, ...]) -> str:
+    """E.g. "pachymeningeal enhancement, brain sag"."""
+    return ", ".join(codes.finding_concept(codes.sign_label(s)).display.lower() for s in signs)
 
 
 def _measured(m: Measurement) -> str:
@@ -154,6 +165,7 @@ def caption(analysis: StudyAnalysis, finding: Finding) -> list[str]:
     model = analysis.model
     return [
         f"{codes.finding_concept(finding.label).display}: {verdict(finding)} {percent(finding.probability):.0f}%",
+        *([f"{MARK}{finding.detail}"] if finding.detail and not finding.instance else []),
         f"{model_name_lo(model.display_name)} {model.version}",  # the SR names an ensemble's members
         f"AI RESULT - {NOT_FOR_CLINICAL_USE}" if model.synthetic_demo else "AI RESULT - UNVERIFIED, CONFIRM ON IMAGES",
     ]

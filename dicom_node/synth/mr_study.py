@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dicom_node.outputs.codes import sign_label
 from dicom_node.synth.dicom_writer import mr_image, synth_uid, write
 from dicom_node.synth.ground_truth import seg_path, write_mask_seg
 from dicom_node.synth.phantom_mr import GAP_MM, POST_CONTRAST_ROLES, SLICE_MM, render_mr_sih
@@ -36,7 +37,9 @@ def write_mr_sih_study(out_dir: Path, seed: int, sih: bool, size: int = 256, dis
     """Generate and write one brain MR study; `distractors` adds the pre-contrast T1 and T2 series.
 
     With `ground_truth`, a study with SIH also gets where its signs are, one DICOM SEG per post-contrast
-    series under `out_dir/ground-truth/` (see `ground_truth`), listed in `SynthStudy.seg_files`."""
+    series under `out_dir/ground-truth/` (see `ground_truth`), listed in `SynthStudy.seg_files`: a segment
+    "Spontaneous intracranial hypotension" with every sign's pixels, then one segment per sign shown there
+    (`codes.SIH_SIGNS`, e.g. "Pachymeningeal enhancement")."""
     rng = np.random.default_rng([seed, patient_index, 2])
     vols = render_mr_sih(rng, sih, size=size, n_axial=n_axial, n_coronal=n_coronal)
     info = study_info(KIND, seed, patient_index, "MR BRAIN W WO CONTRAST")
@@ -60,10 +63,13 @@ def write_mr_sih_study(out_dir: Path, seed: int, sih: bool, size: int = 256, dis
     segs = []
     for role in POST_CONTRAST_ROLES if ground_truth and vols.signs else ():
         sops = [str(ds.SOPInstanceUID) for ds in written[role]]
-        masks = {sop: m for sop, m in zip(sops, vols.sign_masks[role], strict=True) if m.any()}
-        if masks:
+        by_label = {"sih": {sop: m for sop, m in zip(sops, vols.sign_masks[role], strict=True) if m.any()}}
+        for sign, part in vols.sign_parts[role].items():
+            by_label[sign_label(sign)] = {sop: m for sop, m in zip(sops, part, strict=True) if m.any()}
+        by_label = {label: masks for label, masks in by_label.items() if masks}
+        if by_label:
             segs.append(write_mask_seg(seg_path(out_dir, folder.name, role), KIND, seed, patient_index,
-                                       written[role], {"sih": masks}, role))
+                                       written[role], by_label, role))
     log.debug("wrote MR study", extra={"study_uid": info.study_uid, "files": len(files), "sih": int(sih),
                                        "signs": ",".join(vols.signs)})
     return SynthStudy(info.study_uid, folder, files, series_uids["t1_ax_post"], {}, {"sih": int(sih)}, KIND,

@@ -11,7 +11,8 @@ A positive study shows two to four of these at varying strength; negatives vary 
 
 Where each sign is (`SIGN_TISSUES`, the strong annotation of a positive study): the enhancing dura and falx,
 the engorged sinuses, the sagging brainstem, the subdural collections. `MRVolumes.sign_masks` holds, for
-each post-contrast series, the pixels of the signs the study shows (empty for a negative study).
+each post-contrast series, the pixels of the signs the study shows (empty for a negative study), and
+`MRVolumes.sign_parts` the same pixels sign by sign (the tissues do not overlap, so neither do the signs).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from dicom_node.outputs.codes import SIH_SIGNS
 from dicom_node.synth.anatomy import HeadModel, HeadParams, Plane, Tissue
 from dicom_node.synth.phantom_ct import blur
 
 FOV_MM = 230.0
 SLICE_MM = 5.0
 GAP_MM = 1.0
-SIH_SIGNS = ("pachymeningeal", "sinus", "sag", "subdural")
 # the tissue labels where each sign is seen
 SIGN_TISSUES = {"pachymeningeal": (Tissue.DURA, Tissue.FALX), "sinus": (Tissue.SINUS,),
                 "sag": (Tissue.BRAINSTEM,), "subdural": (Tissue.SUBDURAL_FLUID,)}
@@ -62,6 +63,8 @@ class MRVolumes:
     signs: tuple[str, ...]
     # post-contrast role -> (slices, rows, cols) bool: where the signs shown are (all False without SIH)
     sign_masks: dict[str, np.ndarray]
+    # post-contrast role -> sign shown -> (slices, rows, cols) bool: where that sign is
+    sign_parts: dict[str, dict[str, np.ndarray]]
 
 
 def sih_params(anat_rng: np.random.Generator, rng: np.random.Generator, sih: bool
@@ -144,8 +147,10 @@ def render_mr_sih(rng: np.random.Generator, sih: bool, size: int = 256, n_axial:
         "t1_cor_post": MRSeriesPixels("t1_cor_post", series("t1_cor_post", luts["t1_post"], cor_labels, bias_cor),
                                       cor_pos, coronal_o, spacing),
     }
-    masks = {"t1_ax_post": sign_mask(ax_labels, signs), "t1_cor_post": sign_mask(cor_labels, signs)}
-    return MRVolumes(result, params, signs, masks)
+    labels = {"t1_ax_post": ax_labels, "t1_cor_post": cor_labels}
+    masks = {role: sign_mask(lab, signs) for role, lab in labels.items()}
+    parts = {role: {s: sign_mask(lab, (s,)) for s in signs} for role, lab in labels.items()}
+    return MRVolumes(result, params, signs, masks, parts)
 
 
 def sign_mask(labels: list[np.ndarray], signs: tuple[str, ...]) -> np.ndarray:
