@@ -311,6 +311,26 @@ def test_a_sign_is_named_above_the_share_that_best_splits_the_validation_studies
     assert got[:, 0].tolist() == [0.2, 0.05] and truth[:, 0].tolist() == [True, False]
 
 
+def test_the_naming_rule_is_chosen_on_the_studies_with_sih() -> None:
+    """Signs are named only in a report with SIH present: a study without SIH, where the localiser marks a
+    large false "sign", does not move the cut (it would, counted in), and the counts are over SIH studies."""
+    from dicom_node.ml.train_sih_signs import naming_rule
+
+    n = 4  # studies: SIH shows the sign (0.04 of an image), SIH without it (0.005), SIH with it (0.03), no SIH (0.02)
+    probs = np.zeros((3 * n, 1, 20, 20), np.float32)
+    masks = np.zeros((3 * n, 1, 20, 20), np.uint8)
+    for study, cells in enumerate((16, 2, 12, 8)):
+        probs[study, 0].flat[:cells] = 1.0  # first image of each study (role-major)
+    masks[0, 0, 0, 0] = masks[2, 0, 0, 0] = 255
+    sih = np.array([True, True, True, False])
+    shares, naming = naming_rule(probs, masks, sih)
+    assert shares == [pytest.approx((0.005 + 0.03) / 2)]
+    assert naming == [{"least_share": shares[0], "studies": 3, "studies_showing": 2, "named_when_shown": 2,
+                       "named_when_not_shown": 0}]
+    counted_in, _ = naming_rule(probs, masks, np.ones(n, bool))
+    assert counted_in[0] > shares[0]  # the study without SIH's large false mark would have raised it
+
+
 def test_train_adds_a_localiser_and_keeps_the_classifiers(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                           cli_in_process: Callable[[list[str]], int]) -> None:
     main = cli_in_process

@@ -132,12 +132,29 @@ def study_shares(probs: np.ndarray, masks: np.ndarray, n_studies: int) -> tuple[
     return marked.max(axis=0), np.asarray(shown.any(axis=0))
 
 
+def naming_rule(probs: np.ndarray, masks: np.ndarray, sih: np.ndarray) -> tuple[list[float], list[dict[str, Any]]]:
+    """The least share per sign (`least_shares`) and, per sign, how it names on these studies. The report
+    names signs only with SIH present, so both come from the studies with SIH (`sih`, per study; all the
+    studies when none has it)."""
+    marked, shown = study_shares(probs, masks, len(sih))
+    if sih.any():
+        marked, shown = marked[sih], shown[sih]
+    shares = least_shares(marked, shown)
+    naming = []
+    for k, share in enumerate(shares):
+        named, y = marked[:, k] >= share, shown[:, k]
+        naming.append({"least_share": share, "studies": len(y), "studies_showing": int(y.sum()),
+                       "named_when_shown": int((named & y).sum()), "named_when_not_shown": int((named & ~y).sum())})
+    return shares, naming
+
+
 def least_shares(marked: np.ndarray, shown: np.ndarray) -> list[float]:
     """Per sign, the least share of an image its mask must cover on one of a study's images for the report
     to name the sign: between the studies that show it and those that do not, the midpoint of the gap
     that maximises sensitivity + specificity (ties: the smallest), and more than nothing. The localiser
     leaves small specks of a sign where there is none (`sih 0.4.0` on held-out studies: specks of "dura"
-    of up to 65 source pixels, against at least 961 where the dura enhances)."""
+    of up to 65 source pixels, against at least 961 where the dura enhances), and marks part of a normal
+    brainstem as "sag"."""
     out = []
     for k in range(marked.shape[1]):
         x, y = marked[:, k], shown[:, k]
@@ -187,13 +204,9 @@ def train_sih_localiser(opts: TrainOptions, data: SihData, train_s: np.ndarray, 
         probs = localiser_masks(net, x_val)
         scores = localisation_scores(probs, m_val, signs)
         if signs:
-            marked, shown = study_shares(probs, m_val, len(val_s))
-            shares = least_shares(marked, shown)
-            for k, sign in enumerate(signs):  # per validation study, as the report would name the sign
-                named, y = marked[:, k] >= shares[k], shown[:, k]
-                scores["signs"][sign].update({
-                    "least_share": shares[k], "studies_showing": int(y.sum()),
-                    "named_when_shown": int((named & y).sum()), "named_when_not_shown": int((named & ~y).sum())})
+            shares, naming = naming_rule(probs, m_val, data.labels[val_s] == 1)
+            for k, sign in enumerate(signs):
+                scores["signs"][sign].update(naming[k])
     entry = {"role": SIH_SIGNS_ROLE, "architecture": ARCHITECTURE, "size": opts.size,
              **({"signs": list(signs)} if signs else {}), **({"least_share": shares} if shares else {}),
              **_save_weights(net, opts.out, f"{SIH_SIGNS_ROLE}.pt")}
