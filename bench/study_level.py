@@ -41,7 +41,7 @@ from scipy import ndimage
 from dicom_node.config import load_config
 from dicom_node.delivery.demo_pacs import DemoPacs
 from dicom_node.delivery.scu import send_files
-from dicom_node.ml.annotations import seg_masks
+from dicom_node.ml.annotations import seg_masks, sih_annotations
 from dicom_node.ml.localise import head_mask, mask_dice, near, signal_head_mask
 from dicom_node.outputs.codes import FINDINGS, SIH_SIGNS, sign_label, sign_named
 from dicom_node.outputs.readback import sr_findings
@@ -291,13 +291,7 @@ def _score_sih(st: Any, sr: Any, received: list[Any], loc: dict[str, int], dice:
     """A true SIH call: is its mark inside the head and on a sign, and how well does the SEG overlap them?
     Sign by sign too: is the sign the report names at the mark ("Mark: ...") one of the signs there, and
     how well does each sign's SEG segment overlap the generator's (a sign shown and not marked counts 0)?"""
-    truth: dict[str, np.ndarray] = {}
-    signs: dict[str, dict[str, np.ndarray]] = {s: {} for s in SIH_SIGNS}
-    for f in st.seg_files:
-        segments = seg_masks(f)[1]
-        truth.update(segments.get("sih", {}))
-        for s in SIH_SIGNS:
-            signs[s].update(segments.get(sign_label(s), {}))
+    truth, signs = sih_annotations(st.seg_files)
     loc["n"] += 1
     regions = _regions(sr)
     if "sih" in regions:

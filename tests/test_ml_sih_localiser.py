@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 from dicom_node.errors import ModelError
 from dicom_node.ml.analysis import AnalysisStatus, instance_ref_from_file
-from dicom_node.ml.annotations import seg_masks
+from dicom_node.ml.annotations import seg_masks, sih_annotations
 from dicom_node.ml.device import choose_device
 from dicom_node.ml.localise import mask_dice, near, signal_head_mask
 from dicom_node.ml.manifest import load_manifest
@@ -40,19 +40,7 @@ def sih() -> Pipeline:
 
 
 def _truth(files: tuple[Path, ...]) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for f in files:
-        out.update(seg_masks(f)[1]["sih"])
-    return out
-
-
-def _truth_signs(files: tuple[Path, ...]) -> dict[str, dict[str, np.ndarray]]:
-    out: dict[str, dict[str, np.ndarray]] = {s: {} for s in SIH_SIGNS}
-    for f in files:
-        segments = seg_masks(f)[1]
-        for s in SIH_SIGNS:
-            out[s].update(segments.get(sign_label(s), {}))
-    return out
+    return sih_annotations(files)[0]
 
 
 def test_sign_masks_are_the_tissues_of_the_signs_shown() -> None:
@@ -126,7 +114,7 @@ def test_the_mark_is_on_a_sign_and_the_seg_lines_up(sih: Pipeline, index: int, t
     assert dice > 0.4, f"{st.findings}: Dice {dice:.2f}"
 
     # the shipped localiser tells the signs apart: it names the sign under the mark, and that sign is there
-    signs = _truth_signs(st.seg_files)
+    signs = sih_annotations(st.seg_files)[1]
     assert finding.signs and set(finding.signs) <= set(st.findings), (finding.signs, st.findings)
     named = sign_named(finding.detail)
     assert named in finding.signs, finding.detail

@@ -122,3 +122,19 @@ def fill_boxes(boxes: list[tuple[int, int, int, int]], shape: tuple[int, int]) -
     for r0, c0, r1, c1 in boxes:
         m[max(r0, 0) : r1 + 1, max(c0, 0) : c1 + 1] = True
     return m
+
+
+def sih_annotations(paths: Iterable[str | Path]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """From SIH annotation SEGs (the generator's, or a site's): the finding's masks by source SOP Instance
+    UID (segment "Spontaneous intracranial hypotension"), and each sign's (`codes.SIH_SIGNS`; empty for a
+    sign no SEG has a segment for)."""
+    from dicom_node.outputs.codes import SIH_SIGNS, sign_label
+
+    finding: dict[str, np.ndarray] = {}
+    signs: dict[str, dict[str, np.ndarray]] = {s: {} for s in SIH_SIGNS}
+    for path in paths:
+        segments = seg_masks(path)[1]
+        finding.update(segments.get("sih", {}))
+        for s in SIH_SIGNS:
+            signs[s].update(segments.get(sign_label(s), {}))
+    return finding, signs

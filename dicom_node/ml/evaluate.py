@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from dicom_node.errors import PixelDataError, SelectionError
 from dicom_node.ml.analysis import AnalysisStatus, Finding, InstanceRef, StudyAnalysis
-from dicom_node.ml.annotations import annotation_segs, seg_masks
+from dicom_node.ml.annotations import annotation_segs, sih_annotations
 from dicom_node.ml.datasets import by_study, read_rsna_labels, read_study_labels, scan_dicom
 from dicom_node.ml.ich import IchPipeline
 from dicom_node.ml.ich_ensemble import IchEnsemblePipeline
@@ -132,13 +132,7 @@ def _evaluate_sih(p: SihPipeline, data_dir: Path, out_dir: Path, n_boot: int, se
     `data_dir` (`synth --kind mr-sih` writes them), also where the true present findings are marked."""
     labels = read_study_labels(data_dir / "labels.csv")
     refs_all = scan_dicom(data_dir)
-    truth: dict[str, np.ndarray] = {}
-    signs: dict[str, dict[str, np.ndarray]] = {s: {} for s in SIH_SIGNS}  # each sign's own, where the SEGs have them
-    for ref in annotation_segs(refs_all):
-        segments = seg_masks(ref.path)[1]
-        truth.update(segments.get(p.manifest.labels[0], {}))
-        for s in SIH_SIGNS:
-            signs[s].update(segments.get(sign_label(s), {}))
+    truth, signs = sih_annotations(ref.path for ref in annotation_segs(refs_all))  # signs: where the SEGs have them
     ys, ps, skipped, marks = [], [], [], []
     for study_uid, refs in tqdm(sorted(by_study(refs_all).items()), desc="evaluating", unit="study"):
         if study_uid not in labels:

@@ -61,10 +61,14 @@ class MRVolumes:
     series: dict[str, MRSeriesPixels]
     params: HeadParams
     signs: tuple[str, ...]
-    # post-contrast role -> (slices, rows, cols) bool: where the signs shown are (all False without SIH)
-    sign_masks: dict[str, np.ndarray]
     # post-contrast role -> sign shown -> (slices, rows, cols) bool: where that sign is
     sign_parts: dict[str, dict[str, np.ndarray]]
+
+    @property
+    def sign_masks(self) -> dict[str, np.ndarray]:
+        """Post-contrast role -> (slices, rows, cols) bool: where the signs shown are (all False without SIH)."""
+        return {role: np.logical_or.reduce([*parts.values()], axis=0) if parts
+                else np.zeros(self.series[role].pixels.shape, bool) for role, parts in self.sign_parts.items()}
 
 
 def sih_params(anat_rng: np.random.Generator, rng: np.random.Generator, sih: bool
@@ -148,9 +152,8 @@ def render_mr_sih(rng: np.random.Generator, sih: bool, size: int = 256, n_axial:
                                       cor_pos, coronal_o, spacing),
     }
     labels = {"t1_ax_post": ax_labels, "t1_cor_post": cor_labels}
-    masks = {role: sign_mask(lab, signs) for role, lab in labels.items()}
     parts = {role: {s: sign_mask(lab, (s,)) for s in signs} for role, lab in labels.items()}
-    return MRVolumes(result, params, signs, masks, parts)
+    return MRVolumes(result, params, signs, parts)
 
 
 def sign_mask(labels: list[np.ndarray], signs: tuple[str, ...]) -> np.ndarray:
